@@ -1,0 +1,173 @@
+"""Every Prometheus metric Turnout exports, in one registry passed in by the caller.
+
+Labels come only from config names (route, variant, upstream, shadow, experiment) and small fixed sets,
+so the number of series is bounded whatever clients send.
+
+Usage: ``metrics = Metrics(CollectorRegistry())``; ``metrics.observe(interaction)`` per finished call,
+``metrics.config_applied(...)`` on every config generation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from collectors.record import Interaction
+
+LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+CODES = ("2xx", "4xx", "5xx")
+DROP_REASONS = ("queue_full", "spool_full", "journal_error", "store_rejected")
+SHADOW_OUTCOMES = ("ok", "error", "timeout", "dropped", "skipped")
+
+
+def code_class(status: int) -> str:
+    return "2xx" if status < 400 else "4xx" if status < 500 else "5xx"
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        p = "turnout_"
+        rvr = ["route", "variant", "role"]
+        self.requests = Counter(p + "requests", "Answered requests", [*rvr, "code"], registry=registry)
+        self.duration = Histogram(
+            p + "request_duration_seconds", "Whole request time", rvr, buckets=LATENCY_BUCKETS, registry=registry
+        )
+        self.ttft = Histogram(
+            p + "time_to_first_token_seconds",
+            "Time to the first streamed token",
+            rvr,
+            buckets=TTFT_BUCKETS,
+            registry=registry,
+        )
+        self.tokens = Counter(p + "tokens", "Tokens from upstream usage", [*rvr, "kind"], registry=registry)
+        self.upstream_errors = Counter(
+            p + "upstream_errors", "Upstream failures by kind", ["upstream", "kind"], registry=registry
+        )
+        self.upstream_attempts = Counter(
+            p + "upstream_attempts", "Calls made to upstreams", ["upstream", "outcome"], registry=registry
+        )
+        self.upstream_ejected = Gauge(
+            p + "upstream_ejected",
+            "1 while an upstream is cooled down",
+            ["upstream"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.shadow_requests = Counter(
+            p + "shadow_requests", "Shadow calls by outcome", ["route", "shadow", "outcome"], registry=registry
+        )
+        self.shadow_agreement = Histogram(
+            p + "shadow_agreement",
+            "Similarity of shadow and primary answers (0..1)",
+            ["route", "shadow"],
+            buckets=SCORE_BUCKETS,
+            registry=registry,
+        )
+        self.feedback = Counter(p + "feedback", "Feedback received", ["route", "variant", "label"], registry=registry)
+        self.feedback_score = Histogram(
+            p + "feedback_score",
+            "Feedback scores (0..1)",
+            ["route", "variant"],
+            buckets=SCORE_BUCKETS,
+            registry=registry,
+        )
+        self.captured = Counter(p + "interactions_captured", "Interactions stored", ["route"], registry=registry)
+        self.capture_dropped = Counter(
+            p + "capture_dropped", "Interactions or feedback that could not be kept", ["reason"], registry=registry
+        )
+        self.capture_queue_depth = Gauge(
+            p + "capture_queue_depth",
+            "Interactions waiting for the store",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.model_trained = Gauge(
+            p + "model_trained_timestamp_seconds",
+            "When the upstream's model was trained",
+            ["upstream"],
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
+        self.eval_score = Gauge(
+            p + "eval_score",
+            "Latest eval suite score",
+            ["route", "variant", "suite"],
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
+        self.threshold = Gauge(
+            p + "retraining_threshold",
+            "Retraining thresholds from the config file",
+            ["route", "signal"],
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
+        self.reloads = Counter(p + "config_reloads", "Config reload attempts", ["result"], registry=registry)
+        self.last_reload = Gauge(
+            p + "config_last_reload_success_timestamp_seconds",
+            "Last successful config load",
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.config_info = Gauge(
+            p + "config_info",
+            "1 for the config generation serving now",
+            ["sha256"],
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
+        self.experiment_weight = Gauge(
+            p + "experiment_weight",
+            "Configured weight of each variant",
+            ["route", "experiment", "variant"],
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
+        for result in ("success", "failure"):
+            self.reloads.labels(result)
+        for reason in DROP_REASONS:
+            self.capture_dropped.labels(reason)
+
+    def observe(self, it: Interaction) -> None:
+        """Count one finished call (primary or shadow)."""
+        labels = (it.route, it.variant, it.role)
+        self.requests.labels(*labels, code_class(it.status)).inc()
+        self.duration.labels(*labels).observe(it.latency_ms / 1000.0)
+        if it.ttft_ms is not None:
+            self.ttft.labels(*labels).observe(it.ttft_ms / 1000.0)
+        usage = it.usage or {}
+        for kind, key in (("prompt", "prompt_tokens"), ("completion", "completion_tokens")):
+            count = usage.get(key)
+            if isinstance(count, int) and count > 0:
+                self.tokens.labels(*labels, kind).inc(count)
+
+    def config_applied(
+        self,
+        sha256: str,
+        routes: Mapping[str, tuple[str, Mapping[str, float]]],
+        trained_at: Mapping[str, float],
+        thresholds: Mapping[str, Mapping[str, float]],
+    ) -> None:
+        """Export one config generation: ``routes`` maps route -> (experiment, {variant: weight})."""
+        for gauge in (self.config_info, self.experiment_weight, self.model_trained, self.threshold):
+            gauge.clear()
+        self.config_info.labels(sha256).set(1)
+        for route, (experiment, weights) in routes.items():
+            for variant, weight in weights.items():
+                self.experiment_weight.labels(route, experiment, variant).set(weight)
+                for code in CODES:
+                    self.requests.labels(route, variant, "primary", code)
+        for upstream, ts in trained_at.items():
+            self.model_trained.labels(upstream).set(ts)
+        for route, signals in thresholds.items():
+            for signal, value in signals.items():
+                self.threshold.labels(route, signal).set(value)
+
+    def reload_result(self, ok: bool) -> None:
+        self.reloads.labels("success" if ok else "failure").inc()
+        if ok:
+            self.last_reload.set(time.time())

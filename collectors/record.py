@@ -1,0 +1,41 @@
+"""Interaction: the one record every collector receives, made of plain strings, numbers and dicts.
+
+Usage: the gateway builds one per answered (or failed, or cancelled) call, primary or shadow, and hands it
+to ``Collectors.finish``; metrics, the journal and the store all read the same object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# outcome: what happened to the call, a small fixed set
+OUTCOMES = ("ok", "upstream_error", "timeout", "client_cancelled", "shutdown_aborted", "dropped")
+
+
+@dataclass(frozen=True, slots=True)
+class Interaction:
+    request_id: str
+    ts: float  # unix seconds when the request arrived
+    route: str
+    experiment: str
+    variant: str
+    role: str  # primary | shadow
+    parent_id: str | None
+    upstream: str
+    endpoint: str  # chat.completions | completions | embeddings
+    request: dict[str, Any]
+    response: dict[str, Any] | None
+    status: int
+    outcome: str
+    latency_ms: float
+    ttft_ms: float | None
+    usage: dict[str, Any] | None
+    error: str | None
+    stream: bool
+    capture: bool
+    response_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. shadow comparison scores
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,141 @@
+"""The ASGI application: one route table and a lifespan that opens and closes every resource.
+
+Usage: ``app = create_app(load_config(path))``; serve it with uvicorn. ``from_environment`` is the factory
+``turnout serve`` hands to uvicorn (it reads ``TURNOUT_CONFIG``), so ``--workers N`` works.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from collectors.metrics import Metrics
+from collectors.sink import Sink
+from gateway.config import ConfigError, Loaded, load_config, redacted
+from gateway.errors import GatewayError, error_body, error_payload
+from gateway.proxy import Endpoint
+from gateway.reload import Reloader
+from gateway.runtime import Gateway
+
+log = logging.getLogger(__name__)
+
+
+def _gateway(request: Request) -> Gateway:
+    return request.state.gateway  # type: ignore[no-any-return]
+
+
+def _error(exc: GatewayError) -> Response:
+    return Response(error_body(exc), exc.status, media_type="application/json")
+
+
+async def models(request: Request) -> Response:
+    gen = _gateway(request).generation
+    try:
+        gen.keys.client(request.headers.get("authorization", "").encode("latin-1") or None)
+    except GatewayError as exc:
+        return _error(exc)
+    data = [{"id": name, "object": "model", "created": 0, "owned_by": "turnout"} for name in gen.config.routes]
+    return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    gw = _gateway(request)
+    if not gw.ready:
+        return JSONResponse({"status": "not ready"}, status_code=503)
+    return JSONResponse({"status": "ok", "config_sha256": gw.generation.loaded.sha256})
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    registry: CollectorRegistry = request.state.registry
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _admin(request: Request) -> GatewayError | None:
+    try:
+        _gateway(request).generation.keys.admin(request.headers.get("authorization", "").encode("latin-1") or None)
+    except GatewayError as exc:
+        return exc
+    return None
+
+
+async def admin_config(request: Request) -> Response:
+    if (denied := _admin(request)) is not None:
+        return _error(denied)
+    loaded = _gateway(request).generation.loaded
+    return JSONResponse({"path": str(loaded.path), "sha256": loaded.sha256, "config": redacted(loaded.config)})
+
+
+async def admin_reload(request: Request) -> Response:
+    if (denied := _admin(request)) is not None:
+        return _error(denied)
+    reloader: Reloader = request.state.reloader
+    try:
+        loaded = reloader.reload()
+    except ConfigError as exc:
+        payload = error_payload(str(exc), "invalid_request_error", "invalid_config")
+        return JSONResponse(payload, status_code=400)
+    return JSONResponse({"status": "applied", "sha256": loaded.sha256})
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    status = getattr(exc, "status_code", 500)
+    message = {404: f"no such path: {request.url.path}", 405: "method not allowed"}.get(status, "error")
+    return JSONResponse(error_payload(message, "invalid_request_error", None), status_code=status)
+
+
+def create_app(loaded: Loaded, *, registry: CollectorRegistry | None = None, reload_interval: float = 0.5) -> Starlette:
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = Metrics(registry)
+    gw = Gateway(loaded, metrics=metrics, sink=Sink(metrics))
+    reloader = Reloader(gw, loaded.path, interval=reload_interval)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        if not loaded.config.auth.client_keys_env:
+            log.warning("auth.client_keys_env is not set: any client may call this gateway")
+        await gw.start()
+        reloader.start()
+        try:
+            yield {"gateway": gw, "reloader": reloader, "registry": registry}
+        finally:
+            gw.ready = False
+            await reloader.stop()
+            await gw.close()
+
+    routes = [
+        Route("/v1/chat/completions", Endpoint("chat.completions"), methods=["POST"]),
+        Route("/v1/completions", Endpoint("completions"), methods=["POST"]),
+        Route("/v1/embeddings", Endpoint("embeddings"), methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/admin/config", admin_config, methods=["GET"]),
+        Route("/admin/reload", admin_reload, methods=["POST"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+
+
+def from_environment() -> Starlette:
+    """uvicorn factory: the config path comes from ``TURNOUT_CONFIG`` (set by ``turnout serve``)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return create_app(load_config(os.environ["TURNOUT_CONFIG"]))

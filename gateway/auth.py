@@ -1,0 +1,66 @@
+"""Client and admin keys, compared in constant time.
+
+Keys are kept only as SHA-256 digests, so a lookup compares digests (time independent of how much of a
+key matched) and the raw values live in ``Secrets`` alone.
+
+Usage: ``keys = Keys(["k1"], admin="a1")``; ``caller = keys.client(auth_header)`` raises ``Unauthorized``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from gateway.errors import Unauthorized
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    key: str | None  # the bearer token presented (for sticky_by: api_key); never logged or stored
+    admin: bool
+
+
+def _digest(token: str | bytes) -> bytes:
+    return hashlib.sha256(token.encode() if isinstance(token, str) else token).digest()
+
+
+def bearer(header: bytes | None) -> bytes | None:
+    if not header:
+        return None
+    scheme, _, token = header.partition(b" ")
+    token = token.strip()
+    if scheme.lower() != b"bearer" or not token:
+        return None
+    return token
+
+
+class Keys:
+    def __init__(self, client: Iterable[str], admin: str | None) -> None:
+        self.client_digests = frozenset(_digest(k) for k in client)
+        self.admin_digest = _digest(admin) if admin else None
+        self.open = not self.client_digests
+
+    def _is_admin(self, digest: bytes) -> bool:
+        return self.admin_digest is not None and hmac.compare_digest(digest, self.admin_digest)
+
+    def client(self, header: bytes | None) -> Caller:
+        """Who is calling an API route; open when no client keys are configured."""
+        token = bearer(header)
+        if token is not None:
+            digest = _digest(token)
+            if self._is_admin(digest):
+                return Caller(token.decode("latin-1"), True)
+            if self.open or digest in self.client_digests:
+                return Caller(token.decode("latin-1"), False)
+            raise Unauthorized("invalid API key")
+        if self.open:
+            return Caller(None, False)
+        raise Unauthorized("missing or malformed API key: send 'Authorization: Bearer <key>'")
+
+    def admin(self, header: bytes | None) -> Caller:
+        token = bearer(header)
+        if token is None or not self._is_admin(_digest(token)):
+            raise Unauthorized("admin routes need the admin key (auth.admin_key_env)")
+        return Caller(token.decode("latin-1"), True)

@@ -1,0 +1,255 @@
+"""The config file: frozen pydantic models, loading, and errors that name their key path.
+
+Usage: ``config = load_config(Path("turnout.yaml"))`` raises ``ConfigError`` listing every problem as
+``routes.support-bot.variants: unknown upstream 'x'``. Secrets are named by environment variable only;
+``resolve_secrets`` reads them and is the only place their values enter the process.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _duration(value: Any) -> float:
+    """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` or a number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30d, 12h or 90s")
+    if isinstance(value, int | float):
+        return float(value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"invalid duration {value!r}: expected a number and a unit (s, m, h, d, w), e.g. 30d")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def _date(value: Any) -> dt.datetime:
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    if isinstance(value, dt.date):
+        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
+    try:
+        parsed = dt.datetime.fromisoformat(str(value))
+    except ValueError:
+        raise ValueError(f"invalid date {value!r}: expected YYYY-MM-DD or an ISO 8601 time") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+Duration = Annotated[float, BeforeValidator(_duration)]
+Date = Annotated[dt.datetime, BeforeValidator(_date)]
+Share = Annotated[float, Field(ge=0.0, le=1.0)]
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Server(_Model):
+    host: str = "0.0.0.0"
+    port: int = Field(8080, ge=1, le=65535)
+    max_body_mb: float = Field(32, gt=0)
+    state_dir: str = "./turnout-state"
+
+
+class Auth(_Model):
+    client_keys_env: EnvName | None = None
+    admin_key_env: EnvName | None = None
+
+
+class Upstream(_Model):
+    provider: Literal["openai", "litellm", "dummy"] = "openai"
+    base_url: str | None = None
+    model: str = "dummy"
+    api_key_env: EnvName | None = None
+    timeout_s: float = Field(60, gt=0)
+    trained_at: Date | None = None
+    dataset: str | None = None
+
+    @model_validator(mode="after")
+    def _needs_base_url(self) -> Upstream:
+        if self.provider == "openai" and not self.base_url:
+            raise ValueError("base_url is required for provider openai")
+        if self.base_url and not re.match(r"^https?://", self.base_url):
+            raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
+        return self
+
+
+class Shadow(_Model):
+    upstream: str
+    sample: Share
+
+
+class Capture(_Model):
+    sample: Share = 1.0
+
+
+class Retraining(_Model):
+    max_model_age: Duration | None = None
+    min_feedback_score: Share | None = None
+    min_eval_score: Share | None = None
+    min_ratings: int = Field(20, ge=0)
+
+
+class Route(_Model):
+    variants: dict[str, Annotated[float, Field(ge=0)]]
+    experiment: str | None = None
+    sticky_by: str = "user"
+    shadows: list[Shadow] = []
+    capture: Capture = Capture()
+    retraining: Retraining | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Route:
+        if not self.variants:
+            raise ValueError("variants: at least one upstream is required")
+        if sum(self.variants.values()) <= 0:
+            raise ValueError("variants: weights must not all be 0")
+        if not (self.sticky_by in ("user", "api_key", "none") or re.match(r"^header:[A-Za-z0-9-]+$", self.sticky_by)):
+            raise ValueError(f"sticky_by: expected user, api_key, header:<name> or none, got {self.sticky_by!r}")
+        return self
+
+
+class Config(_Model):
+    server: Server = Server()
+    auth: Auth = Auth()
+    store: str = "sqlite:///turnout.db"
+    store_env: EnvName | None = None
+    upstreams: dict[str, Upstream]
+    routes: dict[str, Route]
+
+    def experiment(self, route: str) -> str:
+        return self.routes[route].experiment or route
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Secret values read from the environment; never logged, stored or rendered."""
+
+    client_keys: frozenset[str]
+    admin_key: str | None
+    upstream_keys: Mapping[str, str | None]
+    store_dsn: str
+
+    def values(self) -> list[str]:
+        found = [*self.client_keys, self.admin_key, *self.upstream_keys.values()]
+        return [v for v in found if v]
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """One config generation: the validated file, its secrets and the sha256 of its bytes."""
+
+    config: Config
+    secrets: Secrets
+    sha256: str
+    path: Path
+
+
+class ConfigError(Exception):
+    """A config file that cannot serve; ``errors`` holds one ``key.path: message`` line per problem."""
+
+    def __init__(self, path: Path | str, errors: list[str]) -> None:
+        self.path = str(path)
+        self.errors = errors
+        super().__init__(f"{path}: " + "; ".join(errors))
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc if not str(part).startswith("function-")) or "(top level)"
+
+
+def _pydantic_errors(exc: ValidationError) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{_loc(err['loc'])}: {message}")
+    return lines
+
+
+def _cross_errors(config: Config) -> list[str]:
+    errors = []
+    for name, route in config.routes.items():
+        for variant in route.variants:
+            if variant not in config.upstreams:
+                errors.append(f"routes.{name}.variants: unknown upstream {variant!r}")
+        for i, shadow in enumerate(route.shadows):
+            if shadow.upstream not in config.upstreams:
+                errors.append(f"routes.{name}.shadows.{i}.upstream: unknown upstream {shadow.upstream!r}")
+    return errors
+
+
+def resolve_secrets(config: Config, environ: Mapping[str, str]) -> tuple[Secrets, list[str]]:
+    """Read every ``*_env`` variable; returns the secrets and an error line per missing variable."""
+    errors: list[str] = []
+
+    def read(key_path: str, name: str | None) -> str | None:
+        if name is None:
+            return None
+        value = environ.get(name)
+        if not value:
+            errors.append(f"{key_path}: environment variable {name} is not set")
+        return value
+
+    client_raw = read("auth.client_keys_env", config.auth.client_keys_env)
+    admin = read("auth.admin_key_env", config.auth.admin_key_env)
+    upstream_keys = {
+        name: read(f"upstreams.{name}.api_key_env", up.api_key_env) for name, up in config.upstreams.items()
+    }
+    dsn = read("store_env", config.store_env) if config.store_env else config.store
+    client_keys = frozenset(k.strip() for k in (client_raw or "").split(",") if k.strip())
+    return Secrets(client_keys, admin, upstream_keys, dsn or config.store), errors
+
+
+def parse_config(text: bytes, path: Path | str, environ: Mapping[str, str] | None = None) -> Loaded:
+    """Validate a whole file; raise ``ConfigError`` with every independent problem at once."""
+    try:
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(path, [f"(YAML) {where}{getattr(exc, 'problem', None) or exc}"]) from None
+    except RecursionError:
+        raise ConfigError(path, ["(YAML) nesting too deep"]) from None
+    if not isinstance(data, dict):
+        kind = "empty" if data is None else f"a {type(data).__name__}"
+        raise ConfigError(path, [f"(top level): expected a mapping with upstreams and routes, the file is {kind}"])
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(path, _pydantic_errors(exc)) from None
+    errors = _cross_errors(config)
+    secrets, secret_errors = resolve_secrets(config, os.environ if environ is None else environ)
+    errors += secret_errors
+    if errors:
+        raise ConfigError(path, errors)
+    return Loaded(config, secrets, hashlib.sha256(text).hexdigest(), Path(path))
+
+
+def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> Loaded:
+    try:
+        text = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(path, [f"(file) cannot read: {exc.strerror}"]) from None
+    return parse_config(text, path, environ)
+
+
+def redacted(config: Config) -> dict[str, Any]:
+    """The config as JSON-ready data for ``/admin/config``; it holds env names only, never values."""
+    data = config.model_dump(mode="json")
+    data["store"] = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", data["store"])
+    return data

@@ -1,0 +1,383 @@
+"""The data path, top to bottom, for every OpenAI endpoint: parse, decide, call, relay, finish.
+
+Each endpoint is a raw ASGI app (no per-request Request/Response objects on the hot path). A client
+disconnect cancels the upstream call at every phase; an upstream cut mid-stream reaches the client as an
+error event and never as a fabricated ``[DONE]``. The interaction is handed to the sink before the
+client's last bytes go out.
+
+Usage: ``Route("/v1/chat/completions", endpoint=Endpoint("chat.completions"), methods=["POST"])``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from collectors.record import Interaction
+from gateway.errors import (
+    BadRequest,
+    GatewayError,
+    NotFound,
+    PayloadTooLarge,
+    UpstreamFailure,
+    UpstreamTimeout,
+    error_body,
+    error_payload,
+)
+from gateway.runtime import Gateway, Generation
+from gateway.stream import SSETee, StreamProtocolError
+from gateway.upstream import Reply
+from policies.capture import should_capture
+from policies.routing import choose_variant
+
+log = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+REQUIRED = {"chat.completions": "messages", "completions": "prompt", "embeddings": "input"}
+JSON_HEADERS = [(b"content-type", b"application/json")]
+SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+
+
+@dataclass(slots=True)
+class Facts:
+    """What the data path knows about one request once it is parsed and decided."""
+
+    request_id: str
+    ts: float
+    t0: float
+    route: str
+    experiment: str
+    variant: str
+    body: dict[str, Any]
+    stream: bool
+    capture: bool
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body was complete."""
+
+
+async def read_body(receive: Any, limit: int, declared: bytes | None) -> bytes:
+    """The whole request body; 413 as soon as it passes ``limit`` (declared or counted)."""
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body is larger than the {limit} byte limit (server.max_body_mb)")
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is larger than the {limit} byte limit (server.max_body_mb)")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def parse_body(raw: bytes, endpoint: str) -> dict[str, Any]:
+    if not raw.strip():
+        raise BadRequest("request body is empty; expected a JSON object")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc.msg} at position {exc.pos}") from None
+    if not isinstance(body, dict):
+        raise BadRequest(f"request body must be a JSON object, got {type(body).__name__}")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("'model' is required and must be a string", param="model")
+    field = REQUIRED[endpoint]
+    value = body.get(field)
+    if value is None:
+        raise BadRequest(f"'{field}' is required", param=field)
+    if endpoint == "chat.completions" and (not isinstance(value, list) or not value):
+        raise BadRequest("'messages' must be a non-empty array", param="messages")
+    if endpoint == "chat.completions" and not all(isinstance(m, dict) for m in value):
+        raise BadRequest("each of 'messages' must be an object", param="messages")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool) and stream is not None:
+        raise BadRequest("'stream' must be a boolean", param="stream")
+    return body
+
+
+def sticky_key(sticky_by: str, headers: dict[bytes, bytes], body: dict[str, Any], api_key: str | None) -> str | None:
+    if sticky_by == "none":
+        return None
+    if sticky_by.startswith("header:"):
+        value = headers.get(sticky_by[7:].lower().encode())
+        return value.decode("latin-1") if value else None
+    if sticky_by == "user":
+        user = headers.get(b"x-turnout-user")
+        if user:
+            return user.decode("latin-1")
+        if isinstance(body.get("user"), str) and body["user"]:
+            return body["user"]
+    return api_key
+
+
+def _response_headers(facts: Facts) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"x-turnout-request-id", facts.request_id.encode()),
+        (b"x-turnout-route", facts.route.encode()),
+        (b"x-turnout-variant", facts.variant.encode()),
+    ]
+
+
+async def _send_whole(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_error(send: Any, exc: GatewayError, headers: list[tuple[bytes, bytes]] = ()) -> None:  # type: ignore[assignment]
+    extra = [(b"retry-after", b"1")] if exc.status == 503 else []
+    await _send_whole(send, exc.status, error_body(exc), [*JSON_HEADERS, *extra, *headers])
+
+
+async def _wait_disconnect(receive: Any) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class Endpoint:
+    """Raw ASGI app for one OpenAI endpoint kind."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        gw: Gateway = scope["state"]["gateway"]
+        gen = gw.generation
+        headers = dict(scope["headers"])
+        try:
+            caller = gen.keys.client(headers.get(b"authorization"))
+            limit = int(gen.config.server.max_body_mb * 1024 * 1024)
+            raw = await read_body(receive, limit, headers.get(b"content-length"))
+            body = parse_body(raw, self.endpoint)
+            facts = decide(gw, gen, self.endpoint, body, headers, caller.key, caller.admin)
+        except GatewayError as exc:
+            await send_error(send, exc)
+            return
+        except ClientGone:
+            return
+        call = Call(gw, gen, self.endpoint, facts, send)
+        serving = asyncio.ensure_future(call.run())
+        watching = asyncio.ensure_future(_wait_disconnect(receive))
+        await asyncio.wait((serving, watching), return_when=asyncio.FIRST_COMPLETED)
+        if serving.done():
+            watching.cancel()
+            serving.result()
+            return
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
+
+
+def decide(
+    gw: Gateway,
+    gen: Generation,
+    endpoint: str,
+    body: dict[str, Any],
+    headers: dict[bytes, bytes],
+    api_key: str | None,
+    admin: bool,
+) -> Facts:
+    config = gen.config
+    route_name = body["model"]
+    route = config.routes.get(route_name)
+    if route is None:
+        raise NotFound(f"unknown model {route_name!r}: no route of that name", param="model")
+    experiment = route.experiment or route_name
+    forced = headers.get(b"x-turnout-variant") if admin else None
+    if forced:
+        variant = forced.decode("latin-1")
+        if variant not in route.variants:
+            raise BadRequest(f"x-turnout-variant: {variant!r} is not a variant of route {route_name!r}")
+    else:
+        key = sticky_key(route.sticky_by, headers, body, api_key)
+        variant = choose_variant(experiment, key, route.variants, gw.rng)
+    opted_out = headers.get(b"x-turnout-no-capture", b"").strip() in (b"1", b"true")
+    capture = should_capture(route.capture.sample, opted_out=opted_out, rng=gw.rng)
+    return Facts(
+        request_id=uuid.uuid4().hex,
+        ts=time.time(),
+        t0=time.perf_counter(),
+        route=route_name,
+        experiment=experiment,
+        variant=variant,
+        body=body,
+        stream=bool(body.get("stream")),
+        capture=capture,
+    )
+
+
+class Call:
+    """One primary call: dispatch, relay, and exactly one interaction whatever happens."""
+
+    def __init__(self, gw: Gateway, gen: Generation, endpoint: str, facts: Facts, send: Any) -> None:
+        self.gw, self.gen, self.endpoint, self.facts, self.send = gw, gen, endpoint, facts, send
+        self.headers = _response_headers(facts)
+        self.status = 0
+        self.response: dict[str, Any] | None = None
+        self.usage: dict[str, Any] | None = None
+        self.response_id: str | None = None
+        self.error: str | None = None
+        self.outcome = "ok"
+        self.first_token_at: float | None = None
+        self.finished = False
+
+    async def run(self) -> None:
+        facts = self.facts
+        client = self.gen.clients[facts.variant]
+        stream = facts.stream and self.endpoint != "embeddings"
+        body = facts.body
+        withhold_usage = False
+        if stream and not (body.get("stream_options") or {}).get("include_usage"):
+            body = {**body, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
+            withhold_usage = True
+        try:
+            try:
+                reply = await client.call(self.endpoint, body, stream=stream, request_id=facts.request_id)
+            except UpstreamFailure as exc:
+                kind = "timeout" if isinstance(exc, UpstreamTimeout) else "connect"
+                self.gw.metrics.upstream_errors.labels(facts.variant, kind).inc()
+                await self._fail(exc, "timeout" if kind == "timeout" else "upstream_error")
+                return
+            if reply.stream is not None:
+                await self._relay_stream(reply, withhold_usage)
+            else:
+                await self._relay_whole(reply)
+        except asyncio.CancelledError:
+            self.outcome = "client_cancelled"
+            self.status = self.status or 499
+            self.error = self.error or "client disconnected"
+            raise
+        finally:
+            self._finish()
+
+    async def _fail(self, exc: GatewayError, outcome: str) -> None:
+        self.status, self.outcome, self.error = exc.status, outcome, exc.message
+        self._finish()
+        await send_error(self.send, exc, self.headers)
+
+    async def _relay_whole(self, reply: Reply) -> None:
+        facts = self.facts
+        if reply.status >= 500:
+            self.gw.metrics.upstream_errors.labels(facts.variant, "status").inc()
+            await self._fail(UpstreamFailure(f"upstream {facts.variant!r} answered {reply.status}"), "upstream_error")
+            return
+        data = self.gen.scrub(reply.body)
+        try:
+            parsed = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            self.gw.metrics.upstream_errors.labels(facts.variant, "protocol").inc()
+            await self._fail(
+                UpstreamFailure(
+                    f"upstream {facts.variant!r} answered {reply.status} with a body that is not a JSON object"
+                ),
+                "upstream_error",
+            )
+            return
+        self.status = reply.status
+        if reply.status >= 400:
+            self.outcome = "upstream_error"
+            self.error = f"upstream answered {reply.status}"
+            self.gw.metrics.upstream_errors.labels(facts.variant, "status").inc()
+        else:
+            self.response = parsed
+            self.usage = parsed.get("usage")
+            self.response_id = parsed.get("id") if isinstance(parsed.get("id"), str) else None
+        headers = [*JSON_HEADERS, *self.headers]
+        if reply.retry_after and reply.status == 429:
+            headers.append((b"retry-after", reply.retry_after.encode("latin-1")))
+        self._finish()
+        await _send_whole(self.send, reply.status, data, headers)
+
+    async def _relay_stream(self, reply: Reply, withhold_usage: bool) -> None:
+        assert reply.stream is not None
+        send = self.send
+        tee = SSETee(withhold_usage=withhold_usage)
+        await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *self.headers]})
+        self.status = 200
+        failure: str | None = None
+        out = b""
+        try:
+            async for data in reply.stream:
+                out = tee.feed(data)
+                if tee.done:
+                    break
+                if out:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+            else:
+                failure = "upstream closed the stream without [DONE]"
+        except StreamProtocolError as exc:
+            failure = str(exc)
+        except (aiohttp.ClientError, UpstreamFailure) as exc:
+            failure = f"upstream broke off the stream ({type(exc).__name__})"
+        except TimeoutError:
+            failure = f"upstream timed out after {self.gen.config.upstreams[self.facts.variant].timeout_s:g}s"
+        finally:
+            (reply.release if tee.done else reply.close)()
+            self.first_token_at = tee.first_token_at
+            self.response = tee.assemble()
+            self.usage = tee.usage
+            self.response_id = tee.meta.get("id")
+        if tee.error is not None and failure is None:
+            failure = "upstream sent an error event"
+        if failure is not None:
+            self.outcome, self.error = "upstream_error", failure
+            self.gw.metrics.upstream_errors.labels(self.facts.variant, "protocol").inc()
+            self._finish()
+            event = orjson.dumps(error_payload(failure, "upstream_error", "stream_broken"))
+            await send({"type": "http.response.body", "body": b"data: " + event + b"\n\n", "more_body": False})
+            return
+        self._finish()
+        await send({"type": "http.response.body", "body": out, "more_body": False})
+
+    def _finish(self) -> None:
+        """Hand the one interaction of this call to the sink (idempotent)."""
+        if self.finished:
+            return
+        self.finished = True
+        facts = self.facts
+        now = time.perf_counter()
+        it = Interaction(
+            request_id=facts.request_id,
+            ts=facts.ts,
+            route=facts.route,
+            experiment=facts.experiment,
+            variant=facts.variant,
+            role="primary",
+            parent_id=None,
+            upstream=facts.variant,
+            endpoint=self.endpoint,
+            request=facts.body,
+            response=self.response,
+            status=self.status,
+            outcome=self.outcome,
+            latency_ms=(now - facts.t0) * 1000.0,
+            ttft_ms=None if self.first_token_at is None else (self.first_token_at - facts.t0) * 1000.0,
+            usage=self.usage if isinstance(self.usage, dict) else None,
+            error=self.error,
+            stream=facts.stream,
+            capture=facts.capture,
+            response_id=self.response_id,
+        )
+        self.gw.sink.finish(it)
