@@ -1,0 +1,152 @@
+"""Run a real gateway for tests: uvicorn on 127.0.0.1 in a thread (fast), or ``python -m gateway serve`` in a
+subprocess (for signals, crashes and multi-process cases).
+
+Usage::
+
+    cfg = write_config(tmp_path, CONFIG.format(upstream=fake.url))
+    with served(cfg) as gw:            # in-thread uvicorn, fresh CollectorRegistry
+        httpx.post(gw.url + "/v1/chat/completions", json=...)
+    with GatewayProcess(cfg) as proc:  # subprocess; proc.url, proc.stop(sig)
+        ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import uvicorn
+from prometheus_client import CollectorRegistry, generate_latest
+
+from gateway.app import create_app
+from gateway.config import load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(directory: Path, text: str, name: str = "turnout.yaml") -> Path:
+    path = directory / name
+    path.write_text(text)
+    return path
+
+
+class Served:
+    def __init__(self, url: str, registry: CollectorRegistry, server: uvicorn.Server, config: Path) -> None:
+        self.url = url
+        self.registry = registry
+        self.server = server
+        self.config = config
+
+    def metrics(self) -> str:
+        return generate_latest(self.registry).decode()
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sample value of ``name`` with exactly these labels (0.0 when absent)."""
+        value = self.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value
+
+
+@contextlib.contextmanager
+def served(config: Path, *, reload_interval: float = 0.1, env: dict[str, str] | None = None) -> Iterator[Served]:
+    """A gateway app served by uvicorn in a background thread with its own event loop."""
+    loaded = load_config(config, environ={**os.environ, **(env or {})})
+    registry = CollectorRegistry()
+    app = create_app(loaded, registry=registry, reload_interval=reload_interval)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, loop="uvloop", http="httptools", log_level="warning", access_log=False, timeout_graceful_shutdown=5
+        )
+    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("gateway did not start")
+        time.sleep(0.01)
+    try:
+        yield Served(f"http://127.0.0.1:{port}", registry, server, config)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+class GatewayProcess:
+    """``python -m gateway serve`` in a subprocess; waits for /readyz."""
+
+    def __init__(
+        self, config: Path, *, env: dict[str, str] | None = None, args: tuple[str, ...] = (), cwd: Path | None = None
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = (cwd or config.parent) / f"gateway-{self.port}.log"
+        full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "serve",
+                "-c",
+                str(config),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                *args,
+            ],
+            env=full_env,
+            cwd=cwd or config.parent,
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited {self.proc.returncode}: {self.output()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"gateway not ready after {timeout}s: {self.output()}")
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)
+
+    def __enter__(self) -> GatewayProcess:
+        self.wait_ready()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop(signal.SIGKILL if exc[0] else signal.SIGTERM)
