@@ -51,9 +51,7 @@ class FakeAnthropic(FakeServer):
     def routes(self) -> list[tuple[str, str, Handler]]:
         return [("POST", "/v1/messages", self._messages)]
 
-    async def _messages(
-        self, request: web.Request, rec: Recorded, b: Behavior, status: int
-    ) -> web.StreamResponse:
+    async def _messages(self, request: web.Request, rec: Recorded, b: Behavior, status: int) -> web.StreamResponse:
         body = rec.body
         if status == 200 and not (isinstance(body, dict) and isinstance(body.get("model"), str)):
             status = 400
@@ -63,9 +61,7 @@ class FakeAnthropic(FakeServer):
         rid = b.response_id or f"msg_fake_{self.next_id()}"
         messages = body.get("messages") or []
         text = b.text if b.text is not None else "echo: " + _last_user_text(messages)
-        input_tokens = words(_text_of(body.get("system"))) + sum(
-            words(_text_of(m.get("content"))) for m in messages
-        )
+        input_tokens = words(_text_of(body.get("system"))) + sum(words(_text_of(m.get("content"))) for m in messages)
         message: dict[str, Any] = {
             "id": rid,
             "type": "message",
@@ -88,9 +84,7 @@ class FakeAnthropic(FakeServer):
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
         await _event(resp, {"type": "message_start", "message": start})
-        await _event(
-            resp, {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
-        )
+        await _event(resp, {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
         await _event(resp, {"type": "ping"})
         for i, piece in enumerate(pieces(text, b.chunks)):
             if b.cut_after is not None and i >= b.cut_after:

@@ -67,9 +67,7 @@ class FakeOpenAI(FakeServer):
 
     # -- endpoints ---------------------------------------------------------------------------------
 
-    async def _chat(
-        self, request: web.Request, rec: Recorded, b: Behavior, status: int
-    ) -> web.StreamResponse:
+    async def _chat(self, request: web.Request, rec: Recorded, b: Behavior, status: int) -> web.StreamResponse:
         if (early := _early_answer(rec, b, status)) is not None:
             return early
         body = rec.body
@@ -136,9 +134,7 @@ class FakeOpenAI(FakeServer):
             tail.append({**chunk({}), "choices": [], "usage": usage})
         return await _stream_sse(request, b, events, tail)
 
-    async def _completions(
-        self, request: web.Request, rec: Recorded, b: Behavior, status: int
-    ) -> web.StreamResponse:
+    async def _completions(self, request: web.Request, rec: Recorded, b: Behavior, status: int) -> web.StreamResponse:
         if (early := _early_answer(rec, b, status)) is not None:
             return early
         body = rec.body
@@ -167,9 +163,7 @@ class FakeOpenAI(FakeServer):
             tail.append({**completion("", None), "choices": [], "usage": usage})
         return await _stream_sse(request, b, events, tail)
 
-    async def _embeddings(
-        self, request: web.Request, rec: Recorded, b: Behavior, status: int
-    ) -> web.StreamResponse:
+    async def _embeddings(self, request: web.Request, rec: Recorded, b: Behavior, status: int) -> web.StreamResponse:
         if (early := _early_answer(rec, b, status)) is not None:
             return early
         body = rec.body
@@ -180,9 +174,7 @@ class FakeOpenAI(FakeServer):
         for i, item in enumerate(inputs):
             vector = embedding_of(item if isinstance(item, str) else json.dumps(item))
             encoded: Any = (
-                base64.b64encode(struct.pack(f"<{_EMBEDDING_DIM}f", *vector)).decode()
-                if as_base64
-                else vector
+                base64.b64encode(struct.pack(f"<{_EMBEDDING_DIM}f", *vector)).decode() if as_base64 else vector
             )
             data.append({"object": "embedding", "index": i, "embedding": encoded})
         n = sum(words(item) if isinstance(item, str) else len(item) for item in inputs)
@@ -195,9 +187,7 @@ class FakeOpenAI(FakeServer):
             }
         )
 
-    async def _models(
-        self, request: web.Request, rec: Recorded, b: Behavior, status: int
-    ) -> web.StreamResponse:
+    async def _models(self, request: web.Request, rec: Recorded, b: Behavior, status: int) -> web.StreamResponse:
         if status != 200:
             return _error(rec, b, status)
         with self._cond:
@@ -230,9 +220,7 @@ def _early_answer(rec: Recorded, b: Behavior, status: int) -> web.Response | Non
             status=200, text="<html><body><h1>502 Bad Gateway</h1></body></html>", content_type="text/html"
         )
     if b.malformed == "truncated-json":
-        whole = json.dumps(
-            {"id": "chatcmpl-fake-broken", "object": "chat.completion", "choices": [{"index": 0}]}
-        )
+        whole = json.dumps({"id": "chatcmpl-fake-broken", "object": "chat.completion", "choices": [{"index": 0}]})
         return web.Response(status=200, text=whole[: len(whole) // 2], content_type="application/json")
     if b.malformed == "bad-sse":
         garbage = 'data: {not json\n\nthis is not an event\n\ndata: {"choices": [{"delta": 42}\n\n'

@@ -63,9 +63,7 @@ def test_stream_with_usage_follows_openai_chunk_sequence(fake_openai: FakeOpenAI
     assert chunks[-1].usage.total_tokens == 9
     assert {c.id for c in chunks} == {"chatcmpl-fixed"}
 
-    raw = httpx.post(
-        f"{fake_openai.url}/chat/completions", json={"model": "x", "messages": USER, "stream": True}
-    )
+    raw = httpx.post(f"{fake_openai.url}/chat/completions", json={"model": "x", "messages": USER, "stream": True})
     assert raw.headers["content-type"].startswith("text/event-stream")
     events = sse_events(raw.text)
     assert events[-1] == "[DONE]"
@@ -112,9 +110,7 @@ def test_cut_after_breaks_the_stream_and_plain_gets_no_response(fake_openai: Fak
             received.append(chunk.choices[0].delta.content or "")
     assert received == ["one ", "two "]
 
-    with httpx.stream(
-        "POST", f"{fake_openai.url}/chat/completions", json={"model": "cut", "stream": True}
-    ) as r:
+    with httpx.stream("POST", f"{fake_openai.url}/chat/completions", json={"model": "cut", "stream": True}) as r:
         assert r.status_code == 200
         with pytest.raises(httpx.RemoteProtocolError):
             r.read()
@@ -133,9 +129,7 @@ def test_hang_until_client_timeout_marks_the_request_aborted(fake_openai: FakeOp
 
 def test_client_leaving_mid_stream_marks_the_request_aborted(fake_openai: FakeOpenAI) -> None:
     fake_openai.default = Behavior(chunks=4, chunk_delay_s=0.2)
-    with httpx.stream(
-        "POST", f"{fake_openai.url}/chat/completions", json={"model": "m", "stream": True}
-    ) as r:
+    with httpx.stream("POST", f"{fake_openai.url}/chat/completions", json={"model": "m", "stream": True}) as r:
         next(r.iter_bytes())
     assert fake_openai.requests[0].wait_done().aborted is True
 
@@ -292,9 +286,7 @@ def litellm_module(monkeypatch: pytest.MonkeyPatch) -> Any:
     return litellm
 
 
-async def test_litellm_talks_to_the_anthropic_fake(
-    fake_anthropic: FakeAnthropic, litellm_module: Any
-) -> None:
+async def test_litellm_talks_to_the_anthropic_fake(fake_anthropic: FakeAnthropic, litellm_module: Any) -> None:
     kwargs: dict[str, Any] = {
         "model": "anthropic/claude-x",
         "api_base": fake_anthropic.url,
