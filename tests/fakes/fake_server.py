@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from aiohttp import web
 
@@ -30,6 +30,7 @@ Handler = Callable[[web.Request, "Recorded", "Behavior", int], Awaitable[web.Str
 
 _START_TIMEOUT_S = 5.0
 _STOP_TIMEOUT_S = 5.0
+_BACKLOG = 4096  # load tests open a thousand connections at once
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Recorded:
     body: Any
     received_at: float
     aborted: bool = False
+    finished_at: float | None = None  # time.monotonic() when answered, cut or aborted
     done: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def wait_done(self, timeout: float = 5.0) -> Recorded:
@@ -142,7 +144,7 @@ class FakeServer:
             self._thread.join(_STOP_TIMEOUT_S)
             self._loop.close()
 
-    def __enter__(self) -> FakeServer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -157,7 +159,7 @@ class FakeServer:
         # handler_cancellation: a client going away cancels its handler, which is how `aborted` is seen.
         self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.1, access_log=None)
         await self._runner.setup()
-        await web.SockSite(self._runner, self._sock).start()
+        await web.SockSite(self._runner, self._sock, backlog=_BACKLOG).start()
 
     async def _stop(self) -> None:
         if self._runner is not None:
@@ -200,6 +202,7 @@ class FakeServer:
                 rec.aborted = not self._closing
                 raise
             finally:
+                rec.finished_at = time.monotonic()
                 rec.done.set()
 
         return endpoint

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import struct
@@ -12,6 +13,7 @@ import threading
 import time
 from typing import Any
 
+import aiohttp
 import httpx
 import openai
 import pytest
@@ -128,10 +130,25 @@ def test_hang_until_client_timeout_marks_the_request_aborted(fake_openai: FakeOp
 
 
 def test_client_leaving_mid_stream_marks_the_request_aborted(fake_openai: FakeOpenAI) -> None:
-    fake_openai.default = Behavior(chunks=4, chunk_delay_s=0.2)
+    fake_openai.default = Behavior(chunks=4, chunk_delay_s=0.5)
     with httpx.stream("POST", f"{fake_openai.url}/chat/completions", json={"model": "m", "stream": True}) as r:
         next(r.iter_bytes())
-    assert fake_openai.requests[0].wait_done().aborted is True
+    rec = fake_openai.requests[0].wait_done()
+    assert rec.aborted is True
+    assert rec.finished_at is not None and rec.finished_at - rec.received_at < 1.0  # a full answer takes 1.5 s
+
+
+async def test_serves_hundreds_of_concurrent_streams(fake_openai: FakeOpenAI) -> None:
+    fake_openai.default = Behavior(text="a b c", chunk_delay_s=0.05)
+
+    async def one(session: aiohttp.ClientSession) -> str:
+        async with session.post(f"{fake_openai.url}/chat/completions", json={"model": "m", "stream": True}) as r:
+            return await r.text()
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        answers = await asyncio.gather(*(one(session) for _ in range(500)))
+    assert all(a.endswith("data: [DONE]\n\n") for a in answers)
+    assert len(fake_openai.requests) == 500
 
 
 def test_delay_holds_back_the_headers(fake_openai: FakeOpenAI) -> None:
