@@ -25,7 +25,7 @@ def _fail(exc: ConfigError) -> int:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    path = Path(args.config).resolve()
+    path = Path(args.config).absolute()  # not resolve(): a ConfigMap mount swaps the ..data symlink under it
     try:
         loaded = load_config(path)
     except ConfigError as exc:
