@@ -8,6 +8,7 @@ Needs the helm binary at .ci/bin/helm (`bash .ci/tools.sh`); a missing binary fa
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import subprocess
@@ -109,6 +110,7 @@ def test_scenarios_render_the_expected_objects() -> None:
     assert kinds["defaults"] == ["ConfigMap", "Deployment", "Service", "ServiceAccount"]
     assert kinds["production"] == sorted(
         [
+            "ConfigMap",
             "ConfigMap",
             "Deployment",
             "HorizontalPodAutoscaler",
@@ -295,6 +297,19 @@ def test_prometheus_rule_is_alerts_yaml_and_passes_promtool(tmp_path: Path) -> N
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {sum(len(g['rules']) for g in source['groups'])} rules found" in result.stdout
+
+
+def test_dashboard_configmap_carries_the_grafana_json_through_the_symlink() -> None:
+    link = CHART / "dashboards" / "turnout.json"
+    assert link.is_symlink(), "one source: grafana/turnout.json, linked into the chart"
+    assert link.resolve() == (REPO / "grafana" / "turnout.json").resolve()
+    docs = rendered("production")
+    dashboards = one(docs, "ConfigMap", f"{RELEASE}-dashboards")
+    assert dashboards["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboards["metadata"]["namespace"] == "monitoring"
+    shipped = dashboards["data"]["turnout.json"]
+    assert json.loads(shipped) == json.loads((REPO / "grafana" / "turnout.json").read_text())
+    assert json.loads(shipped)["uid"]
 
 
 # --- values the chart must refuse --------------------------------------------------------------------------
