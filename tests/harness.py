@@ -101,25 +101,23 @@ class GatewayProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = (cwd or config.parent) / f"gateway-{self.port}.log"
         full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gateway",
-                "serve",
-                "-c",
-                str(config),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                *args,
-            ],
-            env=full_env,
-            cwd=cwd or config.parent,
-            stdout=self.log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
+        command = [
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "-c",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            *args,
+        ]
+        with self.log.open("wb") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                command, env=full_env, cwd=cwd or config.parent, stdout=log, stderr=subprocess.STDOUT
+            )
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
