@@ -438,3 +438,22 @@ def test_turnout_check_catches_what_the_values_schema_cannot(tmp_path: Path) -> 
     check = turnout_check(turnout_yaml(docs), tmp_path)
     assert check.returncode != 0
     assert "routes.bot.variants: unknown upstream 'missing'" in check.stderr
+
+
+def notes(scenario: str) -> str:
+    """NOTES.txt as `helm install` prints it; a client-side dry run needs no cluster."""
+    result = helm(
+        "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client", "-f", str(SCENARIOS[scenario])
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.partition("\nNOTES:\n")[2]
+
+
+def test_notes_name_the_routes_and_warn_about_unsafe_defaults() -> None:
+    defaults, production = notes("defaults"), notes("production")
+    assert "Routes (the `model` clients ask for): demo\n" in defaults
+    assert "Routes (the `model` clients ask for): support-bot\n" in production
+    assert f"port-forward svc/{RELEASE} 8080:80" in defaults
+    for warning in ("SQLite on an emptyDir", "client_keys_env is not set"):
+        assert warning in defaults and warning not in production
+    assert "SQLite on an emptyDir" not in notes("sqlite-pvc")
