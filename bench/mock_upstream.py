@@ -25,21 +25,17 @@ COMPLETION = (
     b'"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":9,"total_tokens":18}}'
 )
 COMPLETION_RESPONSE = (
-    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(COMPLETION)
-    + COMPLETION
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(COMPLETION) + COMPLETION
 )
 OTHER_BODY = b'{"object":"list","data":[{"id":"mock-model","object":"model","owned_by":"bench"}]}'
 OTHER_RESPONSE = (
-    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(OTHER_BODY)
-    + OTHER_BODY
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(OTHER_BODY) + OTHER_BODY
 )
 SSE_HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
     b"transfer-encoding: chunked\r\n\r\n"
 )
-_CHUNK_PREFIX = (
-    b'{"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1767225600,"model":"mock-model",'
-)
+_CHUNK_PREFIX = b'{"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1767225600,"model":"mock-model",'
 
 
 def _chunked(payload: bytes) -> bytes:

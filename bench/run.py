@@ -60,9 +60,7 @@ def start_subjects(args: argparse.Namespace, workdir: Path, mock_url: str) -> li
         elif name in TURNOUT_SUBJECTS:
             capture, shadow = TURNOUT_SUBJECTS[name]
             subjects.append(
-                start_turnout(
-                    workdir, PROXY_CPU, mock_url, args.gateway_root, name, capture=capture, shadow=shadow
-                )
+                start_turnout(workdir, PROXY_CPU, mock_url, args.gateway_root, name, capture=capture, shadow=shadow)
             )
         elif name == "nginx":
             nginx = start_nginx(workdir, PROXY_CPU, mock_url)
@@ -102,9 +100,7 @@ def load_phase(subjects: list[Subject], args: argparse.Namespace, results: Resul
             wrk = measure.run_wrk(subject.url, connections, args.duration, LOAD_CPU)
             if wrk["errors"] or wrk["status_errors"]:
                 print(f"WARNING {subject.name} c={connections}: {wrk}", file=sys.stderr)
-            record(
-                results, subject.name, f"cpu_us_c{connections}", cpu_after(subject, before, wrk["requests"])
-            )
+            record(results, subject.name, f"cpu_us_c{connections}", cpu_after(subject, before, wrk["requests"]))
             record(results, subject.name, f"rps_c{connections}", wrk["rps"])
             if connections == 1:
                 record(results, subject.name, "p50_ms_c1", wrk["p50_us"] / 1000)
@@ -113,13 +109,9 @@ def load_phase(subjects: list[Subject], args: argparse.Namespace, results: Resul
 
 def stream_phase(subjects: list[Subject], args: argparse.Namespace, results: Results) -> None:
     for subject in subjects:
-        first = measure.run_client(
-            "stream", subject.url, args.stream_duration, LOAD_CPU, "--concurrency", "1"
-        )
+        first = measure.run_client("stream", subject.url, args.stream_duration, LOAD_CPU, "--concurrency", "1")
         before = cpu_before(subject)
-        loaded = measure.run_client(
-            "stream", subject.url, args.stream_duration, LOAD_CPU, "--concurrency", "16"
-        )
+        loaded = measure.run_client("stream", subject.url, args.stream_duration, LOAD_CPU, "--concurrency", "16")
         if first["errors"] or loaded["errors"]:
             print(f"WARNING {subject.name} stream errors: {first} {loaded}", file=sys.stderr)
         record(results, subject.name, "stream_cpu_us_per_event", cpu_after(subject, before, loaded["events"]))
@@ -218,9 +210,7 @@ def main() -> None:
             stream_phase(subjects, args, results)
             rate_phase(subjects, args, results)
             add_differences(results, rep)
-            print(
-                f"repetition {rep + 1}/{args.reps} took {time.monotonic() - started:.0f} s", file=sys.stderr
-            )
+            print(f"repetition {rep + 1}/{args.reps} took {time.monotonic() - started:.0f} s", file=sys.stderr)
     finally:
         for subject in subjects:
             if subject.process is not None:

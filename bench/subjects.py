@@ -107,9 +107,7 @@ def start_passthrough(workdir: Path, cpu: int, mock_url: str) -> Subject:
     return Subject("passthrough", url, process)
 
 
-def turnout_config(
-    workdir: Path, name: str, mock_url: str, port: int, *, capture: bool, shadow: bool
-) -> Path:
+def turnout_config(workdir: Path, name: str, mock_url: str, port: int, *, capture: bool, shadow: bool) -> Path:
     """Write a Turnout config: route `bench` -> upstream `mock`; capture at the default or off; one shadow."""
     home = workdir / name
     home.mkdir(exist_ok=True)
