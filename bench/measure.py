@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from bench.subjects import BENCH_DIR
@@ -72,6 +73,12 @@ def run_wrk(url: str, connections: int, duration: float, cpu: int) -> dict[str, 
             result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
             return result
     raise RuntimeError(f"wrk printed no summary: {done.stdout}\n{done.stderr}")
+
+
+def upstream_posts(mock_url: str) -> int:
+    """POSTs the mock has answered so far (primary and shadow calls of every subject)."""
+    with urllib.request.urlopen(mock_url + "/stats", timeout=5) as response:
+        return int(json.loads(response.read())["posts"])
 
 
 def run_client(mode: str, url: str, duration: float, cpu: int, *args: str) -> dict[str, float]:

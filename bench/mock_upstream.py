@@ -2,7 +2,8 @@
 
 `POST /v1/chat/completions` answers a fixed `chat.completion`; with `"stream": true` in the body it
 answers `--events` SSE chunks (the first at once, the rest `--event-delay-ms` apart), a usage chunk
-when the body asks for `include_usage`, then `data: [DONE]`. Any other request gets a small 200 JSON.
+when the body asks for `include_usage`, then `data: [DONE]`. `GET /stats` answers the number of POSTs
+answered so far (`{"posts": N}`, so a harness can count shadow calls); any other request gets a small 200.
 The mock costs so little CPU that whatever sits in front of it is what a benchmark measures.
 
 Usage: python bench/mock_upstream.py --port 9001 --events 32 --event-delay-ms 1
@@ -31,6 +32,7 @@ OTHER_BODY = b'{"object":"list","data":[{"id":"mock-model","object":"model","own
 OTHER_RESPONSE = (
     b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(OTHER_BODY) + OTHER_BODY
 )
+STATS = {"posts": 0}
 SSE_HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
     b"transfer-encoding: chunked\r\n\r\n"
@@ -91,13 +93,18 @@ class MockUpstream(asyncio.Protocol):
                 return
             body = bytes(self.buffer[end + 4 : total])
             del self.buffer[:total]
-            if not head.startswith(b"post"):
+            if head.startswith(b"get /stats"):
+                stats = b'{"posts":%d}' % STATS["posts"]
+                transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(stats), stats))
+            elif not head.startswith(b"post"):
                 transport.write(OTHER_RESPONSE)
             elif b'"stream":true' in body.replace(b" ", b""):
+                STATS["posts"] += 1
                 self.streaming = True
                 asyncio.get_running_loop().create_task(self._stream(b"include_usage" in body))
                 return
             else:
+                STATS["posts"] += 1
                 transport.write(COMPLETION_RESPONSE)
 
     async def _stream(self, usage: bool) -> None:

@@ -42,6 +42,8 @@ def table(title: str, rows: dict[str, Series], columns: list[tuple[str, str]]) -
     lines = [f"**{title}**", "", "| subject | " + " | ".join(h for _, h in columns) + " |"]
     lines.append("|---|" + "---|" * len(columns))
     for name, series in rows.items():
+        if not any(series.get(key) for key, _ in columns):
+            continue
         lines.append(f"| {name} | " + " | ".join(cell(series.get(key)) for key, _ in columns) + " |")
     return "\n".join(lines) + "\n"
 
@@ -89,6 +91,7 @@ def goals(results: dict[str, Series], ratios: Series) -> str:
 def render(results: dict[str, Series], ratios: Series, connections: list[int], settings: str) -> str:
     cpu = [(f"cpu_us_c{c}", f"c={c}") for c in connections]
     rps = [(f"rps_c{c}", f"c={c}") for c in connections]
+    rps.append(("upstream_calls", f"upstream calls per request (c={max(connections)})"))
     latency = [
         ("p50_ms_c1", "p50"),
         ("p99_ms_c1", "p99"),

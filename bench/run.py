@@ -93,15 +93,19 @@ def record(results: Results, name: str, figure: str, value: float | None) -> Non
         results[name][figure].append(value)
 
 
-def load_phase(subjects: list[Subject], args: argparse.Namespace, results: Results) -> None:
+def load_phase(subjects: list[Subject], args: argparse.Namespace, results: Results, mock_url: str) -> None:
     for connections in args.connections:
         for subject in subjects:
             before = cpu_before(subject)
+            posts = measure.upstream_posts(mock_url)
             wrk = measure.run_wrk(subject.url, connections, args.duration, LOAD_CPU)
             if wrk["errors"] or wrk["status_errors"]:
                 print(f"WARNING {subject.name} c={connections}: {wrk}", file=sys.stderr)
             record(results, subject.name, f"cpu_us_c{connections}", cpu_after(subject, before, wrk["requests"]))
             record(results, subject.name, f"rps_c{connections}", wrk["rps"])
+            if connections == max(args.connections) and wrk["requests"]:
+                calls = (measure.upstream_posts(mock_url) - posts) / wrk["requests"]
+                record(results, subject.name, "upstream_calls", calls)
             if connections == 1:
                 record(results, subject.name, "p50_ms_c1", wrk["p50_us"] / 1000)
                 record(results, subject.name, "p99_ms_c1", wrk["p99_us"] / 1000)
@@ -206,7 +210,7 @@ def main() -> None:
             measure.run_client("stream", subject.url, 1, LOAD_CPU, "--concurrency", "4")
         for rep in range(args.reps):
             started = time.monotonic()
-            load_phase(subjects, args, results)
+            load_phase(subjects, args, results, mock_url)
             stream_phase(subjects, args, results)
             rate_phase(subjects, args, results)
             add_differences(results, rep)
