@@ -26,8 +26,7 @@ RUN /opt/turnout/bin/pip wheel --no-deps --wheel-dir /tmp/wheels . \
 FROM ${PYTHON_IMAGE}
 ENV PATH=/opt/turnout/bin:$PATH \
     PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1 \
-    LITELLM_LOCAL_MODEL_COST_MAP=True
+    PYTHONDONTWRITEBYTECODE=1
 RUN groupadd --system --gid 10001 turnout \
  && useradd --system --uid 10001 --gid turnout --home-dir /var/lib/turnout --no-create-home \
       --shell /usr/sbin/nologin turnout \
