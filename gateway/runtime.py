@@ -21,7 +21,7 @@ from collectors.metrics import Metrics
 from collectors.sink import Sink
 from gateway.auth import Keys
 from gateway.config import Config, Loaded
-from gateway.upstream import Client, make_client
+from gateway.upstream import Client, close_clients, make_client
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ class Gateway:
 
     async def close(self) -> None:
         self.ready = False
+        await close_clients(self.generation.clients.values())
         if self.session is not None:
             await self.session.close()
 

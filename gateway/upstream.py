@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -24,6 +25,7 @@ import orjson
 from gateway.config import Upstream
 from gateway.errors import UpstreamFailure, UpstreamTimeout
 
+log = logging.getLogger(__name__)
 PATHS = {"chat.completions": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
 JSON = "application/json"
 SSE = "text/event-stream"
@@ -274,8 +276,19 @@ class LitellmClient:
             async for chunk in chunks:
                 yield _event(chunk.model_dump(exclude_none=True))
         except Exception as exc:
+            log.warning("upstream %r stream failed: %r", self.name, exc)
             raise UpstreamFailure(f"upstream {self.name!r} broke off its stream ({type(exc).__name__})") from None
+        finally:
+            await chunks.aclose()  # a cancelled relay (client gone) closes the provider's connection too
         yield b"data: [DONE]\n\n"
+
+
+async def close_clients(clients: Iterable[Client]) -> None:
+    """Close what the clients hold beyond the shared session (litellm caches its own HTTP clients)."""
+    if any(isinstance(c, LitellmClient) for c in clients):
+        litellm = _litellm()
+        await litellm.close_litellm_async_clients()
+        litellm.in_memory_llm_clients_cache.flush_cache()
 
 
 def make_client(name: str, conf: Upstream, api_key: str | None, session: aiohttp.ClientSession) -> Client:

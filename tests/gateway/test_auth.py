@@ -47,8 +47,15 @@ def bearer(key: str) -> dict[str, str]:
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"authorization": "Bearer"}, {"authorization": CLIENT_KEY}, {"authorization": f"Basic {CLIENT_KEY}"},
-     bearer("wrong"), bearer(CLIENT_KEY + "x"), bearer(CLIENT_KEY[:-1])],
+    [
+        {},
+        {"authorization": "Bearer"},
+        {"authorization": CLIENT_KEY},
+        {"authorization": f"Basic {CLIENT_KEY}"},
+        bearer("wrong"),
+        bearer(CLIENT_KEY + "x"),
+        bearer(CLIENT_KEY[:-1]),
+    ],
 )
 def test_missing_malformed_and_wrong_keys_get_401(gw: Served, fake_openai: FakeOpenAI, headers: dict[str, str]) -> None:
     resp = httpx.post(gw.url + "/v1/chat/completions", json={"model": "bot", "messages": MESSAGES}, headers=headers)
@@ -100,20 +107,23 @@ def test_admin_config_shows_env_names_never_values(gw: Served) -> None:
 
 
 def test_no_client_keys_means_open_and_admin_closed(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
-    text = CONFIG.format(url=fake_openai.url).replace(
-        "auth: {client_keys_env: T_CLIENT_KEYS, admin_key_env: T_ADMIN_KEY}", ""
-    ).replace(", api_key_env: T_UP_KEY", "")
+    text = (
+        CONFIG.format(url=fake_openai.url)
+        .replace("auth: {client_keys_env: T_CLIENT_KEYS, admin_key_env: T_ADMIN_KEY}", "")
+        .replace(", api_key_env: T_UP_KEY", "")
+    )
     with served(write_config(tmp_path, text)) as gw:
-        resp = httpx.post(gw.url + "/v1/chat/completions", json={"model": "bot", "messages": MESSAGES},
-                          headers={"authorization": "whatever"})
+        resp = httpx.post(
+            gw.url + "/v1/chat/completions",
+            json={"model": "bot", "messages": MESSAGES},
+            headers={"authorization": "whatever"},
+        )
         assert resp.status_code == 200
         assert httpx.get(gw.url + "/admin/config").status_code == 401
         assert httpx.get(gw.url + "/admin/config", headers=bearer("anything")).status_code == 401
 
 
-def test_secret_canaries_appear_nowhere(
-    gw: Served, fake_openai: FakeOpenAI, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_secret_canaries_appear_nowhere(gw: Served, fake_openai: FakeOpenAI, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     url = gw.url + "/v1/chat/completions"
     body = {"model": "bot", "messages": MESSAGES}
@@ -153,7 +163,12 @@ def test_crlf_in_echoed_values_and_path_tricks(gw: Served) -> None:
         assert not answer.startswith(b"HTTP/1.1 200")
         assert b"\r\nx-injected" not in answer
     body = b'{"model": "bot", "messages": [{"role": "user", "content": "x"}]}'
-    answer = raw(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer " + CLIENT_KEY.encode()
-                 + b"\r\nx-turnout-user: a%0d%0ax-evil: 1\r\ncontent-length: " + str(len(body)).encode()
-                 + b"\r\n\r\n" + body)
+    answer = raw(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer "
+        + CLIENT_KEY.encode()
+        + b"\r\nx-turnout-user: a%0d%0ax-evil: 1\r\ncontent-length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+    )
     assert answer.startswith(b"HTTP/1.1 200") and b"\r\nx-evil" not in answer

@@ -210,5 +210,3 @@ routes:
             body = r.read().decode()
         assert body.rstrip().endswith("data: [DONE]")
         wait_for_variant(gw.url, "b")
-
-
