@@ -1,13 +1,17 @@
-"""Where finished interactions go: metrics now; the capture journal and store writer hang off the same call.
+"""Where finished interactions go: metrics, and (when captured) the journal, from which the writer stores them.
 
-Usage: ``sink = Sink(metrics)``; ``sink.finish(interaction)`` once per finished call, before the client's
-last bytes are sent. It never raises into the request path.
+Usage: ``sink = Sink(metrics, capture=Capture(...))``; ``sink.finish(interaction)`` once per finished call,
+before the client's last bytes are sent. It never raises into the request path. An interaction with
+``capture`` false (sampled out, or ``x-turnout-no-capture``) is counted in the metrics and not journaled.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
+from collectors.capture import Capture, CapturePolicy
 from collectors.metrics import Metrics
 from collectors.record import Interaction
 
@@ -15,11 +19,37 @@ log = logging.getLogger(__name__)
 
 
 class Sink:
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, capture: Capture | None = None) -> None:
         self.metrics = metrics
+        self.capture = capture
 
     def finish(self, it: Interaction) -> None:
         try:
             self.metrics.observe(it)
         except Exception:
             log.exception("metrics failed for interaction %s", it.request_id)
+        if it.capture and self.capture is not None:
+            self.capture.record(it)
+
+    def feedback(self, fields: Mapping[str, Any]) -> str:
+        """Journal validated feedback; returns its id once durable (raises ``CaptureUnavailable``)."""
+        if self.capture is None:
+            raise RuntimeError("this gateway has no capture store")
+        return self.capture.feedback(fields)
+
+    def configure(self, policy: CapturePolicy) -> None:
+        if self.capture is not None:
+            self.capture.configure(policy)
+
+    @property
+    def degraded(self) -> bool:
+        """True while the store is unavailable (interactions spool in the journal)."""
+        return self.capture is not None and self.capture.degraded
+
+    async def start(self) -> None:
+        if self.capture is not None:
+            await self.capture.start()
+
+    async def close(self, drain_s: float = 10.0) -> None:
+        if self.capture is not None:
+            await self.capture.close(drain_s)

@@ -10,6 +10,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -21,10 +22,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from collectors.capture import Capture
 from collectors.metrics import Metrics
 from collectors.sink import Sink
+from collectors.store import open_store
+from collectors.store.base import Store
 from gateway.config import ConfigError, Loaded, load_config, redacted
 from gateway.errors import GatewayError, error_body, error_payload
+from gateway.feedback import feedback_endpoint
 from gateway.proxy import Endpoint
 from gateway.reload import Reloader
 from gateway.runtime import Gateway
@@ -58,7 +63,8 @@ async def readyz(request: Request) -> Response:
     gw = _gateway(request)
     if not gw.ready:
         return JSONResponse({"status": "not ready"}, status_code=503)
-    return JSONResponse({"status": "ok", "config_sha256": gw.generation.loaded.sha256})
+    status = "degraded" if gw.sink.degraded else "ok"  # store outage: still serving, spooling to the journal
+    return JSONResponse({"status": status, "config_sha256": gw.generation.loaded.sha256})
 
 
 async def metrics_endpoint(request: Request) -> Response:
@@ -102,16 +108,31 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return JSONResponse(error_payload(message, "invalid_request_error", None), status_code=status)
 
 
-def create_app(loaded: Loaded, *, registry: CollectorRegistry | None = None, reload_interval: float = 0.5) -> Starlette:
+def create_app(
+    loaded: Loaded,
+    *,
+    store: Store | None = None,
+    registry: CollectorRegistry | None = None,
+    reload_interval: float = 0.5,
+) -> Starlette:
     registry = registry if registry is not None else CollectorRegistry()
     metrics = Metrics(registry)
-    gw = Gateway(loaded, metrics=metrics, sink=Sink(metrics))
+    server = loaded.config.server
+    capture = Capture(
+        store if store is not None else open_store(loaded.secrets.store_dsn),
+        Path(server.state_dir),
+        metrics=metrics,
+        max_spool_bytes=int(server.capture_spool_mb * (1 << 20)),
+    )
+    sink = Sink(metrics, capture)
+    gw = Gateway(loaded, metrics=metrics, sink=sink)
     reloader = Reloader(gw, loaded.path, interval=reload_interval)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         if not loaded.config.auth.client_keys_env:
             log.warning("auth.client_keys_env is not set: any client may call this gateway")
+        await sink.start()
         await gw.start()
         reloader.start()
         try:
@@ -120,12 +141,14 @@ def create_app(loaded: Loaded, *, registry: CollectorRegistry | None = None, rel
             gw.ready = False
             await reloader.stop()
             await gw.close()
+            await sink.close()
 
     routes = [
         Route("/v1/chat/completions", Endpoint("chat.completions"), methods=["POST"]),
         Route("/v1/completions", Endpoint("completions"), methods=["POST"]),
         Route("/v1/embeddings", Endpoint("embeddings"), methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/feedback", feedback_endpoint, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),

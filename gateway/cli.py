@@ -1,19 +1,23 @@
-"""The ``turnout`` command: ``serve``, ``check`` (and more subcommands as the product grows).
+"""The ``turnout`` command: ``serve``, ``check``, ``export`` (and more subcommands as the product grows).
 
-Usage: ``turnout serve -c turnout.yaml --port 8080``; ``turnout check turnout.yaml``.
+Usage: ``turnout serve -c turnout.yaml --port 8080``; ``turnout check turnout.yaml``;
+``turnout export -c turnout.yaml --format openai-chat --label good -o train.jsonl``.
 Errors go to stderr with a non-zero exit.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import shutil
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
-from gateway.config import ConfigError, load_config
+from gateway.config import ConfigError, duration_seconds, load_config
 
 
 def _fail(exc: ConfigError) -> int:
@@ -64,6 +68,66 @@ def check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _since(value: str) -> float:
+    """``7d`` (that long ago) or an ISO 8601 date/time, as unix seconds."""
+    try:
+        return time.time() - duration_seconds(value)
+    except ValueError:
+        pass
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 7d or an ISO 8601 date, got {value!r}") from None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)).timestamp()
+
+
+def _score(value: str) -> float:
+    try:
+        score = float(value)
+    except ValueError:
+        score = -1.0
+    if not 0 <= score <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {value!r}")
+    return score
+
+
+def export(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from collectors.export import export as run_export
+    from collectors.store import UnknownStore, open_store
+    from collectors.store.base import Query, StoreUnavailable
+
+    try:
+        loaded = load_config(args.config, store_only=True)
+    except ConfigError as exc:
+        return _fail(exc)
+    query = Query(route=args.route, since=args.since, role=args.role)
+
+    async def run(out: BinaryIO) -> int:
+        store = open_store(loaded.secrets.store_dsn)
+        try:
+            await store.open()
+            return await run_export(
+                store, out, fmt=args.format, query=query, label=args.label, min_score=args.min_score, dedupe=args.dedupe
+            )
+        finally:
+            await store.close()
+
+    try:
+        if args.output in (None, "-"):
+            count = asyncio.run(run(sys.stdout.buffer))
+            sys.stdout.buffer.flush()
+        else:
+            with open(args.output, "wb") as f:
+                count = asyncio.run(run(f))
+    except (UnknownStore, StoreUnavailable, OSError) as exc:
+        print(f"turnout export: {exc}", file=sys.stderr)
+        return 1
+    print(f"turnout export: {count} lines", file=sys.stderr)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="turnout", description="OpenAI-compatible gateway for fine-tuned models.")
     sub = top.add_subparsers(dest="command", required=True)
@@ -76,6 +140,19 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate a config file without connecting to anything")
     p.add_argument("file", help="config file")
     p.set_defaults(run=check)
+    p = sub.add_parser("export", help="write stored interactions as JSON lines (training data)")
+    p.add_argument("-c", "--config", default="turnout.yaml", help="config file naming the store")
+    p.add_argument("--format", choices=("raw", "openai-chat"), default="raw", help="line format (default: raw)")
+    p.add_argument("--route", help="only this route")
+    p.add_argument("--since", type=_since, help="only newer than this: a duration (7d, 12h) or an ISO 8601 date")
+    p.add_argument("--label", choices=("good", "bad"), help="only interactions whose latest feedback label is this")
+    p.add_argument("--min-score", type=_score, help="only interactions whose latest feedback score is at least this")
+    p.add_argument(
+        "--role", choices=("primary", "shadow"), help="only this role (default: both for raw, primary for openai-chat)"
+    )
+    p.add_argument("--dedupe", action="store_true", help="keep one line per identical conversation (the first)")
+    p.add_argument("-o", "--output", help="output file (default: standard output)")
+    p.set_defaults(run=export)
     return top
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -33,6 +33,11 @@ def _duration(value: Any) -> float:
     if not match:
         raise ValueError(f"invalid duration {value!r}: expected a number and a unit (s, m, h, d, w), e.g. 30d")
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def duration_seconds(value: str) -> float:
+    """Seconds in ``30d``, ``12h``, ... (raises ValueError); for command-line options."""
+    return _duration(value)
 
 
 def _date(value: Any) -> dt.datetime:
@@ -62,6 +67,7 @@ class Server(_Model):
     port: int = Field(8080, ge=1, le=65535)
     max_body_mb: float = Field(32, gt=0)
     state_dir: str = "./turnout-state"
+    capture_spool_mb: float = Field(1024, gt=0)  # journal bytes waiting for the store before drops
 
 
 class Auth(_Model):
@@ -94,6 +100,7 @@ class Shadow(_Model):
 
 class Capture(_Model):
     sample: Share = 1.0
+    redact: list[Literal["email", "phone"]] = []  # secrets are always masked
 
 
 class Retraining(_Model):
@@ -109,6 +116,7 @@ class Route(_Model):
     sticky_by: str = "user"
     shadows: list[Shadow] = []
     capture: Capture = Capture()
+    store_retention: Duration | None = None
     retraining: Retraining | None = None
 
     @model_validator(mode="after")
@@ -127,8 +135,16 @@ class Config(_Model):
     auth: Auth = Auth()
     store: str = "sqlite:///turnout.db"
     store_env: EnvName | None = None
+    store_retention: Duration | None = None
     upstreams: dict[str, Upstream]
     routes: dict[str, Route]
+
+    @field_validator("store")
+    @classmethod
+    def _store_scheme(cls, value: str) -> str:
+        if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("expected sqlite:///path.db (sqlite:////absolute/path.db) or postgresql://...")
+        return value
 
     def experiment(self, route: str) -> str:
         return self.routes[route].experiment or route
@@ -215,8 +231,13 @@ def resolve_secrets(config: Config, environ: Mapping[str, str]) -> tuple[Secrets
     return Secrets(client_keys, admin, upstream_keys, dsn or config.store), errors
 
 
-def parse_config(text: bytes, path: Path | str, environ: Mapping[str, str] | None = None) -> Loaded:
-    """Validate a whole file; raise ``ConfigError`` with every independent problem at once."""
+def parse_config(
+    text: bytes, path: Path | str, environ: Mapping[str, str] | None = None, *, store_only: bool = False
+) -> Loaded:
+    """Validate a whole file; raise ``ConfigError`` with every independent problem at once.
+
+    ``store_only`` (offline commands such as ``turnout export``) requires no environment variable but the
+    store's."""
     try:
         data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as exc:
@@ -234,18 +255,18 @@ def parse_config(text: bytes, path: Path | str, environ: Mapping[str, str] | Non
         raise ConfigError(path, _pydantic_errors(exc)) from None
     errors = _cross_errors(config)
     secrets, secret_errors = resolve_secrets(config, os.environ if environ is None else environ)
-    errors += secret_errors
+    errors += [e for e in secret_errors if e.startswith("store_env:")] if store_only else secret_errors
     if errors:
         raise ConfigError(path, errors)
     return Loaded(config, secrets, hashlib.sha256(text).hexdigest(), Path(path))
 
 
-def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> Loaded:
+def load_config(path: Path | str, environ: Mapping[str, str] | None = None, *, store_only: bool = False) -> Loaded:
     try:
         text = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(path, [f"(file) cannot read: {exc.strerror}"]) from None
-    return parse_config(text, path, environ)
+    return parse_config(text, path, environ, store_only=store_only)
 
 
 def redacted(config: Config) -> dict[str, Any]:

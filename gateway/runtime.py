@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 
+from collectors.capture import CapturePolicy
 from collectors.metrics import Metrics
 from collectors.sink import Sink
 from gateway.auth import Keys
@@ -72,12 +73,22 @@ class Gateway:
         self.generation = Generation(loaded, Keys(secrets.client_keys, secrets.admin_key), clients, values)
         self.metrics.config_applied(loaded.sha256, *_exported(config))
         self.metrics.reload_result(True)
+        self.sink.configure(capture_policy(config, secrets.values()))
 
     async def close(self) -> None:
         self.ready = False
         await close_clients(self.generation.clients.values())
         if self.session is not None:
             await self.session.close()
+
+
+def capture_policy(config: Config, secrets: list[str]) -> CapturePolicy:
+    return CapturePolicy(
+        redact={name: frozenset(route.capture.redact) for name, route in config.routes.items()},
+        secrets=tuple(secrets),
+        retention=config.store_retention,
+        route_retention={n: r.store_retention for n, r in config.routes.items() if r.store_retention is not None},
+    )
 
 
 def _exported(config: Config) -> tuple[dict[str, Any], dict[str, float], dict[str, dict[str, float]]]:

@@ -1,0 +1,188 @@
+"""Interaction capture: redact and sanitise, append to the journal (the durable step, on the request path),
+and let the batch writer and retention take it from there.
+
+Usage (in the app lifespan)::
+
+    capture = Capture(store, state_dir, metrics=metrics)
+    await capture.start()
+    capture.configure(CapturePolicy(redact={"support-bot": frozenset({"email"})}, secrets=(...,)))
+    capture.record(interaction)            # synchronous, never raises: a failure is counted and logged
+    feedback_id = capture.feedback({...})  # raises CaptureUnavailable when it could not be made durable
+    await capture.close(timeout=10)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from collectors.journal import Journal, SpoolFull
+from collectors.metrics import Metrics
+from collectors.record import Interaction
+from collectors.redact import Redactor
+from collectors.sanitize import sanitize
+from collectors.store.base import Store
+from collectors.store.retention import retention_loop
+from collectors.store.writer import Writer
+
+log = logging.getLogger(__name__)
+
+MAX_LINE = 24 << 20  # a record larger than this keeps its metadata and loses its bodies (marked)
+RETENTION_INTERVAL_S = 600.0
+
+
+class CaptureUnavailable(Exception):
+    """Feedback could not be made durable (spool full or the local disk failing)."""
+
+
+@dataclass(frozen=True)
+class CapturePolicy:
+    redact: Mapping[str, frozenset[str]] = field(default_factory=dict)  # route -> {"email", "phone"}
+    secrets: tuple[str, ...] = ()  # configured key values, masked wherever they appear
+    retention: float | None = None  # seconds, every route without its own
+    route_retention: Mapping[str, float] = field(default_factory=dict)
+
+
+def _bodies_too_large(payload: dict[str, Any], size: int) -> bytes:
+    for key in ("request", "response", "correction"):
+        if key in payload:
+            payload[key] = {"turnout_removed": f"record was {size} bytes, over the {MAX_LINE} byte limit"}
+    payload.setdefault("sanitized", []).append("record: bodies removed (too large)")
+    return orjson.dumps(payload, default=str) + b"\n"
+
+
+def encode(payload: dict[str, Any], redactor: Redactor) -> bytes:
+    """One journal line: sanitised, redacted JSON of ``payload`` ending in a newline."""
+    clean, notes = sanitize(payload)
+    clean = redactor.value(clean)
+    if notes:
+        clean = {**clean, "sanitized": notes}
+    line = orjson.dumps(clean, default=str) + b"\n"
+    return _bodies_too_large(dict(clean), len(line)) if len(line) > MAX_LINE else line
+
+
+def interaction_payload(it: Interaction) -> dict[str, Any]:
+    return {
+        "k": "i",
+        "request_id": it.request_id,
+        "ts": it.ts,
+        "route": it.route,
+        "experiment": it.experiment,
+        "variant": it.variant,
+        "role": it.role,
+        "parent_id": it.parent_id,
+        "upstream": it.upstream,
+        "endpoint": it.endpoint,
+        "request": it.request,
+        "response": it.response,
+        "status": it.status,
+        "outcome": it.outcome,
+        "latency_ms": it.latency_ms,
+        "ttft_ms": it.ttft_ms,
+        "usage": it.usage,
+        "error": it.error,
+        "stream": it.stream,
+        "response_id": it.response_id,
+        "extra": it.extra,
+    }
+
+
+class Capture:
+    def __init__(
+        self,
+        store: Store,
+        state_dir: Path,
+        *,
+        metrics: Metrics,
+        max_spool_bytes: int = 1 << 30,
+        retention_interval: float = RETENTION_INTERVAL_S,
+    ) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.journal = Journal(state_dir / "journal", max_pending_bytes=max_spool_bytes)
+        self.writer = Writer(store, self.journal, metrics=metrics, dead_letter=state_dir / "dead-letter.jsonl")
+        self.retention_interval = retention_interval
+        self.policy = CapturePolicy()
+        self._redactors: dict[str, Redactor] = {}
+        self._default = Redactor()
+        self._feedback_redactor = Redactor()
+        self._retention: asyncio.Task[None] | None = None
+
+    def configure(self, policy: CapturePolicy) -> None:
+        """Take a new policy (each config generation); applies to what is captured from now on."""
+        self.policy = policy
+        self._default = Redactor(secrets=policy.secrets)
+        self._redactors = {route: Redactor(kinds, policy.secrets) for route, kinds in policy.redact.items() if kinds}
+        # feedback does not name its route: mask whatever any route masks
+        union = frozenset().union(*policy.redact.values()) if policy.redact else frozenset()
+        self._feedback_redactor = Redactor(union, policy.secrets)
+
+    @property
+    def degraded(self) -> bool:
+        return self.writer.degraded
+
+    async def start(self) -> None:
+        self.journal.open()
+        await self.writer.start()
+        self._retention = asyncio.create_task(
+            retention_loop(self.store, self._retention_policy, interval=self.retention_interval), name="retention"
+        )
+
+    def _retention_policy(self) -> tuple[Mapping[str, float], float | None]:
+        return self.policy.route_retention, self.policy.retention
+
+    def _append(self, line: bytes) -> None:
+        self.journal.append(line)
+        self.metrics.capture_queue_depth.set(self.journal.pending_lines)
+        self.writer.notify()
+
+    def record(self, it: Interaction) -> None:
+        """Make ``it`` durable in the journal; on failure count the drop and log its id (never raises)."""
+        try:
+            line = encode(interaction_payload(it), self._redactors.get(it.route, self._default))
+            self._append(line)
+        except SpoolFull:
+            self.metrics.capture_dropped.labels("spool_full").inc()
+            log.error(
+                "capture spool full (%d bytes pending): dropped interaction %s",
+                self.journal.pending_bytes,
+                it.request_id,
+            )
+        except Exception:
+            self.metrics.capture_dropped.labels("journal_error").inc()
+            log.exception("journal append failed: dropped interaction %s", it.request_id)
+
+    def feedback(self, fields: Mapping[str, Any]) -> str:
+        """Journal one feedback object (already validated); returns its id once durable."""
+        feedback_id = uuid.uuid4().hex
+        payload = {"k": "f", "feedback_id": feedback_id, "ts": time.time(), **fields}
+        try:
+            self._append(encode(payload, self._feedback_redactor))
+        except SpoolFull:
+            self.metrics.capture_dropped.labels("spool_full").inc()
+            log.error("capture spool full: refused feedback %s", feedback_id)
+            raise CaptureUnavailable("the capture spool is full") from None
+        except OSError as exc:
+            self.metrics.capture_dropped.labels("journal_error").inc()
+            log.error("journal append failed: refused feedback %s (%s)", feedback_id, exc.strerror)
+            raise CaptureUnavailable("the capture journal cannot be written") from None
+        return feedback_id
+
+    async def close(self, drain_s: float = 10.0) -> None:
+        """Drain to the store for up to ``drain_s``; what is left stays in the journal for the next start."""
+        if self._retention is not None:
+            self._retention.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retention
+        await self.writer.stop(drain_s)
+        self.journal.close(remove=self.writer.idle)
+        await self.store.close()

@@ -1,0 +1,233 @@
+"""The capture journal: append-only JSON-lines files on local disk, the spool between a request and the store.
+
+Each process owns one directory ``<state_dir>/journal/<id>/`` (held by an ``flock`` on its ``lock`` file, so
+the kernel releases it when the process dies, SIGKILL included) with numbered segments ``000000000001.jsonl``.
+``Journal.append`` is one ``os.write`` of whole lines to an ``O_APPEND`` descriptor: once it returns, the
+bytes are in the page cache and survive a crash of the process (no fsync on the request path). A
+``Cursor`` reads a directory from its ``checkpoint`` (how far the store has it) and, once the store
+committed a batch, moves the checkpoint and deletes the segments it has passed. Directories whose lock is
+free belong to a process that is gone; the writer adopts them, replays them and removes them.
+
+Usage::
+
+    journal = Journal(state_dir / "journal"); journal.open()
+    journal.append(b'{"k":"i",...}\\n')     # on the request path
+    cursor = journal.cursor()              # the writer's view of the same directory
+    lines, end = cursor.read(); ...; cursor.commit(end)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SEGMENT_BYTES = 8 << 20
+READ_BYTES = 1 << 20
+
+
+class SpoolFull(Exception):
+    """The journal already holds ``max_pending_bytes`` not yet in the store."""
+
+
+@dataclass(frozen=True, order=True)
+class Position:
+    segment: int
+    offset: int
+
+
+def _segment_name(number: int) -> str:
+    return f"{number:012d}.jsonl"
+
+
+def _segments(directory: Path) -> list[int]:
+    found = []
+    for path in directory.glob("*.jsonl"):
+        with contextlib.suppress(ValueError):
+            found.append(int(path.stem))
+    return sorted(found)
+
+
+def _try_lock(path: Path) -> int | None:
+    """An fd holding an exclusive flock on ``path``, or None if another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+class Cursor:
+    """Reads one journal directory from its checkpoint; ``commit`` moves the checkpoint forward."""
+
+    def __init__(self, directory: Path, *, owned: bool) -> None:
+        self.directory = directory
+        self.owned = owned  # our own live journal (more lines may come) or an adopted one (finished)
+        self.position = self._load_checkpoint()
+        self.torn = False  # an adopted journal ended in a partial line
+
+    def _load_checkpoint(self) -> Position:
+        try:
+            segment, offset = (self.directory / "checkpoint").read_text().split()
+            return Position(int(segment), int(offset))
+        except (OSError, ValueError):
+            segments = _segments(self.directory)
+            return Position(segments[0] if segments else 1, 0)
+
+    def read(self, max_bytes: int = READ_BYTES, max_lines: int = 1 << 30) -> tuple[list[bytes], Position]:
+        """Complete lines after the checkpoint (at least one, if any, whatever its size; at most ``max_lines``)
+        and the position just after them."""
+        position = self.position
+        while True:
+            path = self.directory / _segment_name(position.segment)
+            try:
+                with path.open("rb") as f:
+                    f.seek(position.offset)
+                    data = f.read(max_bytes)
+                    while data and b"\n" not in data:
+                        more = f.read(max_bytes)
+                        if not more:
+                            break
+                        data += more
+            except FileNotFoundError:
+                data = b""
+            end = data.rfind(b"\n")
+            if end >= 0:
+                lines = data[:end].split(b"\n")[:max_lines]
+                size = sum(len(line) + 1 for line in lines)
+                return lines, Position(position.segment, position.offset + size)
+            later = [s for s in _segments(self.directory) if s > position.segment]
+            if not later:
+                if data and not self.owned:
+                    self.torn = True
+                return [], position
+            if data:
+                log.error(
+                    "journal %s: partial line of %d bytes at the end of segment %d", path, len(data), position.segment
+                )
+            position = Position(later[0], 0)
+
+    def commit(self, position: Position) -> None:
+        """The store has everything before ``position``: record it and delete the segments passed."""
+        self.position = position
+        tmp = self.directory / "checkpoint.tmp"
+        tmp.write_text(f"{position.segment} {position.offset}\n")
+        os.replace(tmp, self.directory / "checkpoint")
+        for number in _segments(self.directory):
+            if number < position.segment:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.directory / _segment_name(number)).unlink()
+
+
+class Journal:
+    """This process's append-only journal; ``append`` is safe to call on the request path."""
+
+    def __init__(self, root: Path, *, segment_bytes: int = SEGMENT_BYTES, max_pending_bytes: int = 1 << 30) -> None:
+        self.root = root
+        self.segment_bytes = segment_bytes
+        self.max_pending_bytes = max_pending_bytes
+        self.directory: Path | None = None
+        self._lock_fd: int | None = None
+        self._fd: int | None = None
+        self._segment = 0
+        self._segment_size = 0
+        self.appended_bytes = 0
+        self.stored_bytes = 0
+        self.appended_lines = 0
+        self.stored_lines = 0
+
+    def open(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        name = uuid.uuid4().hex
+        staging = self.root / f".new-{name}"
+        staging.mkdir()
+        fd = _try_lock(staging / "lock")
+        assert fd is not None
+        self._lock_fd = fd
+        self.directory = self.root / name
+        os.rename(staging, self.directory)  # visible to adopters only once locked
+        self._rotate()
+
+    def _rotate(self) -> None:
+        assert self.directory is not None
+        if self._fd is not None:
+            os.close(self._fd)
+        self._segment += 1
+        path = self.directory / _segment_name(self._segment)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self._segment_size = 0
+
+    @property
+    def pending_bytes(self) -> int:
+        return self.appended_bytes - self.stored_bytes
+
+    @property
+    def pending_lines(self) -> int:
+        return self.appended_lines - self.stored_lines
+
+    def append(self, data: bytes) -> None:
+        """Write whole lines; raises ``SpoolFull`` past the bound and ``OSError`` when the disk fails."""
+        if self._fd is None:
+            raise OSError("journal is closed")
+        if self.pending_bytes + len(data) > self.max_pending_bytes:
+            raise SpoolFull
+        if self._segment_size and self._segment_size + len(data) > self.segment_bytes:
+            self._rotate()
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        self._segment_size += len(data)
+        self.appended_bytes += len(data)
+        self.appended_lines += data.count(b"\n")
+
+    def cursor(self) -> Cursor:
+        assert self.directory is not None
+        return Cursor(self.directory, owned=True)
+
+    def adopt(self) -> list[tuple[Cursor, int]]:
+        """Journals left by processes that are gone: a cursor and the held lock fd for each."""
+        adopted = []
+        if not self.root.is_dir():
+            return adopted
+        for path in sorted(self.root.iterdir()):
+            if path == self.directory or not path.is_dir():
+                continue
+            try:
+                fd = _try_lock(path / "lock")
+            except OSError:  # removed meanwhile by another adopter
+                continue
+            if fd is None:
+                continue
+            if path.name.startswith(".new-"):  # died between mkdir and rename: holds nothing
+                shutil.rmtree(path, ignore_errors=True)
+                os.close(fd)
+                continue
+            adopted.append((Cursor(path, owned=False), fd))
+        return adopted
+
+    def close(self, *, remove: bool) -> None:
+        """Stop appending; ``remove`` deletes the directory (everything is in the store)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if remove and self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def release(cursor: Cursor, lock_fd: int) -> None:
+    """An adopted journal fully replayed: delete it, then let go of its lock."""
+    shutil.rmtree(cursor.directory, ignore_errors=True)
+    os.close(lock_fd)

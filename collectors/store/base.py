@@ -1,0 +1,142 @@
+"""The Store interface both backends implement, the row shapes, and the feedback join done on read.
+
+A store keeps two tables: ``interactions`` (one row per request id, idempotent inserts so replaying a
+journal gives exactly-once) and ``feedback`` (one row per feedback id, keyed to an interaction by
+``request_id`` or by the upstream ``response_id``; joined when read, so feedback may land first).
+
+Usage::
+
+    store = open_store("sqlite:///turnout.db")   # collectors.store.open_store
+    await store.open()                            # connects and applies migrations
+    claimed = await store.write(rows, feedback)   # one transaction; raises StoreUnavailable on outage
+    async for it in joined(store, Query(route="support-bot")): ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+import orjson
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached or refuses writes as a whole (down, locked, read-only, disk full)."""
+
+
+class InteractionRow(NamedTuple):
+    request_id: str
+    ts: float
+    route: str
+    experiment: str
+    variant: str
+    role: str
+    parent_id: str | None
+    upstream: str
+    endpoint: str
+    status: int
+    outcome: str
+    latency_ms: float
+    ttft_ms: float | None
+    stream: bool
+    response_id: str | None
+    record: str  # the whole interaction as JSON text
+
+
+class FeedbackRow(NamedTuple):
+    feedback_id: str
+    ts: float
+    request_id: str | None
+    response_id: str | None
+    score: float | None
+    label: str | None
+    record: str  # the whole feedback object as JSON text
+
+
+class Claimed(NamedTuple):
+    """Feedback joined to its interaction for the first time (counted once in the feedback metrics)."""
+
+    route: str
+    variant: str
+    label: str | None
+    score: float | None
+
+
+@dataclass(frozen=True)
+class Query:
+    route: str | None = None
+    since: float | None = None  # unix seconds
+    role: str | None = None
+
+
+class Store(Protocol):
+    name: str  # for logs: the backend and where, never a password
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def write(self, interactions: Sequence[InteractionRow], feedback: Sequence[FeedbackRow]) -> list[Claimed]:
+        """Insert both lists in one transaction (existing ids are left alone) and claim joinable feedback."""
+        ...
+
+    async def page(self, query: Query, after: tuple[float, str] | None, limit: int) -> list[InteractionRow]:
+        """Interactions matching ``query`` ordered by (ts, request_id), strictly after ``after``."""
+        ...
+
+    async def feedback_for(self, request_ids: Sequence[str], response_ids: Sequence[str]) -> list[FeedbackRow]:
+        """Feedback keyed by one of the request ids, or by one of the response ids without a request id."""
+        ...
+
+    async def latest_for(self, response_ids: Sequence[str]) -> dict[str, str]:
+        """response_id -> request_id of the latest primary interaction carrying it."""
+        ...
+
+    async def delete_expired(self, cutoff: float, route: str | None, keep_routes: Sequence[str], limit: int) -> int:
+        """Delete up to ``limit`` interactions older than ``cutoff`` (of ``route``, or of every route not in
+        ``keep_routes`` when ``route`` is None) with their feedback; returns how many were deleted."""
+        ...
+
+    async def delete_orphan_feedback(self, cutoff: float, limit: int) -> int: ...
+
+
+def feedback_summary(feedback: list[dict[str, Any]]) -> tuple[str | None, float | None, dict[str, Any] | None]:
+    """The latest label, the latest score and the latest correction (feedback is oldest first)."""
+    label = score = correction = None
+    for fb in feedback:
+        label = fb.get("label") or label
+        score = fb["score"] if fb.get("score") is not None else score
+        correction = fb.get("correction") or correction
+    return label, score, correction
+
+
+async def joined(store: Store, query: Query, page_size: int = 500) -> AsyncIterator[dict[str, Any]]:
+    """Every interaction matching ``query`` as a dict with its ``feedback`` list, oldest first, in pages."""
+    after: tuple[float, str] | None = None
+    while True:
+        rows = await store.page(query, after, page_size)
+        if not rows:
+            return
+        after = (rows[-1].ts, rows[-1].request_id)
+        ids = [r.request_id for r in rows]
+        response_ids = sorted({r.response_id for r in rows if r.response_id and r.role == "primary"})
+        found = await store.feedback_for(ids, response_ids)
+        by_request: dict[str, list[FeedbackRow]] = {}
+        by_response: dict[str, list[FeedbackRow]] = {}
+        for fb in found:
+            if fb.request_id is not None:
+                by_request.setdefault(fb.request_id, []).append(fb)
+            elif fb.response_id is not None:
+                by_response.setdefault(fb.response_id, []).append(fb)
+        owners = await store.latest_for(sorted(by_response)) if by_response else {}
+        for row in rows:
+            attached = list(by_request.get(row.request_id, ()))
+            if row.response_id and owners.get(row.response_id) == row.request_id:
+                attached += by_response.get(row.response_id, ())
+            attached.sort(key=lambda fb: (fb.ts, fb.feedback_id))
+            record = orjson.loads(row.record)
+            record["feedback"] = [orjson.loads(fb.record) for fb in attached]
+            yield record
+        if len(rows) < page_size:
+            return

@@ -1,0 +1,94 @@
+"""Versioned schema migrations for both backends, applied in order at start (each once, in a transaction).
+
+Append a new ``(version, name, {dialect: [statements]})`` to ``MIGRATIONS`` to change the schema; never edit
+a released one. ``schema_migrations`` records what was applied.
+"""
+
+from __future__ import annotations
+
+_SQLITE_V1 = [
+    """CREATE TABLE interactions (
+        request_id TEXT PRIMARY KEY,
+        ts REAL NOT NULL,
+        route TEXT NOT NULL,
+        experiment TEXT NOT NULL,
+        variant TEXT NOT NULL,
+        role TEXT NOT NULL,
+        parent_id TEXT,
+        upstream TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        latency_ms REAL NOT NULL,
+        ttft_ms REAL,
+        stream INTEGER NOT NULL,
+        response_id TEXT,
+        record TEXT NOT NULL
+    )""",
+    "CREATE INDEX interactions_ts ON interactions (ts, request_id)",
+    "CREATE INDEX interactions_route_ts ON interactions (route, ts)",
+    "CREATE INDEX interactions_response_id ON interactions (response_id) WHERE response_id IS NOT NULL",
+    """CREATE TABLE feedback (
+        feedback_id TEXT PRIMARY KEY,
+        ts REAL NOT NULL,
+        request_id TEXT,
+        response_id TEXT,
+        score REAL,
+        label TEXT,
+        record TEXT NOT NULL,
+        counted INTEGER NOT NULL DEFAULT 0
+    )""",
+    "CREATE INDEX feedback_request_id ON feedback (request_id) WHERE request_id IS NOT NULL",
+    "CREATE INDEX feedback_response_id ON feedback (response_id) WHERE response_id IS NOT NULL",
+    "CREATE INDEX feedback_ts ON feedback (ts)",
+]
+
+_POSTGRES_V1 = [
+    """CREATE TABLE interactions (
+        request_id TEXT PRIMARY KEY,
+        ts DOUBLE PRECISION NOT NULL,
+        route TEXT NOT NULL,
+        experiment TEXT NOT NULL,
+        variant TEXT NOT NULL,
+        role TEXT NOT NULL,
+        parent_id TEXT,
+        upstream TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        latency_ms DOUBLE PRECISION NOT NULL,
+        ttft_ms DOUBLE PRECISION,
+        stream BOOLEAN NOT NULL,
+        response_id TEXT,
+        record TEXT NOT NULL
+    )""",
+    "CREATE INDEX interactions_ts ON interactions (ts, request_id)",
+    "CREATE INDEX interactions_route_ts ON interactions (route, ts)",
+    "CREATE INDEX interactions_response_id ON interactions (response_id) WHERE response_id IS NOT NULL",
+    """CREATE TABLE feedback (
+        feedback_id TEXT PRIMARY KEY,
+        ts DOUBLE PRECISION NOT NULL,
+        request_id TEXT,
+        response_id TEXT,
+        score DOUBLE PRECISION,
+        label TEXT,
+        record TEXT NOT NULL,
+        counted BOOLEAN NOT NULL DEFAULT FALSE
+    )""",
+    "CREATE INDEX feedback_request_id ON feedback (request_id) WHERE request_id IS NOT NULL",
+    "CREATE INDEX feedback_response_id ON feedback (response_id) WHERE response_id IS NOT NULL",
+    "CREATE INDEX feedback_ts ON feedback (ts)",
+]
+
+MIGRATIONS: list[tuple[int, str, dict[str, list[str]]]] = [
+    (1, "interactions and feedback", {"sqlite": _SQLITE_V1, "postgres": _POSTGRES_V1}),
+]
+
+LATEST = MIGRATIONS[-1][0]
+
+TRACKING = {
+    "sqlite": "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+    "applied_at REAL NOT NULL)",
+    "postgres": "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+    "applied_at DOUBLE PRECISION NOT NULL)",
+}

@@ -1,0 +1,232 @@
+"""PostgreSQL store through asyncpg, for several gateway replicas sharing one database.
+
+Batches go in with one ``INSERT ... SELECT FROM unnest(...)`` per table (one round trip whatever the batch
+size); migrations run under an advisory lock so replicas starting together apply each exactly once.
+Connection-level failures (refused, reset, shutting down, read-only, disk full) raise ``StoreUnavailable``
+and the pool reconnects on the next call; other errors are about the rows.
+
+Usage: ``store = PostgresStore("postgresql://turnout@db/turnout"); await store.open()``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from collectors.store.base import Claimed, FeedbackRow, InteractionRow, Query, StoreUnavailable
+from collectors.store.migrations import MIGRATIONS, TRACKING
+
+_MIGRATION_LOCK = 0x7475726E  # "turn"
+_TYPES_I = ("text", "float8", "text", "text", "text", "text", "text", "text", "text", "int4", "text", "float8",
+            "float8", "bool", "text", "text")  # fmt: skip
+_TYPES_F = ("text", "float8", "text", "text", "float8", "text", "text")
+_INSERT_INTERACTIONS = (
+    f"INSERT INTO interactions ({', '.join(InteractionRow._fields)}) SELECT * FROM unnest("
+    + ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_TYPES_I))
+    + ") ON CONFLICT (request_id) DO NOTHING"
+)
+_INSERT_FEEDBACK = (
+    f"INSERT INTO feedback ({', '.join(FeedbackRow._fields)}) SELECT * FROM unnest("
+    + ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_TYPES_F))
+    + ") ON CONFLICT (feedback_id) DO NOTHING"
+)
+_CLAIM = """
+SELECT f.feedback_id, i.route, i.variant, f.label, f.score, i.ts FROM feedback f
+  JOIN interactions i ON i.request_id = f.request_id
+  WHERE NOT f.counted AND (f.feedback_id = ANY($1::text[]) OR f.request_id = ANY($2::text[]))
+UNION ALL
+SELECT f.feedback_id, i.route, i.variant, f.label, f.score, i.ts FROM feedback f
+  JOIN interactions i ON i.response_id = f.response_id AND i.role = 'primary'
+  WHERE NOT f.counted AND f.request_id IS NULL AND (f.feedback_id = ANY($1::text[]) OR f.response_id = ANY($3::text[]))
+"""
+# SQLSTATE classes meaning "the database as a whole cannot take writes now"
+_UNAVAILABLE_STATES = ("08", "53", "57", "58", "25006")
+
+
+def _unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError | asyncpg.ConnectionDoesNotExistError):
+        return True
+    state = getattr(exc, "sqlstate", None) or ""
+    return isinstance(exc, asyncpg.PostgresError) and state.startswith(_UNAVAILABLE_STATES)
+
+
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    return [[row[i] for row in rows] for i in range(width)]
+
+
+class PostgresStore:
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.name = "postgres:" + re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", dsn).split("://", 1)[-1]
+        self._pool: asyncpg.Pool | None = None
+
+    async def _connect(self) -> asyncpg.Pool:
+        if self._pool is not None:
+            return self._pool
+        try:
+            pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=2, timeout=5, command_timeout=30)
+        except Exception as exc:
+            if _unavailable(exc) or isinstance(exc, asyncpg.PostgresError):
+                raise StoreUnavailable(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+            raise
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+                await conn.execute(TRACKING["postgres"])
+                done = {r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+                for version, name, statements in MIGRATIONS:
+                    if version in done:
+                        continue
+                    for statement in statements["postgres"]:
+                        await conn.execute(statement)
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+                        version,
+                        name,
+                        time.time(),
+                    )
+        except Exception as exc:
+            await pool.close()
+            if _unavailable(exc):
+                raise StoreUnavailable(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+            raise
+        self._pool = pool
+        return pool
+
+    async def _drop(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.terminate()
+
+    async def open(self) -> None:
+        await self._connect()
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def schema_version(self) -> int:
+        pool = await self._connect()
+        return int(await pool.fetchval("SELECT MAX(version) FROM schema_migrations"))
+
+    async def write(self, interactions: Sequence[InteractionRow], feedback: Sequence[FeedbackRow]) -> list[Claimed]:
+        pool = await self._connect()
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                if interactions:
+                    await conn.execute(_INSERT_INTERACTIONS, *_columns(interactions, len(_TYPES_I)))
+                if feedback:
+                    await conn.execute(_INSERT_FEEDBACK, *_columns(feedback, len(_TYPES_F)))
+                found = await conn.fetch(
+                    _CLAIM,
+                    [f.feedback_id for f in feedback],
+                    [i.request_id for i in interactions],
+                    [i.response_id for i in interactions if i.response_id and i.role == "primary"],
+                )
+                best: dict[str, tuple[float, Claimed]] = {}
+                for fid, route, variant, label, score, ts in found:
+                    if fid not in best or ts > best[fid][0]:
+                        best[fid] = (ts, Claimed(route, variant, label, score))
+                claimed = await conn.fetch(
+                    "UPDATE feedback SET counted = TRUE WHERE NOT counted AND feedback_id = ANY($1::text[]) "
+                    "RETURNING feedback_id",
+                    list(best),
+                )
+        except Exception as exc:
+            if _unavailable(exc):
+                await self._drop()
+                raise StoreUnavailable(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+            raise
+        return [best[r[0]][1] for r in claimed]
+
+    async def page(self, query: Query, after: tuple[float, str] | None, limit: int) -> list[InteractionRow]:
+        pool = await self._connect()
+        where, args = [], []
+
+        def arg(value: object) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        if after is not None:
+            where.append(f"(ts, request_id) > ({arg(after[0])}::float8, {arg(after[1])}::text)")
+        if query.route is not None:
+            where.append(f"route = {arg(query.route)}")
+        if query.since is not None:
+            where.append(f"ts >= {arg(query.since)}")
+        if query.role is not None:
+            where.append(f"role = {arg(query.role)}")
+        sql = f"SELECT {', '.join(InteractionRow._fields)} FROM interactions"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY ts, request_id LIMIT {arg(limit)}"
+        return [InteractionRow(*r) for r in await pool.fetch(sql, *args)]
+
+    async def feedback_for(self, request_ids: Sequence[str], response_ids: Sequence[str]) -> list[FeedbackRow]:
+        pool = await self._connect()
+        cols = ", ".join(FeedbackRow._fields)
+        rows = await pool.fetch(
+            f"SELECT {cols} FROM feedback WHERE request_id = ANY($1::text[]) UNION ALL "
+            f"SELECT {cols} FROM feedback WHERE request_id IS NULL AND response_id = ANY($2::text[])",
+            list(request_ids),
+            list(response_ids),
+        )
+        return [FeedbackRow(*r) for r in rows]
+
+    async def latest_for(self, response_ids: Sequence[str]) -> dict[str, str]:
+        pool = await self._connect()
+        rows = await pool.fetch(
+            "SELECT DISTINCT ON (response_id) response_id, request_id FROM interactions "
+            "WHERE role = 'primary' AND response_id = ANY($1::text[]) ORDER BY response_id, ts DESC, request_id DESC",
+            list(response_ids),
+        )
+        return {r[0]: r[1] for r in rows}
+
+    async def delete_expired(self, cutoff: float, route: str | None, keep_routes: Sequence[str], limit: int) -> int:
+        pool = await self._connect()
+        if route is not None:
+            where, args = "route = $1 AND ts < $2", [route, cutoff]
+        else:
+            where, args = "NOT (route = ANY($1::text[])) AND ts < $2", [list(keep_routes), cutoff]
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                doomed = await conn.fetch(
+                    f"DELETE FROM interactions WHERE request_id IN (SELECT request_id FROM interactions "
+                    f"WHERE {where} LIMIT $3) RETURNING request_id, response_id",
+                    *args,
+                    limit,
+                )
+                ids = [r[0] for r in doomed]
+                rids = [r[1] for r in doomed if r[1]]
+                await conn.execute("DELETE FROM feedback WHERE request_id = ANY($1::text[])", ids)
+                await conn.execute(
+                    "DELETE FROM feedback WHERE request_id IS NULL AND response_id = ANY($1::text[]) AND NOT EXISTS "
+                    "(SELECT 1 FROM interactions i WHERE i.response_id = feedback.response_id)",
+                    rids,
+                )
+        except Exception as exc:
+            if _unavailable(exc):
+                await self._drop()
+                raise StoreUnavailable(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+            raise
+        return len(ids)
+
+    async def delete_orphan_feedback(self, cutoff: float, limit: int) -> int:
+        pool = await self._connect()
+        try:
+            rows = await pool.fetch(
+                "DELETE FROM feedback WHERE feedback_id IN (SELECT feedback_id FROM feedback WHERE ts < $1 LIMIT $2) "
+                "RETURNING feedback_id",
+                cutoff,
+                limit,
+            )
+        except Exception as exc:
+            if _unavailable(exc):
+                await self._drop()
+                raise StoreUnavailable(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+            raise
+        return len(rows)

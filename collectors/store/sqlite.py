@@ -1,0 +1,272 @@
+"""SQLite store through aiosqlite: WAL mode, ``synchronous=NORMAL`` (a committed batch survives a crash of the
+process), a busy timeout so several workers can share one file, migrations at open.
+
+Any ``sqlite3.OperationalError`` (locked, read-only, disk full, cannot open) means the store is unavailable
+as a whole: the connection is dropped and reopened on the next call. Other errors are about the rows.
+
+Usage: ``store = SQLiteStore("/var/lib/turnout/turnout.db"); await store.open()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+import aiosqlite
+
+from collectors.store.base import Claimed, FeedbackRow, InteractionRow, Query, StoreUnavailable
+from collectors.store.migrations import MIGRATIONS, TRACKING
+
+_INSERT_INTERACTION = (
+    f"INSERT INTO interactions ({', '.join(InteractionRow._fields)}) "
+    f"VALUES ({', '.join('?' * len(InteractionRow._fields))}) ON CONFLICT (request_id) DO NOTHING"
+)
+_INSERT_FEEDBACK = (
+    f"INSERT INTO feedback ({', '.join(FeedbackRow._fields)}) "
+    f"VALUES ({', '.join('?' * len(FeedbackRow._fields))}) ON CONFLICT (feedback_id) DO NOTHING"
+)
+_CLAIM_BY_REQUEST = (
+    "SELECT f.feedback_id, i.route, i.variant, f.label, f.score, i.ts FROM feedback f "
+    "JOIN interactions i ON i.request_id = f.request_id WHERE f.counted = 0 AND (f.feedback_id IN ({fb}) "
+    "OR f.request_id IN ({ids}))"
+)
+_CLAIM_BY_RESPONSE = (
+    "SELECT f.feedback_id, i.route, i.variant, f.label, f.score, i.ts FROM feedback f "
+    "JOIN interactions i ON i.response_id = f.response_id AND i.role = 'primary' "
+    "WHERE f.counted = 0 AND f.request_id IS NULL AND (f.feedback_id IN ({fb}) OR f.response_id IN ({rids}))"
+)
+_BUSY_TIMEOUT_MS = 5000
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _locked(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    @functools.wraps(method)
+    async def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        async with args[0]._lock:  # type: ignore[attr-defined]
+            return await method(*args, **kwargs)
+
+    return run
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+def _claims(found: Sequence[Sequence[object]]) -> dict[str, tuple[float, Claimed]]:
+    """One claim per feedback id: the latest interaction wins when a response id is shared."""
+    best: dict[str, tuple[float, Claimed]] = {}
+    for fid, route, variant, label, score, ts in found:
+        key = str(fid)
+        if key not in best or float(ts) > best[key][0]:  # type: ignore[arg-type]
+            best[key] = (float(ts), Claimed(str(route), str(variant), label, score))  # type: ignore[arg-type]
+    return best
+
+
+class SQLiteStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.name = f"sqlite:{self.path}"
+        self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()  # one connection: one transaction at a time (writer, retention, reads)
+
+    async def _connect(self) -> aiosqlite.Connection:
+        if self._db is not None:
+            return self._db
+        try:
+            db = await aiosqlite.connect(self.path, isolation_level=None, timeout=_BUSY_TIMEOUT_MS / 1000)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"{self.name}: {exc}") from exc
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=NORMAL")
+            await db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+            await self._migrate(db)
+        except sqlite3.Error as exc:
+            await db.close()
+            raise StoreUnavailable(f"{self.name}: {exc}") from exc
+        self._db = db
+        return db
+
+    async def _migrate(self, db: aiosqlite.Connection) -> None:
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            await db.execute(TRACKING["sqlite"])
+            done = {row[0] for row in await db.execute_fetchall("SELECT version FROM schema_migrations")}
+            for version, name, statements in MIGRATIONS:
+                if version in done:
+                    continue
+                for statement in statements["sqlite"]:
+                    await db.execute(statement)
+                await db.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (version, name, time.time()),
+                )
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+
+    async def _drop(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            try:
+                await db.close()
+            except sqlite3.Error:
+                pass  # the connection is being abandoned because it failed already
+
+    @_locked
+    async def open(self) -> None:
+        await self._connect()
+
+    @_locked
+    async def close(self) -> None:
+        await self._drop()
+
+    @_locked
+    async def schema_version(self) -> int:
+        db = await self._connect()
+        rows = await db.execute_fetchall("SELECT MAX(version) FROM schema_migrations")
+        return int(next(iter(rows))[0])
+
+    @_locked
+    async def write(self, interactions: Sequence[InteractionRow], feedback: Sequence[FeedbackRow]) -> list[Claimed]:
+        db = await self._connect()
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            await self._drop()
+            raise StoreUnavailable(f"{self.name}: {exc}") from exc
+        try:
+            if interactions:
+                await db.executemany(_INSERT_INTERACTION, interactions)
+            if feedback:
+                await db.executemany(_INSERT_FEEDBACK, feedback)
+            claimed = await self._claim(db, interactions, feedback)
+            await db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            await self._rollback(db)
+            await self._drop()
+            raise StoreUnavailable(f"{self.name}: {exc}") from exc
+        except BaseException:
+            await self._rollback(db)
+            raise
+        return claimed
+
+    async def _rollback(self, db: aiosqlite.Connection) -> None:
+        if db.in_transaction:
+            try:
+                await db.execute("ROLLBACK")
+            except sqlite3.Error:
+                await self._drop()
+
+    async def _claim(
+        self, db: aiosqlite.Connection, interactions: Sequence[InteractionRow], feedback: Sequence[FeedbackRow]
+    ) -> list[Claimed]:
+        fids = [f.feedback_id for f in feedback]
+        ids = [i.request_id for i in interactions]
+        rids = [i.response_id for i in interactions if i.response_id and i.role == "primary"]
+        found = list(
+            await db.execute_fetchall(
+                _CLAIM_BY_REQUEST.format(fb=_marks(len(fids)), ids=_marks(len(ids))), (*fids, *ids)
+            )
+        )
+        if rids or any(f.request_id is None for f in feedback):
+            found += await db.execute_fetchall(
+                _CLAIM_BY_RESPONSE.format(fb=_marks(len(fids)), rids=_marks(len(rids))), (*fids, *rids)
+            )
+        best = _claims(found)
+        if best:
+            await db.execute(f"UPDATE feedback SET counted = 1 WHERE feedback_id IN ({_marks(len(best))})", list(best))
+        return [claim for _, claim in best.values()]
+
+    @_locked
+    async def page(self, query: Query, after: tuple[float, str] | None, limit: int) -> list[InteractionRow]:
+        db = await self._connect()
+        where, args = [], []
+        if after is not None:
+            where.append("(ts, request_id) > (?, ?)")
+            args += after
+        if query.route is not None:
+            where.append("route = ?")
+            args.append(query.route)
+        if query.since is not None:
+            where.append("ts >= ?")
+            args.append(query.since)
+        if query.role is not None:
+            where.append("role = ?")
+            args.append(query.role)
+        sql = f"SELECT {', '.join(InteractionRow._fields)} FROM interactions"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        rows = await db.execute_fetchall(sql + " ORDER BY ts, request_id LIMIT ?", (*args, limit))
+        return [InteractionRow(*r[:13], bool(r[13]), *r[14:]) for r in rows]
+
+    @_locked
+    async def feedback_for(self, request_ids: Sequence[str], response_ids: Sequence[str]) -> list[FeedbackRow]:
+        db = await self._connect()
+        cols = ", ".join(FeedbackRow._fields)
+        sql = (
+            f"SELECT {cols} FROM feedback WHERE request_id IN ({_marks(len(request_ids))}) UNION ALL "
+            f"SELECT {cols} FROM feedback WHERE request_id IS NULL AND response_id IN ({_marks(len(response_ids))})"
+        )
+        return [FeedbackRow(*r) for r in await db.execute_fetchall(sql, (*request_ids, *response_ids))]
+
+    @_locked
+    async def latest_for(self, response_ids: Sequence[str]) -> dict[str, str]:
+        db = await self._connect()
+        rows = await db.execute_fetchall(
+            f"SELECT response_id, request_id FROM interactions WHERE role = 'primary' AND response_id IN "
+            f"({_marks(len(response_ids))}) ORDER BY ts, request_id",
+            tuple(response_ids),
+        )
+        return {str(rid): str(req) for rid, req in rows}  # later rows overwrite earlier: the latest wins
+
+    @_locked
+    async def delete_expired(self, cutoff: float, route: str | None, keep_routes: Sequence[str], limit: int) -> int:
+        db = await self._connect()
+        if route is not None:
+            where, args = "route = ? AND ts < ?", [route, cutoff]
+        else:
+            where, args = f"route NOT IN ({_marks(len(keep_routes))}) AND ts < ?", [*keep_routes, cutoff]
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+            doomed = await db.execute_fetchall(
+                f"SELECT request_id, response_id FROM interactions WHERE {where} LIMIT ?", (*args, limit)
+            )
+            ids = [r[0] for r in doomed]
+            rids = [r[1] for r in doomed if r[1]]
+            if ids:
+                await db.execute(f"DELETE FROM interactions WHERE request_id IN ({_marks(len(ids))})", ids)
+                await db.execute(f"DELETE FROM feedback WHERE request_id IN ({_marks(len(ids))})", ids)
+            if rids:
+                await db.execute(
+                    f"DELETE FROM feedback WHERE request_id IS NULL AND response_id IN ({_marks(len(rids))}) "
+                    "AND response_id NOT IN (SELECT response_id FROM interactions WHERE response_id IS NOT NULL "
+                    f"AND response_id IN ({_marks(len(rids))}))",
+                    (*rids, *rids),
+                )
+            await db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            await self._rollback(db)
+            await self._drop()
+            raise StoreUnavailable(f"{self.name}: {exc}") from exc
+        return len(ids)
+
+    @_locked
+    async def delete_orphan_feedback(self, cutoff: float, limit: int) -> int:
+        db = await self._connect()
+        try:
+            cursor = await db.execute(
+                "DELETE FROM feedback WHERE feedback_id IN (SELECT feedback_id FROM feedback WHERE ts < ? LIMIT ?)",
+                (cutoff, limit),
+            )
+        except sqlite3.OperationalError as exc:
+            await self._drop()
+            raise StoreUnavailable(f"{self.name}: {exc}") from exc
+        return int(cursor.rowcount)

@@ -1,0 +1,249 @@
+"""The batch writer: drains journals into the store off the request path, in bounded batches.
+
+One asyncio task tails this process's journal (and first replays journals left by processes that died),
+writes each batch in one transaction and only then moves the journal checkpoint, so nothing leaves the
+spool before it is committed. While the store is unavailable the writer backs off and retries, the journal
+keeps spooling (up to its bound) and ``degraded`` is true. A batch the store rejects for its content is
+split until the bad row is alone; that row goes to the dead-letter file, counted and logged by id.
+
+Usage::
+
+    writer = Writer(store, journal, metrics=metrics, dead_letter=state_dir / "dead-letter.jsonl")
+    await writer.start(); writer.notify()   # after each append
+    await writer.stop(timeout=10)           # drains what it can
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from collectors.journal import Cursor, Journal, release
+from collectors.metrics import Metrics
+from collectors.store.base import Claimed, FeedbackRow, InteractionRow, Store, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+BATCH_LINES = 200
+BATCH_BYTES = 4 << 20
+ADOPT_EVERY_S = 30.0
+BACKOFF_S = (0.1, 5.0)
+
+Item = InteractionRow | FeedbackRow
+
+
+def decode(line: bytes) -> Item:
+    """One journal line as a store row; raises ValueError/KeyError/TypeError for a line that is not one."""
+    data = orjson.loads(line)
+    record = line.decode()
+    if data["k"] == "i":
+        return InteractionRow(
+            str(data["request_id"]),
+            float(data["ts"]),
+            str(data["route"]),
+            str(data["experiment"]),
+            str(data["variant"]),
+            str(data["role"]),
+            data.get("parent_id"),
+            str(data["upstream"]),
+            str(data["endpoint"]),
+            int(data["status"]),
+            str(data["outcome"]),
+            float(data["latency_ms"]),
+            None if data.get("ttft_ms") is None else float(data["ttft_ms"]),
+            bool(data.get("stream")),
+            data.get("response_id"),
+            record,
+        )
+    if data["k"] == "f":
+        score = data.get("score")
+        return FeedbackRow(
+            str(data["feedback_id"]),
+            float(data["ts"]),
+            data.get("request_id"),
+            data.get("response_id"),
+            None if score is None else float(score),
+            data.get("label"),
+            record,
+        )
+    raise ValueError(f"unknown journal record kind {data['k']!r}")
+
+
+def _id(item: Item) -> str:
+    return item.request_id if isinstance(item, InteractionRow) else f"feedback {item.feedback_id}"
+
+
+class Writer:
+    def __init__(
+        self,
+        store: Store,
+        journal: Journal,
+        *,
+        metrics: Metrics,
+        dead_letter: Path,
+        batch_lines: int = BATCH_LINES,
+    ) -> None:
+        self.store = store
+        self.journal = journal
+        self.metrics = metrics
+        self.dead_letter = dead_letter
+        self.batch_lines = batch_lines
+        self.degraded = True  # until the store was opened once
+        self.stored = 0  # lines committed by this writer (all journals)
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self._own: Cursor | None = None
+        self._adopted: list[tuple[Cursor, int]] = []
+        self._last_adopt = 0.0
+        self._backoff = BACKOFF_S[0]
+
+    async def start(self) -> None:
+        self._own = self.journal.cursor()
+        self._adopt()
+        self._task = asyncio.create_task(self._run(), name="capture-writer")
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def _adopt(self) -> None:
+        self._last_adopt = time.monotonic()
+        found = self.journal.adopt()
+        if found:
+            log.info("replaying %d journal(s) left by earlier processes", len(found))
+        self._adopted += found
+
+    @property
+    def idle(self) -> bool:
+        """Everything journaled so far is in the store."""
+        return not self._adopted and self.journal.pending_bytes == 0
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                progressed = await self._step()
+            except StoreUnavailable as exc:
+                if not self.degraded:
+                    log.error("store unavailable, spooling in the journal: %s", exc)
+                self.degraded = True
+                await asyncio.sleep(self._backoff)
+                self._backoff = min(self._backoff * 2, BACKOFF_S[1])
+                continue
+            except Exception:
+                log.exception("capture writer step failed; retrying")
+                await asyncio.sleep(self._backoff)
+                self._backoff = min(self._backoff * 2, BACKOFF_S[1])
+                continue
+            if progressed:
+                await asyncio.sleep(0)  # let requests run between batches
+                continue
+            if self._stopping:
+                return
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+            if time.monotonic() - self._last_adopt > ADOPT_EVERY_S:
+                self._adopt()
+
+    async def _step(self) -> bool:
+        """Write one batch (adopted journals first); False when there was nothing to write."""
+        if self.degraded:
+            await self.store.open()
+            if self.degraded:
+                log.info("store %s available", self.store.name)
+            self.degraded = False
+            self._backoff = BACKOFF_S[0]
+        while self._adopted:
+            cursor, fd = self._adopted[0]
+            if await self._batch(cursor):
+                return True
+            if cursor.torn:
+                log.error("journal %s ended in a partial line (a write cut short)", cursor.directory)
+                self.metrics.capture_dropped.labels("journal_error").inc()
+            release(cursor, fd)
+            self._adopted.pop(0)
+        assert self._own is not None
+        return await self._batch(self._own)
+
+    async def _batch(self, cursor: Cursor) -> bool:
+        lines, end = cursor.read(BATCH_BYTES, self.batch_lines)
+        if not lines:
+            return False
+        items: list[Item] = []
+        for line in lines:
+            try:
+                items.append(decode(line))
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+                log.error("journal %s: unreadable line of %d bytes near %s", cursor.directory, len(line), end)
+                self.metrics.capture_dropped.labels("journal_error").inc()
+        await self._write(items)
+        cursor.commit(end)
+        size = sum(len(x) + 1 for x in lines)
+        if cursor is self._own:
+            self.journal.stored_bytes += size
+            self.journal.stored_lines += len(lines)
+        self.stored += len(lines)
+        self.metrics.capture_queue_depth.set(self.journal.pending_lines)
+        for item in items:
+            if isinstance(item, InteractionRow):
+                self.metrics.captured.labels(item.route).inc()
+        return True
+
+    async def _write(self, items: list[Item]) -> None:
+        """Write ``items``; content errors split the batch until each bad item is alone and dead-lettered."""
+        interactions = [i for i in items if isinstance(i, InteractionRow)]
+        feedback = [i for i in items if isinstance(i, FeedbackRow)]
+        try:
+            claimed = await self.store.write(interactions, feedback)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            if len(items) == 1:
+                self._dead_letter(items[0], exc)
+                return
+            half = len(items) // 2
+            await self._write(items[:half])
+            await self._write(items[half:])
+            return
+        self._count_feedback(claimed)
+
+    def _count_feedback(self, claimed: list[Claimed]) -> None:
+        for claim in claimed:
+            label = claim.label if claim.label in ("good", "bad") else "none"
+            self.metrics.feedback.labels(claim.route, claim.variant, label).inc()
+            if claim.score is not None:
+                self.metrics.feedback_score.labels(claim.route, claim.variant).observe(claim.score)
+
+    def _dead_letter(self, item: Item, exc: Exception) -> None:
+        log.error("store rejected %s (%s); written to %s", _id(item), type(exc).__name__, self.dead_letter)
+        self.metrics.capture_dropped.labels("store_rejected").inc()
+        entry: dict[str, Any] = {"error": f"{type(exc).__name__}: {exc}"[:2000], "record": orjson.loads(item.record)}
+        fd = os.open(self.dead_letter, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, orjson.dumps(entry) + b"\n")
+        finally:
+            os.close(fd)
+
+    async def stop(self, drain_s: float) -> None:
+        """Drain what the store takes within ``drain_s``; the rest stays in the journal for the next start."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), drain_s)
+        except TimeoutError:
+            log.warning("capture writer: %d bytes left in the journal for the next start", self.journal.pending_bytes)
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for _, fd in self._adopted:
+            os.close(fd)
+        self._adopted.clear()

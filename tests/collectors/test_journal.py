@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from collectors.journal import Journal, SpoolFull
+from tests.harness import ROOT
+
+CHILD = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    from pathlib import Path
+    from collectors.journal import Journal
+    journal = Journal(Path(sys.argv[1]))
+    journal.open()
+    for i in range(3):
+        journal.append(b'{"n": %d}\\n' % i)
+    print("ready", flush=True)
+    if sys.argv[2] == "die":
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(60)
+    """
+)
+
+
+def _child(root: Path, mode: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(root), mode],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    ready = proc.stdout.readline().strip()
+    proc.stdout.close()
+    assert ready == "ready"
+    return proc
+
+
+def test_append_read_commit_rotates_and_deletes(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j", segment_bytes=100)
+    journal.open()
+    lines = [b'{"n": %d, "pad": "%s"}' % (i, b"x" * 30) for i in range(10)]
+    for line in lines:
+        journal.append(line + b"\n")
+    assert journal.directory is not None
+    assert len(list(journal.directory.glob("*.jsonl"))) > 3
+    cursor = journal.cursor()
+    seen = []
+    while True:
+        batch, end = cursor.read(max_lines=3)
+        if not batch:
+            break
+        seen += batch
+        cursor.commit(end)
+    assert seen == lines
+    assert len(list(journal.directory.glob("*.jsonl"))) == 1  # only the segment being written remains
+    journal.append(b'{"n": 10}\n')
+    assert cursor.read()[0] == [b'{"n": 10}']
+    journal.close(remove=True)
+    assert not journal.directory.exists()
+
+
+def test_checkpoint_survives_a_new_cursor(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j")
+    journal.open()
+    for i in range(5):
+        journal.append(b"%d\n" % i)
+    cursor = journal.cursor()
+    _, end = cursor.read(max_lines=2)
+    cursor.commit(end)
+    assert journal.cursor().read()[0] == [b"2", b"3", b"4"]
+    journal.close(remove=False)
+
+
+def test_spool_bound(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j", max_pending_bytes=100)
+    journal.open()
+    journal.append(b"x" * 60 + b"\n")
+    with pytest.raises(SpoolFull):
+        journal.append(b"y" * 60 + b"\n")
+    journal.stored_bytes += 61  # the writer stored the first line
+    journal.append(b"y" * 60 + b"\n")
+    journal.close(remove=True)
+
+
+def test_a_live_journal_is_not_adopted_a_dead_one_is(tmp_path: Path) -> None:
+    root = tmp_path / "j"
+    live = _child(root, "live")
+    try:
+        mine = Journal(root)
+        mine.open()
+        assert mine.adopt() == []
+        dead = _child(root, "die")
+        assert dead.wait(10) == -signal.SIGKILL
+        adopted = mine.adopt()
+        assert len(adopted) == 1
+        cursor, _ = adopted[0]
+        assert cursor.read()[0] == [b'{"n": 0}', b'{"n": 1}', b'{"n": 2}']
+        assert not cursor.torn
+    finally:
+        live.kill()
+        live.wait()
+    again = Journal(root)
+    again.open()
+    assert len(again.adopt()) == 1  # the live one died now; ours still holds its lock
+    mine.close(remove=True)
+    again.close(remove=True)
+
+
+def test_a_torn_last_line_is_reported(tmp_path: Path) -> None:
+    root = tmp_path / "j"
+    dead = _child(root, "die")
+    dead.wait(10)
+    (segment,) = root.glob("*/*.jsonl")
+    with segment.open("ab") as f:
+        f.write(b'{"n": 3, "cut sh')
+    mine = Journal(root)
+    mine.open()
+    ((cursor, _),) = mine.adopt()
+    lines, end = cursor.read()
+    assert len(lines) == 3
+    cursor.commit(end)
+    assert cursor.read()[0] == []
+    assert cursor.torn
+    mine.close(remove=True)

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import pytest
+
+from collectors.redact import Redactor
+from collectors.sanitize import MAX_STRING, sanitize
+
+ALWAYS = Redactor()
+ALL = Redactor({"email", "phone"}, secrets=("my-own-client-key",))
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("use sk-proj-AbCdEfGhIjKlMnOpQrStUv12 now", "use [redacted:secret] now"),
+        ("Authorization: Bearer eyJhbGciOi.abc-def_123", "Authorization: Bearer [redacted:secret]"),
+        ("aws AKIAIOSFODNN7EXAMPLE key", "aws [redacted:secret] key"),
+        ("token ghp_" + "a" * 36, "token [redacted:secret]"),
+        ("api_key=abcdef123456 rest", "api_key=[redacted:secret] rest"),
+        ('{"password": "hunter2hunter2"}', '{"password": "[redacted:secret]"}'),
+        ("-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----", "[redacted:secret]"),
+        ("nothing secret here, sk-short", "nothing secret here, sk-short"),
+        ("mail bob@example.com", "mail bob@example.com"),  # only when the route asks
+    ],
+)
+def test_secrets_are_always_masked(text: str, want: str) -> None:
+    assert ALWAYS.text(text) == want
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("write to jane.doe+x@mail.example.org.", "write to [redacted:email]."),
+        ("call +44 20 7946 0958 today", "call [redacted:phone] today"),
+        ("call (415) 555-0100", "call [redacted:phone]"),
+        ("order 12345 on 2026-11-26 costs 1,250.00", "order 12345 on 2026-11-26 costs 1,250.00"),
+        ("version 1.2.3.4", "version 1.2.3.4"),
+        ("my key is my-own-client-key", "my key is [redacted:secret]"),
+    ],
+)
+def test_optional_kinds(text: str, want: str) -> None:
+    assert ALL.text(text) == want
+
+
+def test_only_string_values_change_and_untouched_containers_are_kept() -> None:
+    body = {"messages": [{"role": "user", "content": "sk-live-abcdefghijklmnopqrstu"}], "max_tokens": 4155550100}
+    out = ALL.value(body)
+    assert out == {"messages": [{"role": "user", "content": "[redacted:secret]"}], "max_tokens": 4155550100}
+    clean = {"messages": [{"role": "user", "content": "hi"}]}
+    assert ALL.value(clean) is clean
+
+
+def test_sanitize_marks_every_change() -> None:
+    value = {"a": "x\x00y", "b": ["\udcff"], "c": "z" * (MAX_STRING + 5), "d": 1 << 70, "ok": "fine"}
+    clean, notes = sanitize(value)
+    assert clean["a"] == "x\ufffdy" and clean["b"] == ["\ufffd"] and clean["d"] == str(1 << 70)
+    assert clean["c"].endswith(f"[truncated by turnout: {MAX_STRING + 5} characters]")
+    assert sorted(notes) == ["a: nul", "b.0: surrogate", "c: truncated", "d: integer out of range stored as text"]
+    untouched = {"x": [1, 2.5, None, True, "é"]}
+    assert sanitize(untouched) == (untouched, [])
+    assert sanitize(untouched)[0] is untouched
