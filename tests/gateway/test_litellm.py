@@ -4,7 +4,6 @@ allow-list that keeps clients from redirecting the call (SE-3)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import openai
@@ -13,11 +12,7 @@ import pytest
 from tests.fakes.anthropic_server import FakeAnthropic
 from tests.fakes.fake_server import Behavior
 from tests.fakes.openai_server import FakeOpenAI
-from tests.harness import Served, served, write_config
-
-# pydantic warns once about a litellm TypedDict while litellm builds its first streamed chunk; under the suite's
-# warnings-are-errors setting that would break litellm's stream from inside (the gateway runs in this process)
-pytestmark = pytest.mark.filterwarnings("ignore:Item .* on TypedDict class .* the .ReadOnly. qualifier:UserWarning")
+from tests.harness import GatewayProcess, write_config
 
 CONFIG = """
 upstreams:
@@ -30,35 +25,50 @@ KEY = "sk-ant-canary-9999"
 MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello claude"}]
 
 
+@pytest.fixture(scope="module")
+def anthropic() -> Iterator[FakeAnthropic]:
+    with FakeAnthropic() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory, anthropic: FakeAnthropic) -> Iterator[GatewayProcess]:
+    """One gateway process for the module: litellm keeps connection pools that only process exit tidies."""
+    cfg = write_config(tmp_path_factory.mktemp("litellm"), CONFIG.format(url=anthropic.url))
+    with GatewayProcess(cfg, env={"T_ANTHROPIC": KEY}) as proc:
+        yield proc
+    assert KEY not in proc.output()
+
+
 @pytest.fixture
-def gw(tmp_path: Path, fake_anthropic: FakeAnthropic, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
-    monkeypatch.setenv("T_ANTHROPIC", KEY)
-    with served(write_config(tmp_path, CONFIG.format(url=fake_anthropic.url))) as server:
-        yield server
+def fake_anthropic(anthropic: FakeAnthropic) -> Iterator[FakeAnthropic]:
+    anthropic.default = Behavior()
+    yield anthropic
+    anthropic.default = Behavior()
 
 
-def client(gw: Served) -> openai.OpenAI:
+def client(gw: GatewayProcess) -> openai.OpenAI:
     return openai.OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0, timeout=20)
 
 
-def test_plain_answer_is_translated_to_openai_shape(gw: Served, fake_anthropic: FakeAnthropic) -> None:
+def test_plain_answer_is_translated_to_openai_shape(gw: GatewayProcess, fake_anthropic: FakeAnthropic) -> None:
     reply = client(gw).chat.completions.create(model="assistant", messages=MESSAGES, max_tokens=50)
     assert reply.object == "chat.completion"
     assert reply.choices[0].message.content == "echo: hello claude"
     assert reply.usage is not None and reply.usage.completion_tokens > 0
-    (seen,) = fake_anthropic.requests
+    seen = fake_anthropic.requests[-1]
     assert seen.path == "/v1/messages"
     assert seen.body["model"] == "claude-test" and seen.body["max_tokens"] == 50
     assert seen.headers["x-api-key"] == KEY
 
 
-def test_stream_is_translated_chunk_by_chunk(gw: Served) -> None:
+def test_stream_is_translated_chunk_by_chunk(gw: GatewayProcess) -> None:
     chunks = list(client(gw).chat.completions.create(model="assistant", messages=MESSAGES, stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "echo: hello claude"
     assert all(c.object == "chat.completion.chunk" for c in chunks)
 
 
-def test_upstream_errors_map_to_openai_errors(gw: Served, fake_anthropic: FakeAnthropic) -> None:
+def test_upstream_errors_map_to_openai_errors(gw: GatewayProcess, fake_anthropic: FakeAnthropic) -> None:
     fake_anthropic.default = Behavior(statuses=[401, 529])
     body = {"model": "assistant", "messages": MESSAGES}
     denied = httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=20)
@@ -68,7 +78,7 @@ def test_upstream_errors_map_to_openai_errors(gw: Served, fake_anthropic: FakeAn
     assert failed.status_code == 502 and KEY not in failed.text
 
 
-def test_body_cannot_redirect_a_litellm_call(gw: Served, fake_anthropic: FakeAnthropic) -> None:
+def test_body_cannot_redirect_a_litellm_call(gw: GatewayProcess, fake_anthropic: FakeAnthropic) -> None:
     other = FakeOpenAI()
     try:
         body = {
@@ -82,7 +92,7 @@ def test_body_cannot_redirect_a_litellm_call(gw: Served, fake_anthropic: FakeAnt
         }
         assert httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=20).status_code == 200
         assert other.requests == []
-        (seen,) = fake_anthropic.requests
+        seen = fake_anthropic.requests[-1]
         assert seen.headers["x-api-key"] == KEY
         assert "api_base" not in seen.body and "sk-evil" not in str(seen.body)
     finally:
