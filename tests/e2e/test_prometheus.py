@@ -1,6 +1,6 @@
-"""A real Prometheus scrapes a real gateway under traffic: every dashboard query parses and the panels that
-should show data do; the alert rules (with `for:` shortened) fire for a stale route and stay quiet for a
-healthy one."""
+"""A real Prometheus scrapes a real gateway under traffic and feedback: every dashboard query parses and the
+panels that should show data do; the alert rules (with `for:` shortened) fire for a stale, badly rated
+variant and a failing route, and stay quiet for a healthy route and a fresh, well rated variant."""
 
 from __future__ import annotations
 
@@ -59,6 +59,10 @@ MUST_HAVE_DATA = {
     "Time to first token p50 / p95 / p99 by variant",
     "Tokens per second by variant",
     "Completion tokens per answer",
+    "Mean feedback score (6h) vs min_feedback_score",
+    "Ratings in 6h vs min_ratings",
+    "Feedback by label per hour",
+    "Interactions captured per second",
     "Model age vs max_model_age",
     "Model age as share of max_model_age",
     "Capture drops (5m)",
@@ -97,14 +101,43 @@ def _chat(client: httpx.Client, route: str, *, stream: bool = False) -> httpx.Re
     return client.post("/v1/chat/completions", json=body)
 
 
-def _send_traffic(client: httpx.Client) -> int:
+def _send_traffic(client: httpx.Client, answered: dict[tuple[str, str], str]) -> int:
+    """Chat requests to every route; ``answered`` collects a request id per (route, variant) served."""
     sent = 0
     for route in ROUTES:
         for i in range(6 if route != "broken" else 2):
             response = _chat(client, route, stream=i % 2 == 1)
             assert response.status_code == (502 if route == "broken" else 200), response.text
+            if response.status_code == 200:
+                answered[(route, response.headers["x-turnout-variant"])] = response.headers["x-turnout-request-id"]
             sent += 1
     return sent
+
+
+# (route, variant) -> the score its users give: stale-bot's stale variant is rated badly, the others well
+SCORES = {("stale-bot", "prod-v3"): 0.0, ("stale-bot", "cand-v4"): 1.0, ("healthy-bot", "fresh"): 1.0}
+RATINGS = 5  # each variant's ratings; the routes ask for min_ratings: 3
+
+
+def _rate(client: httpx.Client, prom: PrometheusServer, answered: dict[tuple[str, str], str]) -> None:
+    """Send RATINGS feedback scores per variant: one first, the rest once Prometheus has seen that one, so
+    the window's increase() counts them (a series appears with its first observation)."""
+    assert set(answered) >= set(SCORES), f"traffic did not reach every variant: {sorted(answered)}"
+
+    def send(times: int) -> None:
+        for key, score in SCORES.items():
+            for _ in range(times):
+                response = client.post("/v1/feedback", json={"request_id": answered[key], "score": score})
+                assert response.status_code == 202, response.text
+
+    def seen(count: int) -> bool:
+        result = prom.query(f"turnout_feedback_score_count >= {count}")
+        return {(r["metric"]["route"], r["metric"]["variant"]) for r in result} >= set(SCORES)
+
+    send(1)
+    _wait_for(lambda: seen(1), "the first ratings in Prometheus")
+    send(RATINGS - 1)
+    _wait_for(lambda: seen(RATINGS), "all ratings in Prometheus")
 
 
 def _wait_for(check: Any, what: str, timeout: float = 20.0) -> Any:
@@ -129,11 +162,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             # Prometheus starts scraping a few seconds after it is ready (service discovery batches updates)
             _wait_for(lambda: prom.query("up == 1"), "the first scrape")
             sent = 0
+            answered: dict[tuple[str, str], str] = {}
             with httpx.Client(base_url=gateway.url, timeout=10) as client:
                 # two bursts a few scrapes apart, so rates and quantiles have increases to work on
                 for _ in range(2):
-                    sent += _send_traffic(client)
+                    sent += _send_traffic(client, answered)
                     time.sleep(2.5)
+                _rate(client, prom, answered)
             _wait_for(lambda: prom.query(f'sum(turnout_requests_total{{role="primary"}}) == {sent}'),
                       "Prometheus to scrape the traffic")
             yield Stack(gateway, prom, sent)
@@ -190,6 +225,7 @@ def test_alerts_fire_for_the_stale_route_and_stay_quiet_for_the_healthy_one(stac
     prom = stack.prometheus
     expected = {
         ("TurnoutModelStale", "stale-bot", "prod-v3", "firing"),
+        ("TurnoutFeedbackDegraded", "stale-bot", "prod-v3", "firing"),
         ("TurnoutHighErrorRate", "broken", "", "firing"),
     }
     _wait_for(lambda: expected <= _active(prom), f"{expected} to fire", timeout=30)
