@@ -65,6 +65,7 @@ MUST_HAVE_DATA = {
     "Interactions captured per second",
     "Model age vs max_model_age",
     "Model age as share of max_model_age",
+    "Capture queue depth",
     "Capture drops (5m)",
     "Config reloads",
     "Time since last successful config load",
@@ -174,10 +175,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             yield Stack(gateway, prom, sent)
 
 
-def _substitute(expr: str) -> str:
-    # what Grafana sends with route and variant on "All" (allValue .*)
-    return (expr.replace("$__rate_interval", "1m").replace("${route}", ".*").replace("$route", ".*")
-            .replace("${variant}", ".*").replace("$variant", ".*"))
+def _substitute(expr: str, route: str = ".*", variant: str = ".*") -> str:
+    # what Grafana sends: allValue .* for "All", (a|b) for several values
+    return (expr.replace("$__rate_interval", "1m").replace("${route}", route).replace("$route", route)
+            .replace("${variant}", variant).replace("$variant", variant))
 
 
 def _has_data(result: list[dict[str, Any]]) -> bool:
@@ -231,3 +232,20 @@ def test_alerts_fire_for_the_stale_route_and_stay_quiet_for_the_healthy_one(stac
     _wait_for(lambda: expected <= _active(prom), f"{expected} to fire", timeout=30)
     assert all(health == "ok" for health in prom.rule_health().values()), prom.rule_health()
     assert _active(prom) == expected
+
+
+def test_route_and_variant_selection_filters_the_panels(stack: Stack) -> None:
+    routes, variants = {"stale-bot", "healthy-bot"}, {"prod-v3", "fresh"}
+    panels = [p for p in json.loads(DASHBOARD.read_text())["panels"] if p["title"] in MUST_HAVE_DATA]
+    problems = []
+    for panel in panels:
+        for target in panel["targets"]:
+            expr = _substitute(target["expr"], "(stale-bot|healthy-bot)", "(prod-v3|fresh)")
+            result = stack.prometheus.query(expr)
+            if not _has_data(result):
+                problems.append(f"{panel['title']} [{target['refId']}]: no data")
+            for series in result:
+                labels = series["metric"]
+                if labels.get("route", "stale-bot") not in routes or labels.get("variant", "fresh") not in variants:
+                    problems.append(f"{panel['title']} [{target['refId']}]: unfiltered {labels}")
+    assert not problems, "\n".join(problems)
