@@ -1,0 +1,129 @@
+"""Capture end to end: a real gateway process, a fake upstream, a real SQLite file, ``turnout export``."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.e2e.capture_client import Seen, ask, export
+from tests.fakes.openai_server import Behavior, FakeOpenAI
+from tests.harness import GatewayProcess, write_config
+
+CONFIG = """
+server: {{state_dir: {state}}}
+store: sqlite:///{db}
+upstreams:
+  prod: {{base_url: "{url}", model: m-ok}}
+  broken: {{base_url: "{url}", model: m-500}}
+routes:
+  bot: {{variants: {{prod: 1}}}}
+  flaky: {{variants: {{broken: 1}}}}
+"""
+
+
+def config(tmp_path: Path, fake: FakeOpenAI) -> Path:
+    text = CONFIG.format(state=tmp_path / "state", db=tmp_path / "t.db", url=fake.url)
+    return write_config(tmp_path, text)
+
+
+def metric(text: str, line_start: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(line_start + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_every_answered_request_is_exported_with_its_feedback(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
+    fake_openai.set("m-500", Behavior(statuses=[500] * 1000))
+    fake_openai.set("m-ok", Behavior(chunk_delay_s=0.002))
+    cfg = config(tmp_path, fake_openai)
+    with GatewayProcess(cfg) as gw:
+        async with httpx.AsyncClient(timeout=30) as client:
+
+            async def one(i: int) -> Seen | None:
+                route = "flaky" if i % 10 == 7 else "bot"
+                seen = await ask(client, gw.url, route, f"question {i}", stream=i % 2 == 0, opted_out=i % 10 == 3)
+                if seen is None or route == "flaky":
+                    return seen
+                if i % 4 == 0:  # feedback 0 ms after the answer, long before the writer's batch
+                    r = await client.post(
+                        gw.url + "/v1/feedback",
+                        json={"request_id": seen.request_id, "score": 0.9, "label": "good", "task_completed": True},
+                    )
+                    assert r.status_code == 202
+                elif i % 4 == 1:
+                    r = await client.post(
+                        gw.url + "/v1/feedback", json={"response_id": seen.response_id, "label": "bad"}
+                    )
+                    assert r.status_code == 202
+                return seen
+
+            seen = await asyncio.gather(*(one(i) for i in range(80)))
+            assert all(s is not None for s in seen)
+            r = await client.post(gw.url + "/v1/feedback", json={"request_id": "never-seen", "score": 1})
+            assert r.status_code == 202
+            for bad in ({"request_id": "x", "score": "high"}, {"request_id": "x", "label": "meh"}, {"score": 1},
+                        {"request_id": 5}, {"request_id": "x", "task_completed": "yes"}, [1]):  # fmt: skip
+                r = await client.post(gw.url + "/v1/feedback", json=bad)
+                assert r.status_code == 400, bad
+                assert r.json()["error"]["type"] == "invalid_request_error"
+            captured = [s for s in seen if s is not None and not s.opted_out]
+            bot = [s for s in captured if s.route == "bot"]
+            deadline = time.monotonic() + 15
+            while True:
+                text = (await client.get(gw.url + "/metrics")).text
+                if metric(text, 'turnout_interactions_captured_total{route="bot"}') == len(bot):
+                    break
+                assert time.monotonic() < deadline, "writer did not catch up"
+                await asyncio.sleep(0.1)
+            assert (await client.get(gw.url + "/readyz")).json()["status"] == "ok"
+        assert gw.stop(signal.SIGTERM) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it is done
+        assert "Application shutdown complete" in gw.output()
+
+    rows = {r["request_id"]: r for r in export(cfg, "--format", "raw")}
+    assert set(rows) == {s.request_id for s in captured}
+    assert not (tmp_path / "state" / "dead-letter.jsonl").exists()
+    for s in captured:
+        row = rows[s.request_id]
+        assert row["request"]["messages"] == s.messages
+        assert row["route"] == s.route and row["role"] == "primary" and row["parent_id"] is None
+        assert row["latency_ms"] > 0 and row["ts"].endswith("Z")
+        assert row["stream"] is s.stream
+        if s.route == "flaky":
+            assert row["status"] == 502 and row["response"] is None and row["error"]
+            continue
+        assert row["status"] == 200 and row["error"] is None
+        assert row["response"]["object"] == "chat.completion"
+        assert row["response"]["choices"][0]["message"]["content"] == s.content
+        assert row["usage"]["total_tokens"] > 0
+        assert (row["ttft_ms"] is not None) is s.stream
+        i = int(s.messages[0]["content"].split()[1])
+        labels = [f.get("label") for f in row["feedback"]]
+        assert labels == (["good"] if i % 4 == 0 else ["bad"] if i % 4 == 1 else []), (i, row["feedback"])
+    chat = export(cfg, "--format", "openai-chat")
+    assert len(chat) == len(bot)
+    assert all(line["messages"][-1]["role"] == "assistant" for line in chat)
+    good = export(cfg, "--format", "openai-chat", "--label", "good")
+    assert len(good) == sum(1 for s in bot if int(s.messages[0]["content"].split()[1]) % 4 == 0)
+
+
+async def test_feedback_is_durable_before_202(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
+    cfg = config(tmp_path, fake_openai)
+    gw = GatewayProcess(cfg)
+    gw.wait_ready()
+    async with httpx.AsyncClient(timeout=10) as client:
+        seen = await ask(client, gw.url, "bot", "remember me", stream=False)
+        assert seen is not None
+        r = await client.post(gw.url + "/v1/feedback", json={"request_id": seen.request_id, "score": 0.25})
+        assert r.status_code == 202
+    gw.stop(signal.SIGKILL)  # at once: only the journal has them
+    with GatewayProcess(cfg) as again:
+        pass
+    assert "Application shutdown complete" in again.output()
+    (row,) = export(cfg)
+    assert row["request_id"] == seen.request_id
+    assert [f["score"] for f in row["feedback"]] == [0.25]
