@@ -40,6 +40,7 @@ routes:
     retraining: {{max_model_age: 30d, min_feedback_score: 0.8, min_eval_score: 0.85, min_ratings: 3}}
   healthy-bot:
     variants: {{fresh: 100}}
+    shadows: [{{upstream: cand-v4, sample: 1.0}}]
     retraining: {{max_model_age: 30d, min_feedback_score: 0.8, min_ratings: 3}}
   broken:
     variants: {{dead: 100}}
