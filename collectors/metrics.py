@@ -20,6 +20,7 @@ LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0,
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 CODES = ("2xx", "4xx", "5xx")
+FEEDBACK_LABELS = ("good", "bad", "none")
 DROP_REASONS = ("queue_full", "spool_full", "journal_error", "store_rejected")
 SHADOW_OUTCOMES = ("ok", "error", "timeout", "dropped", "skipped")
 
@@ -161,6 +162,8 @@ class Metrics:
                 self.experiment_weight.labels(route, experiment, variant).set(weight)
                 for code in CODES:
                     self.requests.labels(route, variant, "primary", code)
+                for label in FEEDBACK_LABELS:
+                    self.feedback.labels(route, variant, label)
         for upstream, ts in trained_at.items():
             self.model_trained.labels(upstream).set(ts)
         for route, signals in thresholds.items():
