@@ -40,7 +40,7 @@ _CLAIM_BY_RESPONSE = (
     "JOIN interactions i ON i.response_id = f.response_id AND i.role = 'primary' "
     "WHERE f.counted = 0 AND f.request_id IS NULL AND (f.feedback_id IN ({fb}) OR f.response_id IN ({rids}))"
 )
-_BUSY_TIMEOUT_MS = 5000
+_BUSY_TIMEOUT_MS = 2000  # several workers share one file; longer means an outage
 P = ParamSpec("P")
 T = TypeVar("T")
 

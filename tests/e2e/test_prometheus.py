@@ -156,8 +156,12 @@ def _wait_for(check: Any, what: str, timeout: float = 20.0) -> Any:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("prometheus-e2e")
-    config = write_config(tmp, CONFIG.format(state=tmp / "state", db=tmp / "turnout.db",
-                                             today=dt.date.today().isoformat(), dead_port=free_port()))
+    config = write_config(
+        tmp,
+        CONFIG.format(
+            state=tmp / "state", db=tmp / "turnout.db", today=dt.date.today().isoformat(), dead_port=free_port()
+        ),
+    )
     with GatewayProcess(config) as gateway:
         target = gateway.url.removeprefix("http://")
         with PrometheusServer(tmp / "prometheus", targets=[target], rule_files=(_rules_with_short_for(tmp),)) as prom:
@@ -171,15 +175,22 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                     sent += _send_traffic(client, answered)
                     time.sleep(2.5)
                 _rate(client, prom, answered)
-            _wait_for(lambda: prom.query(f'sum(turnout_requests_total{{role="primary"}}) == {sent}'),
-                      "Prometheus to scrape the traffic")
+            _wait_for(
+                lambda: prom.query(f'sum(turnout_requests_total{{role="primary"}}) == {sent}'),
+                "Prometheus to scrape the traffic",
+            )
             yield Stack(gateway, prom, sent)
 
 
 def _substitute(expr: str, route: str = ".*", variant: str = ".*") -> str:
     # what Grafana sends: allValue .* for "All", (a|b) for several values
-    return (expr.replace("$__rate_interval", "1m").replace("${route}", route).replace("$route", route)
-            .replace("${variant}", variant).replace("$variant", variant))
+    return (
+        expr.replace("$__rate_interval", "1m")
+        .replace("${route}", route)
+        .replace("$route", route)
+        .replace("${variant}", variant)
+        .replace("$variant", variant)
+    )
 
 
 def _has_data(result: list[dict[str, Any]]) -> bool:
@@ -201,8 +212,11 @@ def test_every_dashboard_query_runs_and_panels_show_data(stack: Stack) -> None:
     prom = stack.prometheus
     panels = [p for p in json.loads(DASHBOARD.read_text())["panels"] if p["type"] != "row"]
     assert MUST_HAVE_DATA <= {p["title"] for p in panels}
-    present = {name for name in {n for p in panels for t in p["targets"] for n in metric_names(t["expr"])}
-               if prom.query(f"count({name})")}
+    present = {
+        name
+        for name in {n for p in panels for t in p["targets"] for n in metric_names(t["expr"])}
+        if prom.query(f"count({name})")
+    }
     problems = []
     for panel in panels:
         for target in panel["targets"]:
@@ -219,8 +233,10 @@ def test_every_dashboard_query_runs_and_panels_show_data(stack: Stack) -> None:
 
 
 def _active(prom: PrometheusServer) -> set[tuple[str, str, str, str]]:
-    return {(a["labels"]["alertname"], a["labels"].get("route", ""), a["labels"].get("variant", ""), a["state"])
-            for a in prom.alerts()}
+    return {
+        (a["labels"]["alertname"], a["labels"].get("route", ""), a["labels"].get("variant", ""), a["state"])
+        for a in prom.alerts()
+    }
 
 
 def test_alerts_fire_for_the_stale_route_and_stay_quiet_for_the_healthy_one(stack: Stack) -> None:
