@@ -4,7 +4,8 @@ Scores (all JSON-ready, stored in the shadow interaction's ``extra["comparison"]
 
 - ``exact``: the answers are identical (text, tool-call names and arguments, or embedding vectors).
 - ``similarity`` in [0, 1]: normalised text similarity (NFKC, case-folded, whitespace collapsed; rapidfuzz's
-  Indel ratio). Answers that are both JSON compare by their canonical form (keys sorted), tool calls as
+  Indel ratio on the first 4,000 characters of each side, so one comparison stays under a millisecond).
+  Answers that are both JSON compare by their canonical form (keys sorted), tool calls as
   ``name(canonical arguments)``; embeddings by cosine similarity (negative clamped to 0).
 - ``json_equal``: parsed-JSON equality when both answers are a JSON object or array, else None.
 - ``tool_names_agree`` / ``tool_arguments_agree``: tool calls in the same order with the same names / the
@@ -31,6 +32,7 @@ from rapidfuzz.distance import Indel
 from collectors.record import Interaction
 
 _SPACE = re.compile(r"\s+")
+MAX_COMPARED_CHARS = 4_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +132,8 @@ def similarity(primary: Answer, shadow: Answer) -> float:
             return 0.0
         pairs = list(zip(primary.vectors, shadow.vectors, strict=True))
         return sum(_cosine(a, b) for a, b in pairs) / len(pairs)
-    return float(Indel.normalized_similarity(_comparable(primary), _comparable(shadow)))
+    a, b = _comparable(primary)[:MAX_COMPARED_CHARS], _comparable(shadow)[:MAX_COMPARED_CHARS]
+    return float(Indel.normalized_similarity(a, b))
 
 
 def compare_answers(primary: Answer, shadow: Answer) -> dict[str, Any]:

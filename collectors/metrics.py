@@ -145,6 +145,14 @@ class Metrics:
             count = usage.get(key)
             if isinstance(count, int) and count > 0:
                 self.tokens.labels(*labels, kind).inc(count)
+        comparison = it.extra.get("comparison") if it.role == "shadow" else None
+        if isinstance(comparison, dict) and isinstance(comparison.get("similarity"), float):
+            self.shadow_agreement.labels(it.route, it.variant).observe(comparison["similarity"])
+
+    def shadows_configured(self, route: str, shadow: str) -> None:
+        """Start a configured shadow's outcome counters at 0, so rates and alerts work before any traffic."""
+        for outcome in SHADOW_OUTCOMES:
+            self.shadow_requests.labels(route, shadow, outcome)
 
     def config_applied(
         self,

@@ -98,6 +98,15 @@ class Shadow(_Model):
     sample: Share
 
 
+class ShadowLimits(_Model):
+    """How much shadow work may run: per shadow upstream in flight, per call, per body, at shutdown."""
+
+    max_in_flight: int = Field(64, ge=1)
+    timeout_s: float = Field(30, gt=0)
+    max_body_mb: float = Field(4, gt=0)
+    drain_s: float = Field(5, ge=0)
+
+
 class Capture(_Model):
     sample: Share = 1.0
     redact: list[Literal["email", "phone"]] = []  # secrets are always masked
@@ -136,6 +145,7 @@ class Config(_Model):
     store: str = "sqlite:///turnout.db"
     store_env: EnvName | None = None
     store_retention: Duration | None = None
+    shadow: ShadowLimits = ShadowLimits()
     upstreams: dict[str, Upstream]
     routes: dict[str, Route]
 

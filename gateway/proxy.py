@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -37,6 +37,7 @@ from gateway.stream import SSETee, StreamProtocolError
 from gateway.upstream import Reply
 from policies.capture import should_capture
 from policies.routing import choose_variant
+from policies.shadows import pick_shadows
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ class Facts:
     body: dict[str, Any]
     stream: bool
     capture: bool
+    shadows: list[str] = field(default_factory=list)  # sampled: mirror these
+    skipped_shadows: list[str] = field(default_factory=list)  # not eligible (opted out, body over the cap)
 
 
 class ClientGone(Exception):
@@ -169,7 +172,7 @@ class Endpoint:
             limit = int(gen.config.server.max_body_mb * 1024 * 1024)
             raw = await read_body(receive, limit, headers.get(b"content-length"))
             body = parse_body(raw, self.endpoint)
-            facts = decide(gw, gen, self.endpoint, body, headers, caller.key, caller.admin)
+            facts = decide(gw, gen, self.endpoint, body, headers, caller.key, caller.admin, size=len(raw))
         except GatewayError as exc:
             await send_error(send, exc)
             return
@@ -196,6 +199,7 @@ def decide(
     headers: dict[bytes, bytes],
     api_key: str | None,
     admin: bool,
+    size: int = 0,
 ) -> Facts:
     config = gen.config
     route_name = body["model"]
@@ -213,6 +217,8 @@ def decide(
         variant = choose_variant(experiment, key, route.variants, gw.rng)
     opted_out = headers.get(b"x-turnout-no-capture", b"").strip() in (b"1", b"true")
     capture = should_capture(route.capture.sample, opted_out=opted_out, rng=gw.rng)
+    eligible = not opted_out and size <= config.shadow.max_body_mb * 1024 * 1024
+    shadows, skipped = pick_shadows(((s.upstream, s.sample) for s in route.shadows), gw.rng, eligible=eligible)
     return Facts(
         request_id=uuid.uuid4().hex,
         ts=time.time(),
@@ -223,6 +229,8 @@ def decide(
         body=body,
         stream=bool(body.get("stream")),
         capture=capture,
+        shadows=shadows,
+        skipped_shadows=skipped,
     )
 
 
@@ -240,6 +248,7 @@ class Call:
         self.outcome = "ok"
         self.first_token_at: float | None = None
         self.finished = False
+        self.answered: asyncio.Future[Interaction] | None = None  # shadows compare against it
 
     async def run(self) -> None:
         facts = self.facts
@@ -250,6 +259,7 @@ class Call:
         if stream and not (body.get("stream_options") or {}).get("include_usage"):
             body = {**body, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
             withhold_usage = True
+        self.answered = self.gw.shadows.mirror(self.gen, self.endpoint, facts)  # they run once this call yields
         try:
             try:
                 reply = await client.call(self.endpoint, body, stream=stream, request_id=facts.request_id)
@@ -381,3 +391,5 @@ class Call:
             response_id=self.response_id,
         )
         self.gw.sink.finish(it)
+        if self.answered is not None and not self.answered.done():
+            self.answered.set_result(it)

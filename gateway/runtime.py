@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -22,6 +22,7 @@ from collectors.metrics import Metrics
 from collectors.sink import Sink
 from gateway.auth import Keys
 from gateway.config import Config, Loaded
+from gateway.shadow import ShadowRunner
 from gateway.upstream import Client, close_clients, make_client
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ class Generation:
     keys: Keys
     clients: dict[str, Client]
     secrets: tuple[bytes, ...]  # every secret value, to scrub from anything an upstream echoes
+    shadow_clients: dict[str, Client] = field(default_factory=dict)  # on the shadow runner's own pool
 
     @property
     def config(self) -> Config:
@@ -51,6 +53,7 @@ class Gateway:
         self.sink = sink
         self.rng = rng or random.Random()
         self.session: aiohttp.ClientSession | None = None
+        self.shadows = ShadowRunner(metrics, sink)
         self.ready = False
         self._first = loaded
         self.generation: Generation
@@ -58,6 +61,7 @@ class Gateway:
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        await self.shadows.open()
         self.apply(self._first)
         self.ready = True
 
@@ -70,14 +74,17 @@ class Gateway:
             for name, up in config.upstreams.items()
         }
         values = tuple(sorted({s.encode() for s in secrets.values()}, key=len, reverse=True))
-        self.generation = Generation(loaded, Keys(secrets.client_keys, secrets.admin_key), clients, values)
+        shadow_clients = self.shadows.clients(config, secrets)
+        keys = Keys(secrets.client_keys, secrets.admin_key)
+        self.generation = Generation(loaded, keys, clients, values, shadow_clients)
         self.metrics.config_applied(loaded.sha256, *_exported(config))
         self.metrics.reload_result(True)
         self.sink.configure(capture_policy(config, secrets.values()))
 
     async def close(self) -> None:
         self.ready = False
-        await close_clients(self.generation.clients.values())
+        await self.shadows.close(self.generation.config.shadow.drain_s)
+        await close_clients([*self.generation.clients.values(), *self.generation.shadow_clients.values()])
         if self.session is not None:
             await self.session.close()
 

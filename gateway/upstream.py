@@ -15,7 +15,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -51,14 +51,21 @@ class Client(Protocol):
 class OpenAIClient:
     """Pass-through to any OpenAI-compatible server: only ``model`` is rewritten, bytes flow back as sent."""
 
-    def __init__(self, name: str, conf: Upstream, api_key: str | None, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        name: str,
+        conf: Upstream,
+        api_key: str | None,
+        session: aiohttp.ClientSession,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.model = conf.model
         self.base = (conf.base_url or "").rstrip("/")
         self.timeout_s = conf.timeout_s
         self.timeout = aiohttp.ClientTimeout(total=conf.timeout_s)
         self.session = session
-        self.headers = {"content-type": JSON}
+        self.headers = {"content-type": JSON, **(headers or {})}
         if api_key:
             self.headers["authorization"] = f"Bearer {api_key}"
 
@@ -232,10 +239,13 @@ def _litellm() -> Any:
 class LitellmClient:
     """Other providers through litellm's async API, translated to and from the OpenAI shape."""
 
-    def __init__(self, name: str, conf: Upstream, api_key: str | None) -> None:
+    def __init__(
+        self, name: str, conf: Upstream, api_key: str | None, headers: Mapping[str, str] | None = None
+    ) -> None:
         self.name = name
         self.conf = conf
         self.api_key = api_key
+        self.headers = dict(headers or {})
         self.litellm = _litellm()
 
     async def call(self, endpoint: str, body: dict[str, Any], *, stream: bool, request_id: str) -> Reply:
@@ -245,6 +255,8 @@ class LitellmClient:
             kwargs["api_key"] = self.api_key
         if self.conf.base_url:
             kwargs["api_base"] = self.conf.base_url
+        if self.headers:
+            kwargs["extra_headers"] = {**self.headers, "x-turnout-request-id": request_id}
         call = {
             "chat.completions": self.litellm.acompletion,
             "completions": self.litellm.atext_completion,
@@ -291,9 +303,16 @@ async def close_clients(clients: Iterable[Client]) -> None:
         litellm.in_memory_llm_clients_cache.flush_cache()
 
 
-def make_client(name: str, conf: Upstream, api_key: str | None, session: aiohttp.ClientSession) -> Client:
+def make_client(
+    name: str,
+    conf: Upstream,
+    api_key: str | None,
+    session: aiohttp.ClientSession,
+    headers: Mapping[str, str] | None = None,
+) -> Client:
+    """A client for one upstream; ``headers`` are sent on every call (e.g. the shadow marker)."""
     if conf.provider == "dummy":
         return DummyClient(name, conf)
     if conf.provider == "litellm":
-        return LitellmClient(name, conf, api_key)
-    return OpenAIClient(name, conf, api_key, session)
+        return LitellmClient(name, conf, api_key, headers)
+    return OpenAIClient(name, conf, api_key, session, headers)

@@ -34,7 +34,7 @@ def test_zero_and_full_samples_are_exact() -> None:
     assert pick_shadows([], rng) == ([], [])
 
 
-@settings(max_examples=50)
+@settings(max_examples=50, deadline=None)
 @given(samples=st.lists(st.floats(min_value=0.0, max_value=1.0), max_size=4), seed=st.integers())
 def test_an_ineligible_request_is_never_sampled_and_skips_each_live_shadow(samples: list[float], seed: int) -> None:
     shadows = [(f"s{i}", p) for i, p in enumerate(samples)]

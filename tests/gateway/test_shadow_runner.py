@@ -1,0 +1,154 @@
+"""The shadow runner on its own, against a real fake upstream: linked, scored, scrubbed, bounded at shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from collectors.metrics import Metrics
+from collectors.record import Interaction
+from collectors.sink import Sink
+from gateway.auth import Keys
+from gateway.config import Loaded, parse_config
+from gateway.proxy import Facts
+from gateway.runtime import Generation
+from gateway.shadow import ShadowRunner
+from tests.fakes.openai_server import Behavior, FakeOpenAI
+
+SHADOW_KEY = "sk-shadow-echoed-canary-77aa"
+CONFIG = """
+shadow: {{max_in_flight: 2, timeout_s: 5, drain_s: 0.3}}
+upstreams:
+  prod: {{base_url: "{url}", model: prod-model}}
+  cand: {{base_url: "{url}", model: cand-model, api_key_env: T_SHADOW_KEY}}
+  hang: {{base_url: "{url}", model: hang-model}}
+routes:
+  bot: {{variants: {{prod: 1}}, shadows: [{{upstream: cand, sample: 1}}, {{upstream: hang, sample: 1}}]}}
+"""
+
+
+class RecordingSink(Sink):
+    """The real sink (metrics), keeping every interaction it is handed."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__(metrics)
+        self.seen: list[Interaction] = []
+
+    def finish(self, it: Interaction) -> None:
+        self.seen.append(it)
+        super().finish(it)
+
+
+class Setup:
+    def __init__(self, loaded: Loaded, runner: ShadowRunner, sink: RecordingSink, registry: CollectorRegistry) -> None:
+        self.loaded, self.runner, self.sink, self.registry = loaded, runner, sink, registry
+        secrets = tuple(s.encode() for s in loaded.secrets.values())
+        self.gen = Generation(loaded, Keys([], None), {}, secrets, runner.clients(loaded.config, loaded.secrets))
+
+    def facts(self, shadows: list[str], **body: Any) -> Facts:
+        return Facts(
+            request_id=uuid.uuid4().hex, ts=time.time(), t0=time.perf_counter(), route="bot", experiment="bot",
+            variant="prod", body={"model": "bot", "messages": [{"role": "user", "content": "hi"}], **body},
+            stream=bool(body.get("stream")), capture=True, shadows=shadows,
+        )  # fmt: skip
+
+    def count(self, shadow: str, outcome: str) -> float:
+        labels = {"route": "bot", "shadow": shadow, "outcome": outcome}
+        return self.registry.get_sample_value("turnout_shadow_requests_total", labels) or 0.0
+
+
+def primary_of(facts: Facts, text: str, outcome: str = "ok") -> Interaction:
+    response = {"id": "p", "object": "chat.completion", "choices": [{"index": 0, "message": {"content": text}}]}
+    return Interaction(
+        request_id=facts.request_id, ts=facts.ts, route="bot", experiment="bot", variant="prod", role="primary",
+        parent_id=None, upstream="prod", endpoint="chat.completions", request=facts.body, response=response,
+        status=200, outcome=outcome, latency_ms=50.0, ttft_ms=None, usage={"prompt_tokens": 1, "completion_tokens": 2},
+        error=None, stream=facts.stream, capture=True,
+    )  # fmt: skip
+
+
+@pytest.fixture
+async def setup(fake_openai: FakeOpenAI) -> AsyncIterator[Setup]:
+    fake_openai.set("hang-model", Behavior(hang=True))
+    loaded = parse_config(CONFIG.format(url=fake_openai.url).encode(), "t.yaml", environ={"T_SHADOW_KEY": SHADOW_KEY})
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    sink = RecordingSink(metrics)
+    runner = ShadowRunner(metrics, sink)
+    await runner.open()
+    yield Setup(loaded, runner, sink, registry)
+    await runner.close(0.3)
+
+
+async def wait_until(condition: Any) -> None:
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not met within 5 s")
+
+
+async def test_a_shadow_becomes_a_linked_scored_interaction_once_the_primary_is_done(
+    setup: Setup, fake_openai: FakeOpenAI
+) -> None:
+    facts = setup.facts(["cand"], stream=True, stream_options={"include_usage": True}, temperature=0)
+    answered = setup.runner.mirror(setup.gen, "chat.completions", facts)
+    assert answered is not None
+    await wait_until(lambda: setup.count("cand", "ok") == 1)
+    await asyncio.sleep(0.05)
+    assert setup.sink.seen == []  # it waits for the primary's answer to compare with
+    answered.set_result(primary_of(facts, "echo: hi"))
+    await wait_until(lambda: len(setup.sink.seen) == 1)
+    (shadow,) = setup.sink.seen
+    assert shadow.role == "shadow" and shadow.parent_id == facts.request_id and shadow.request_id != facts.request_id
+    assert shadow.variant == shadow.upstream == "cand" and shadow.outcome == "ok" and shadow.status == 200
+    assert shadow.request == {"model": "bot", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
+    assert not shadow.stream
+    scores = shadow.extra["comparison"]
+    assert scores["exact"] is True and scores["similarity"] == 1.0
+    assert scores["completion_tokens_delta"] == 0 and scores["prompt_tokens_delta"] == 0
+    labels = {"route": "bot", "shadow": "cand"}
+    assert setup.registry.get_sample_value("turnout_shadow_agreement_sum", labels) == 1.0
+    (received,) = fake_openai.requests
+    assert received.headers["x-turnout-request-id"] == facts.request_id
+
+
+async def test_an_echoed_upstream_key_is_scrubbed_and_a_failed_primary_is_not_compared(
+    setup: Setup, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.set("cand-model", Behavior(text=f"your key is {SHADOW_KEY}"))
+    facts = setup.facts(["cand"])
+    answered = setup.runner.mirror(setup.gen, "chat.completions", facts)
+    assert answered is not None
+    answered.set_result(primary_of(facts, "", outcome="upstream_error"))
+    await wait_until(lambda: len(setup.sink.seen) == 1)
+    (shadow,) = setup.sink.seen
+    assert SHADOW_KEY not in str(shadow.response) and "[redacted]" in str(shadow.response)
+    assert "comparison" not in shadow.extra
+
+
+async def test_over_the_cap_and_after_close_shadows_are_dropped_and_close_is_bounded(setup: Setup) -> None:
+    for _ in range(5):
+        setup.runner.mirror(setup.gen, "chat.completions", setup.facts(["hang"]))
+    await asyncio.sleep(0.1)
+    assert setup.count("hang", "dropped") == 3 and setup.runner.in_flight["hang"] == 2
+    t0 = time.monotonic()
+    await setup.runner.close(0.3)
+    assert 0.25 <= time.monotonic() - t0 < 1.5
+    assert setup.count("hang", "dropped") == 5 and not setup.runner.tasks  # the two cut at the bound
+    assert setup.runner.mirror(setup.gen, "chat.completions", setup.facts(["hang"])) is not None
+    assert setup.count("hang", "dropped") == 6
+
+
+async def test_skipped_shadows_are_counted_and_nothing_is_started(setup: Setup) -> None:
+    facts = setup.facts([])
+    facts.skipped_shadows = ["cand", "hang"]
+    assert setup.runner.mirror(setup.gen, "chat.completions", facts) is None
+    assert setup.count("cand", "skipped") == setup.count("hang", "skipped") == 1
+    assert not setup.runner.tasks
