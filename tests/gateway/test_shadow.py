@@ -7,11 +7,15 @@ upstream and the shadow upstream are separate fake servers, as in production.
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,7 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes.openai_server import Behavior, FakeOpenAI, Recorded
-from tests.harness import GatewayProcess, write_config
+from tests.harness import ROOT, GatewayProcess, write_config
 
 CLIENT_KEY = "sk-client-canary-51c0"
 PRIMARY_KEY = "sk-primary-upstream-2b7e"
@@ -51,6 +55,7 @@ routes:
   everything: {{variants: {{prod: 100}}, shadows: [{{upstream: cand, sample: 1.0}}]}}
   half: {{variants: {{prod: 100}}, shadows: [{{upstream: cand, sample: 0.5}}, {{upstream: e500, sample: 0}}]}}
 """
+CLEAN_LOG = ("Task exception was never retrieved", "Task was destroyed but it is pending", "Traceback")
 OUTCOMES = ("ok", "error", "timeout", "dropped", "skipped")
 HEADERS = {"authorization": f"Bearer {CLIENT_KEY}"}
 
@@ -58,6 +63,7 @@ HEADERS = {"authorization": f"Bearer {CLIENT_KEY}"}
 @dataclass
 class Rig:
     gateway: GatewayProcess
+    config: Path
     primary: FakeOpenAI
     shadow: FakeOpenAI
     http: httpx.Client
@@ -109,9 +115,9 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     env = {"T_CLIENT_KEYS": CLIENT_KEY, "T_PRIMARY_KEY": PRIMARY_KEY, "T_SHADOW_KEY": SHADOW_KEY}
     try:
         with GatewayProcess(cfg, env=env) as gateway, httpx.Client(base_url=gateway.url, timeout=10) as http:
-            yield Rig(gateway, primary, shadow, http)
+            yield Rig(gateway, cfg, primary, shadow, http)
             log = gateway.output()
-        assert "Task exception was never retrieved" not in log and "Traceback" not in log, log
+        assert not any(bad in log for bad in CLEAN_LOG), log
     finally:
         primary.close()
         shadow.close()
@@ -250,3 +256,64 @@ def test_zero_sample_shadow_counters_exist_at_zero_and_never_move(rig: Rig) -> N
     assert rig.outcomes("half", "e500") == dict.fromkeys(OUTCOMES, 0.0)
     counts = rig.settled("half", "cand", 1)
     assert 0 < counts["ok"] < 20
+
+
+def export(rig: Rig, *args: str) -> list[dict[str, Any]]:
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "export", "-c", str(rig.config), *args],
+        cwd=rig.config.parent,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
+    return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+
+
+def test_shadow_rows_are_stored_linked_to_their_primary_and_kept_out_of_training_export(rig: Rig) -> None:
+    response = rig.chat("mirrored", "stored and linked", stream=True)
+    request_id = response.headers["x-turnout-request-id"]
+    deadline = time.monotonic() + 15
+    while not (
+        rows := [r for r in export(rig, "--route", "mirrored") if request_id in (r["request_id"], r["parent_id"])]
+    ):
+        assert time.monotonic() < deadline, "interaction not stored"
+        time.sleep(0.3)
+    while len(rows) < 2 and time.monotonic() < deadline:
+        time.sleep(0.3)
+        rows = [r for r in export(rig, "--route", "mirrored") if request_id in (r["request_id"], r["parent_id"])]
+    primary, shadow = sorted(rows, key=lambda r: r["role"])
+    assert primary["role"] == "primary" and primary["request_id"] == request_id and primary["parent_id"] is None
+    assert shadow["role"] == "shadow" and shadow["parent_id"] == request_id and shadow["upstream"] == "cand"
+    assert shadow["request_id"] != request_id and shadow["stream"] is False and "stream" not in shadow["request"]
+    assert shadow["extra"]["comparison"]["similarity"] == 1.0 and shadow["extra"]["comparison"]["exact"] is True
+    training = export(rig, "--route", "mirrored", "--format", "openai-chat")
+    assert training and len(training) == len([r for r in export(rig, "--route", "mirrored") if r["role"] == "primary"])
+
+
+def test_sigterm_with_hanging_shadows_exits_within_the_drain_bound(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
+    fake_openai.set("hang-model", Behavior(hang=True))
+    cfg = write_config(
+        tmp_path,
+        f"""
+shadow: {{max_in_flight: 4, timeout_s: 60, drain_s: 1}}
+upstreams:
+  prod: {{base_url: "{fake_openai.url}", model: prod-model}}
+  hang: {{base_url: "{fake_openai.url}", model: hang-model}}
+routes:
+  bot: {{variants: {{prod: 1}}, shadows: [{{upstream: hang, sample: 1}}]}}
+""",
+    )
+    with GatewayProcess(cfg) as gateway:
+        for _ in range(6):
+            body = {"model": "bot", "messages": [{"role": "user", "content": "hi"}]}
+            assert httpx.post(gateway.url + "/v1/chat/completions", json=body, timeout=10).status_code == 200
+        hanging = [r for r in fake_openai.wait_for(6 + 4) if r.body["model"] == "hang-model"]
+        assert len(hanging) == 4
+        t0 = time.monotonic()
+        assert gateway.stop() in (0, -15)  # uvicorn re-raises the signal it handled once it has shut down
+        assert time.monotonic() - t0 < 5.0  # drain_s 1, not the 60 s shadow timeout
+        log = gateway.output()
+    assert "Application shutdown complete" in log
+    assert all(r.wait_done(2).aborted for r in hanging)  # the cut shadows' connections were closed
+    assert not any(bad in log for bad in CLEAN_LOG), log
