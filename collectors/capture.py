@@ -29,7 +29,7 @@ from collectors.journal import Journal, SpoolFull
 from collectors.metrics import Metrics
 from collectors.record import Interaction
 from collectors.redact import Redactor
-from collectors.sanitize import sanitize
+from collectors.sanitize import MAX_STRING, sanitize
 from collectors.store.base import Store
 from collectors.store.retention import retention_loop
 from collectors.store.writer import Writer
@@ -57,17 +57,25 @@ def _bodies_too_large(payload: dict[str, Any], size: int) -> bytes:
         if key in payload:
             payload[key] = {"turnout_removed": f"record was {size} bytes, over the {MAX_LINE} byte limit"}
     payload.setdefault("sanitized", []).append("record: bodies removed (too large)")
-    return orjson.dumps(payload, default=str) + b"\n"
+    return orjson.dumps(payload, default=str)
 
 
 def encode(payload: dict[str, Any], redactor: Redactor) -> bytes:
-    """One journal line: sanitised, redacted JSON of ``payload`` ending in a newline."""
-    clean, notes = sanitize(payload)
-    clean = redactor.value(clean)
-    if notes:
-        clean = {**clean, "sanitized": notes}
-    line = orjson.dumps(clean, default=str) + b"\n"
-    return _bodies_too_large(dict(clean), len(line)) if len(line) > MAX_LINE else line
+    """One journal line: redacted, sanitised JSON of ``payload`` ending in a newline."""
+    redacted = redactor.optional(payload)
+    try:
+        line = orjson.dumps(redacted, default=str)
+    except (TypeError, orjson.JSONEncodeError):  # lone surrogates, huge integers, nesting past 255
+        line = None
+    # the common case: serialised as it is, nothing to sanitise (no NUL, no string over the limit)
+    if line is None or len(line) > MAX_STRING or b"\\u0000" in line:
+        clean, notes = sanitize(redacted)
+        if notes:
+            clean = {**clean, "sanitized": notes}
+        line = orjson.dumps(clean, default=str)
+        if len(line) > MAX_LINE:
+            line = _bodies_too_large(dict(clean), len(line))
+    return redactor.line(line) + b"\n"
 
 
 def interaction_payload(it: Interaction) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 MAX_STRING = 1 << 20  # characters kept of one string field
-MAX_DEPTH = 48
+MAX_DEPTH = 128  # orjson serialises up to 255 levels; deeper input is cut here
 REPLACEMENT = "\ufffd"
 
 

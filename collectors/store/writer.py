@@ -31,8 +31,9 @@ from collectors.store.base import Claimed, FeedbackRow, InteractionRow, Store, S
 
 log = logging.getLogger(__name__)
 
-BATCH_LINES = 200
-BATCH_BYTES = 4 << 20
+BATCH_LINES = 500
+BATCH_BYTES = 512 << 10
+DECODE_SLICE = 64
 ADOPT_EVERY_S = 30.0
 BACKOFF_S = (0.1, 5.0)
 
@@ -177,7 +178,9 @@ class Writer:
         if not lines:
             return False
         items: list[Item] = []
-        for line in lines:
+        for n, line in enumerate(lines, 1):
+            if n % DECODE_SLICE == 0:
+                await asyncio.sleep(0)  # decoding is CPU on the serving loop: let requests in between
             try:
                 items.append(decode(line))
             except (ValueError, KeyError, TypeError, UnicodeDecodeError):

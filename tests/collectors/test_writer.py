@@ -54,7 +54,7 @@ async def test_poison_rows_do_not_sink_a_batch(tmp_path: Path) -> None:
         )
     deep: dict = {}  # type: ignore[type-arg]
     node = deep
-    for _ in range(200):
+    for _ in range(300):  # deeper than JSON libraries serialise
         node["x"] = {}
         node = node["x"]
     poison = {

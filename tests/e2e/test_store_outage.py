@@ -135,7 +135,10 @@ async def test_start_while_the_store_is_down(tmp_path: Path, fake_openai: FakeOp
 
 
 async def test_two_gateways_on_postgres_survive_its_restart(
-    tmp_path: Path, fake_openai: FakeOpenAI, postgres_server: PostgresServer, pg_dsn: str  # noqa: F811
+    tmp_path: Path,
+    fake_openai: FakeOpenAI,
+    postgres_server: PostgresServer,  # noqa: F811
+    pg_dsn: str,  # noqa: F811
 ) -> None:
     cfg_a = config(tmp_path, fake_openai, pg_dsn, "a.yaml", "state-a")
     cfg_b = config(tmp_path, fake_openai, pg_dsn, "b.yaml", "state-b")
