@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import tracemalloc
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -34,14 +36,16 @@ routes:
 
 
 class RecordingSink(Sink):
-    """The real sink (metrics), keeping every interaction it is handed."""
+    """The real sink (metrics), keeping every interaction it is handed when ``keep``."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, keep: bool = True) -> None:
         super().__init__(metrics)
+        self.keep = keep
         self.seen: list[Interaction] = []
 
     def finish(self, it: Interaction) -> None:
-        self.seen.append(it)
+        if self.keep:
+            self.seen.append(it)
         super().finish(it)
 
 
@@ -63,6 +67,15 @@ class Setup:
         return self.registry.get_sample_value("turnout_shadow_requests_total", labels) or 0.0
 
 
+async def started(loaded: Loaded, keep: bool = True) -> Setup:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    sink = RecordingSink(metrics, keep)
+    runner = ShadowRunner(metrics, sink)
+    await runner.open()
+    return Setup(loaded, runner, sink, registry)
+
+
 def primary_of(facts: Facts, text: str, outcome: str = "ok") -> Interaction:
     response = {"id": "p", "object": "chat.completion", "choices": [{"index": 0, "message": {"content": text}}]}
     return Interaction(
@@ -77,13 +90,9 @@ def primary_of(facts: Facts, text: str, outcome: str = "ok") -> Interaction:
 async def setup(fake_openai: FakeOpenAI) -> AsyncIterator[Setup]:
     fake_openai.set("hang-model", Behavior(hang=True))
     loaded = parse_config(CONFIG.format(url=fake_openai.url).encode(), "t.yaml", environ={"T_SHADOW_KEY": SHADOW_KEY})
-    registry = CollectorRegistry()
-    metrics = Metrics(registry)
-    sink = RecordingSink(metrics)
-    runner = ShadowRunner(metrics, sink)
-    await runner.open()
-    yield Setup(loaded, runner, sink, registry)
-    await runner.close(0.3)
+    setup = await started(loaded)
+    yield setup
+    await setup.runner.close(0.3)
 
 
 async def wait_until(condition: Any) -> None:
@@ -152,3 +161,37 @@ async def test_skipped_shadows_are_counted_and_nothing_is_started(setup: Setup) 
     assert setup.runner.mirror(setup.gen, "chat.completions", facts) is None
     assert setup.count("cand", "skipped") == setup.count("hang", "skipped") == 1
     assert not setup.runner.tasks
+
+
+async def test_memory_stays_flat_over_thousands_of_shadows() -> None:
+    config = CONFIG.format(url="http://127.0.0.1:9/v1").replace(
+        'base_url: "http://127.0.0.1:9/v1", model: cand', "provider: dummy, model: cand"
+    )
+    loaded = parse_config(config.encode(), "t.yaml", environ={"T_SHADOW_KEY": SHADOW_KEY})
+    setup = await started(loaded, keep=False)
+
+    async def round_of(n: int) -> None:
+        for i in range(n):
+            facts = setup.facts(["cand"])
+            answered = setup.runner.mirror(setup.gen, "chat.completions", facts)
+            assert answered is not None
+            answered.set_result(primary_of(facts, "Hello from cand. You said: hi"))
+            if i % 5 == 4:
+                await asyncio.sleep(0)  # let some finish: both ok and dropped (cap 2) paths run
+        await wait_until(lambda: not setup.runner.tasks)
+
+    tracemalloc.start()
+    try:
+        await round_of(300)
+        gc.collect()
+        first = tracemalloc.get_traced_memory()[0]
+        for _ in range(5):
+            await round_of(300)
+        gc.collect()
+        last = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+        await setup.runner.close(0.3)
+    assert setup.count("cand", "ok") > 0 and setup.count("cand", "dropped") > 0
+    assert sum(setup.count("cand", o) for o in ("ok", "error", "timeout", "dropped")) == 1800
+    assert last < first * 1.25 + 256 * 1024, (first, last)
