@@ -98,7 +98,17 @@ class ShadowRunner:
         return out
 
     def mirror(self, gen: Generation, endpoint: str, facts: Facts) -> asyncio.Future[Interaction] | None:
-        """Start this request's shadows; returns the future the primary resolves with its Interaction."""
+        """Start this request's shadows; returns the future the primary resolves with its Interaction.
+
+        Called on the request path, so it never raises: a failure here is logged and the primary goes on.
+        """
+        try:
+            return self._mirror(gen, endpoint, facts)
+        except Exception:
+            log.exception("could not start the shadows of request %s", facts.request_id)
+            return None
+
+    def _mirror(self, gen: Generation, endpoint: str, facts: Facts) -> asyncio.Future[Interaction] | None:
         for name in facts.skipped_shadows:
             self.metrics.shadow_requests.labels(facts.route, name, "skipped").inc()
         if not facts.shadows:
@@ -120,11 +130,11 @@ class ShadowRunner:
         return answered
 
     async def _run(self, job: Job) -> None:
-        t0 = time.perf_counter()
+        ts, t0 = time.time(), time.perf_counter()
         outcome = "error"
         shadow: Interaction | None = None
         try:
-            shadow = await self._call(job, t0)
+            shadow = await self._call(job, ts, t0)
             outcome = {"ok": "ok", "timeout": "timeout"}.get(shadow.outcome, "error")
         except asyncio.CancelledError:
             outcome = "dropped"  # cut by the shutdown drain bound
@@ -136,7 +146,7 @@ class ShadowRunner:
             self.metrics.shadow_requests.labels(job.facts.route, job.shadow, outcome).inc()
         await self._finish(job, shadow)
 
-    async def _call(self, job: Job, t0: float) -> Interaction:
+    async def _call(self, job: Job, ts: float, t0: float) -> Interaction:
         status, response, error, outcome, usage = 0, None, None, "upstream_error", None
         try:
             async with asyncio.timeout(job.timeout_s):
@@ -165,7 +175,7 @@ class ShadowRunner:
         facts = job.facts
         return Interaction(
             request_id=uuid.uuid4().hex,
-            ts=time.time(),
+            ts=ts,
             route=facts.route,
             experiment=facts.experiment,
             variant=job.shadow,
