@@ -58,6 +58,9 @@ class Metrics:
             registry=registry,
             multiprocess_mode="max",
         )
+        self.shed = Counter(
+            p + "requests_shed", "Requests refused with 503 because server.max_in_flight was reached", registry=registry
+        )
         self.shadow_requests = Counter(
             p + "shadow_requests", "Shadow calls by outcome", ["route", "shadow", "outcome"], registry=registry
         )

@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -27,12 +28,14 @@ from collectors.metrics import Metrics
 from collectors.sink import Sink
 from collectors.store import open_store
 from collectors.store.base import Store
+from gateway.admission import Admission
 from gateway.config import ConfigError, Loaded, load_config, redacted
 from gateway.errors import GatewayError, error_body, error_payload
 from gateway.feedback import feedback_endpoint
 from gateway.proxy import Endpoint
 from gateway.reload import Reloader
 from gateway.runtime import Gateway
+from gateway.shutdown import hook_sigterm
 
 log = logging.getLogger(__name__)
 
@@ -135,9 +138,15 @@ def create_app(
         await sink.start()
         await gw.start()
         reloader.start()
+        unhook = hook_sigterm(
+            gw.resilience.drain,
+            on_term=lambda: setattr(gw, "ready", False),
+            drain_s=lambda: gw.generation.config.server.drain_s,
+        )
         try:
             yield {"gateway": gw, "reloader": reloader, "registry": registry}
         finally:
+            unhook()
             gw.ready = False
             await reloader.stop()
             await gw.close()
@@ -155,7 +164,12 @@ def create_app(
         Route("/admin/config", admin_config, methods=["GET"]),
         Route("/admin/reload", admin_reload, methods=["POST"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: http_error},
+        middleware=[Middleware(Admission, gateway=gw)],
+    )
 
 
 def from_environment() -> Starlette:

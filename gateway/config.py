@@ -68,6 +68,11 @@ class Server(_Model):
     max_body_mb: float = Field(32, gt=0)
     state_dir: str = "./turnout-state"
     capture_spool_mb: float = Field(1024, gt=0)  # journal bytes waiting for the store before drops
+    max_in_flight: int = Field(4096, ge=1)  # proxied requests at once; beyond: fast 503 with Retry-After
+    drain_s: float = Field(25, ge=0)  # on SIGTERM, in-flight requests get this long before streams are cut
+    heartbeat_s: float = Field(15, ge=0)  # SSE comment while a stream waits for its first token; 0: never
+    stream_idle_s: float = Field(120, gt=0)  # a stream silent this long is broken off
+    body_timeout_s: float = Field(30, gt=0)  # the whole request body must arrive within this (else 408)
 
 
 class Auth(_Model):
@@ -81,6 +86,8 @@ class Upstream(_Model):
     model: str = "dummy"
     api_key_env: EnvName | None = None
     timeout_s: float = Field(60, gt=0)
+    connect_timeout_s: float = Field(5, gt=0)
+    retries: int = Field(2, ge=0, le=10)  # more attempts on connect errors, 429 and 5xx, before the first byte
     trained_at: Date | None = None
     dataset: str | None = None
 
@@ -124,6 +131,8 @@ class Route(_Model):
     experiment: str | None = None
     sticky_by: str = "user"
     shadows: list[Shadow] = []
+    fallbacks: list[str] = []  # upstreams tried in order when the variant fails before the first byte
+    timeout_s: float | None = Field(None, gt=0)  # deadline of all attempts; default: the largest upstream timeout_s
     capture: Capture = Capture()
     store_retention: Duration | None = None
     retraining: Retraining | None = None
@@ -213,6 +222,9 @@ def _cross_errors(config: Config) -> list[str]:
         for variant in route.variants:
             if variant not in config.upstreams:
                 errors.append(f"routes.{name}.variants: unknown upstream {variant!r}")
+        for i, fallback in enumerate(route.fallbacks):
+            if fallback not in config.upstreams:
+                errors.append(f"routes.{name}.fallbacks.{i}: unknown upstream {fallback!r}")
         for i, shadow in enumerate(route.shadows):
             if shadow.upstream not in config.upstreams:
                 errors.append(f"routes.{name}.shadows.{i}.upstream: unknown upstream {shadow.upstream!r}")

@@ -4,9 +4,12 @@
     ├── BadRequest          400 invalid_request_error
     │   └── NotFound        404 invalid_request_error (model_not_found)
     ├── Unauthorized        401 authentication_error
+    ├── RequestTimeout      408 invalid_request_error (the body came too slowly)
     ├── PayloadTooLarge     413 invalid_request_error
+    ├── HeadersTooLarge     431 invalid_request_error
     ├── Overloaded          503 server_error (with Retry-After)
     └── UpstreamFailure     502 upstream_error
+        ├── UpstreamUnreachable 502 upstream_error (no connection: always safe to retry)
         └── UpstreamTimeout 504 upstream_error
 
 Usage: ``raise BadRequest("messages must be a list", param="messages")``; ``error_body(exc)`` renders the
@@ -48,6 +51,18 @@ class Unauthorized(GatewayError):
     code = "invalid_api_key"
 
 
+class RequestTimeout(GatewayError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
+class HeadersTooLarge(GatewayError):
+    status = 431
+    type = "invalid_request_error"
+    code = "headers_too_large"
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"
@@ -64,6 +79,10 @@ class UpstreamFailure(GatewayError):
     status = 502
     type = "upstream_error"
     code = "upstream_failed"
+
+
+class UpstreamUnreachable(UpstreamFailure):
+    code = "upstream_unreachable"
 
 
 class UpstreamTimeout(UpstreamFailure):

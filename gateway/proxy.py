@@ -32,6 +32,7 @@ from gateway.errors import (
     error_body,
     error_payload,
 )
+from gateway.retry import Attempts, plan
 from gateway.runtime import Gateway, Generation
 from gateway.stream import SSETee, StreamProtocolError
 from gateway.upstream import Reply
@@ -249,10 +250,19 @@ class Call:
         self.first_token_at: float | None = None
         self.finished = False
         self.answered: asyncio.Future[Interaction] | None = None  # shadows compare against it
+        self.upstream = facts.variant  # the one that answered: the variant, or a fallback
+        self.committed = False  # a byte went to the client: no more retries
+        candidates, deadline_s = plan(gen.config, facts.route, facts.variant)
+        self.attempts = Attempts(
+            gen,
+            candidates=candidates,
+            deadline=time.monotonic() + deadline_s,
+            guard=gw.resilience,
+            may_retry=lambda: not self.committed,
+        )
 
     async def run(self) -> None:
         facts = self.facts
-        client = self.gen.clients[facts.variant]
         stream = facts.stream and self.endpoint != "embeddings"
         body = facts.body
         withhold_usage = False
@@ -262,10 +272,12 @@ class Call:
         self.answered = self.gw.shadows.mirror(self.gen, self.endpoint, facts)  # they run once this call yields
         try:
             try:
-                reply = await client.call(self.endpoint, body, stream=stream, request_id=facts.request_id)
+                self.upstream, reply = await self.attempts.run(
+                    self.endpoint, body, stream=stream, request_id=facts.request_id
+                )
             except UpstreamFailure as exc:
                 kind = "timeout" if isinstance(exc, UpstreamTimeout) else "connect"
-                self.gw.metrics.upstream_errors.labels(facts.variant, kind).inc()
+                self.gw.metrics.upstream_errors.labels(self.upstream, kind).inc()
                 await self._fail(exc, "timeout" if kind == "timeout" else "upstream_error")
                 return
             if reply.stream is not None:
@@ -286,10 +298,12 @@ class Call:
         await send_error(self.send, exc, self.headers)
 
     async def _relay_whole(self, reply: Reply) -> None:
-        facts = self.facts
         if reply.status >= 500:
-            self.gw.metrics.upstream_errors.labels(facts.variant, "status").inc()
-            await self._fail(UpstreamFailure(f"upstream {facts.variant!r} answered {reply.status}"), "upstream_error")
+            self.gw.metrics.upstream_errors.labels(self.upstream, "status").inc()
+            tries = len(self.attempts.log)
+            after = f" (after {tries} attempts)" if tries > 1 else ""
+            message = f"upstream {self.upstream!r} answered {reply.status}{after}"
+            await self._fail(UpstreamFailure(message), "upstream_error")
             return
         data = self.gen.scrub(reply.body)
         try:
@@ -297,10 +311,10 @@ class Call:
         except orjson.JSONDecodeError:
             parsed = None
         if not isinstance(parsed, dict):
-            self.gw.metrics.upstream_errors.labels(facts.variant, "protocol").inc()
+            self.gw.metrics.upstream_errors.labels(self.upstream, "protocol").inc()
             await self._fail(
                 UpstreamFailure(
-                    f"upstream {facts.variant!r} answered {reply.status} with a body that is not a JSON object"
+                    f"upstream {self.upstream!r} answered {reply.status} with a body that is not a JSON object"
                 ),
                 "upstream_error",
             )
@@ -309,7 +323,7 @@ class Call:
         if reply.status >= 400:
             self.outcome = "upstream_error"
             self.error = f"upstream answered {reply.status}"
-            self.gw.metrics.upstream_errors.labels(facts.variant, "status").inc()
+            self.gw.metrics.upstream_errors.labels(self.upstream, "status").inc()
         else:
             self.response = parsed
             self.usage = parsed.get("usage")
@@ -324,6 +338,7 @@ class Call:
         assert reply.stream is not None
         send = self.send
         tee = SSETee(withhold_usage=withhold_usage)
+        self.committed = True
         await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *self.headers]})
         self.status = 200
         failure: str | None = None
@@ -342,7 +357,7 @@ class Call:
         except (aiohttp.ClientError, UpstreamFailure) as exc:
             failure = f"upstream broke off the stream ({type(exc).__name__})"
         except TimeoutError:
-            failure = f"upstream timed out after {self.gen.config.upstreams[self.facts.variant].timeout_s:g}s"
+            failure = f"upstream timed out after {self.gen.config.upstreams[self.upstream].timeout_s:g}s"
         finally:
             (reply.release if tee.done else reply.close)()
             self.first_token_at = tee.first_token_at
@@ -353,7 +368,7 @@ class Call:
             failure = "upstream sent an error event"
         if failure is not None:
             self.outcome, self.error = "upstream_error", failure
-            self.gw.metrics.upstream_errors.labels(self.facts.variant, "protocol").inc()
+            self.gw.metrics.upstream_errors.labels(self.upstream, "protocol").inc()
             self._finish()
             event = orjson.dumps(error_payload(failure, "upstream_error", "stream_broken"))
             await send({"type": "http.response.body", "body": b"data: " + event + b"\n\n", "more_body": False})
@@ -376,7 +391,7 @@ class Call:
             variant=facts.variant,
             role="primary",
             parent_id=None,
-            upstream=facts.variant,
+            upstream=self.upstream,
             endpoint=self.endpoint,
             request=facts.body,
             response=self.response,
@@ -389,6 +404,7 @@ class Call:
             stream=facts.stream,
             capture=facts.capture,
             response_id=self.response_id,
+            extra={"attempts": self.attempts.records},
         )
         self.gw.sink.finish(it)
         if self.answered is not None and not self.answered.done():

@@ -22,6 +22,7 @@ from collectors.metrics import Metrics
 from collectors.sink import Sink
 from gateway.auth import Keys
 from gateway.config import Config, Loaded
+from gateway.resilience import Resilience
 from gateway.shadow import ShadowRunner
 from gateway.upstream import Client, close_clients, make_client
 
@@ -52,6 +53,7 @@ class Gateway:
         self.metrics = metrics
         self.sink = sink
         self.rng = rng or random.Random()
+        self.resilience = Resilience(metrics, self.rng)  # in-flight count, retry budget, ejection, drain
         self.session: aiohttp.ClientSession | None = None
         self.shadows = ShadowRunner(metrics, sink)
         self.ready = False
@@ -83,6 +85,7 @@ class Gateway:
 
     async def close(self) -> None:
         self.ready = False
+        self.resilience.close()
         await self.shadows.close(self.generation.config.shadow.drain_s)
         await close_clients([*self.generation.clients.values(), *self.generation.shadow_clients.values()])
         if self.session is not None:

@@ -23,7 +23,7 @@ import aiohttp
 import orjson
 
 from gateway.config import Upstream
-from gateway.errors import UpstreamFailure, UpstreamTimeout
+from gateway.errors import UpstreamFailure, UpstreamTimeout, UpstreamUnreachable
 
 log = logging.getLogger(__name__)
 PATHS = {"chat.completions": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
@@ -45,7 +45,9 @@ class Reply:
 class Client(Protocol):
     name: str
 
-    async def call(self, endpoint: str, body: dict[str, Any], *, stream: bool, request_id: str) -> Reply: ...
+    async def call(
+        self, endpoint: str, body: dict[str, Any], *, stream: bool, request_id: str, timeout_s: float | None = None
+    ) -> Reply: ...
 
 
 class OpenAIClient:
@@ -63,21 +65,27 @@ class OpenAIClient:
         self.model = conf.model
         self.base = (conf.base_url or "").rstrip("/")
         self.timeout_s = conf.timeout_s
-        self.timeout = aiohttp.ClientTimeout(total=conf.timeout_s)
+        self.connect_timeout_s = conf.connect_timeout_s
         self.session = session
         self.headers = {"content-type": JSON, **(headers or {})}
         if api_key:
             self.headers["authorization"] = f"Bearer {api_key}"
 
-    async def call(self, endpoint: str, body: dict[str, Any], *, stream: bool, request_id: str) -> Reply:
+    async def call(
+        self, endpoint: str, body: dict[str, Any], *, stream: bool, request_id: str, timeout_s: float | None = None
+    ) -> Reply:
         payload = orjson.dumps({**body, "model": self.model})
         headers = {**self.headers, "x-turnout-request-id": request_id}
+        total = self.timeout_s if timeout_s is None else timeout_s
+        timeout = aiohttp.ClientTimeout(total=total, sock_connect=min(total, self.connect_timeout_s))
         try:
-            resp = await self.session.post(
-                self.base + PATHS[endpoint], data=payload, headers=headers, timeout=self.timeout
-            )
+            resp = await self.session.post(self.base + PATHS[endpoint], data=payload, headers=headers, timeout=timeout)
+        except aiohttp.ConnectionTimeoutError:
+            raise UpstreamUnreachable(f"upstream {self.name!r} did not accept a connection in time") from None
         except TimeoutError:
-            raise UpstreamTimeout(f"upstream {self.name!r} timed out after {self.timeout_s:g}s") from None
+            raise UpstreamTimeout(f"upstream {self.name!r} timed out after {total:.3g}s") from None
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamUnreachable(f"upstream {self.name!r} is unreachable ({type(exc).__name__})") from None
         except aiohttp.ClientError as exc:
             raise UpstreamFailure(f"upstream {self.name!r} is unreachable ({type(exc).__name__})") from None
         content_type = resp.headers.get("content-type", JSON)
@@ -87,7 +95,7 @@ class OpenAIClient:
         try:
             data = await resp.read()
         except TimeoutError:
-            raise UpstreamTimeout(f"upstream {self.name!r} timed out after {self.timeout_s:g}s") from None
+            raise UpstreamTimeout(f"upstream {self.name!r} timed out after {total:.3g}s") from None
         except aiohttp.ClientError as exc:
             raise UpstreamFailure(f"upstream {self.name!r} broke off its answer ({type(exc).__name__})") from None
         finally:
@@ -110,7 +118,9 @@ class DummyClient:
         said = prompt if isinstance(prompt, str) else orjson.dumps(prompt).decode()
         return f"Hello from {self.name}. You said: {said[:200]}"
 
-    async def call(self, endpoint: str, body: dict[str, Any], *, stream: bool, request_id: str) -> Reply:
+    async def call(
+        self, endpoint: str, body: dict[str, Any], *, stream: bool, request_id: str, timeout_s: float | None = None
+    ) -> Reply:
         created = int(time.time())
         rid = "dummy-" + request_id
         if endpoint == "embeddings":
@@ -248,9 +258,12 @@ class LitellmClient:
         self.headers = dict(headers or {})
         self.litellm = _litellm()
 
-    async def call(self, endpoint: str, body: dict[str, Any], *, stream: bool, request_id: str) -> Reply:
+    async def call(
+        self, endpoint: str, body: dict[str, Any], *, stream: bool, request_id: str, timeout_s: float | None = None
+    ) -> Reply:
         kwargs: dict[str, Any] = {k: body[k] for k in LITELLM_FIELDS[endpoint] if k in body}
-        kwargs.update(model=self.conf.model, timeout=self.conf.timeout_s, num_retries=0)
+        total = self.conf.timeout_s if timeout_s is None else timeout_s
+        kwargs.update(model=self.conf.model, timeout=total, num_retries=0, max_retries=0)
         if self.api_key:
             kwargs["api_key"] = self.api_key
         if self.conf.base_url:
@@ -267,16 +280,18 @@ class LitellmClient:
         try:
             result = await call(**kwargs)
         except Exception as exc:
-            return self._failure(exc)
+            return self._failure(exc, total)
         if stream and endpoint != "embeddings":
             return Reply(200, SSE, stream=self._relay(result))
         return Reply(200, JSON, orjson.dumps(result.model_dump(), default=str))
 
-    def _failure(self, exc: Exception) -> Reply:
+    def _failure(self, exc: Exception, timeout_s: float) -> Reply:
         status = getattr(exc, "status_code", None)
         kind = type(exc).__name__
         if isinstance(exc, self.litellm.Timeout) or status in (408, 504):
-            raise UpstreamTimeout(f"upstream {self.name!r} timed out after {self.conf.timeout_s:g}s") from None
+            raise UpstreamTimeout(f"upstream {self.name!r} timed out after {timeout_s:.3g}s") from None
+        if isinstance(exc, self.litellm.APIConnectionError):
+            raise UpstreamUnreachable(f"upstream {self.name!r} is unreachable ({kind})") from None
         if isinstance(status, int) and 400 <= status < 500:
             message = f"upstream {self.name!r} refused the request ({kind}): {getattr(exc, 'message', exc)}"
             body = {"error": {"message": message, "type": "invalid_request_error", "code": kind}}

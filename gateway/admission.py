@@ -1,0 +1,58 @@
+"""Load shedding at the door: beyond ``server.max_in_flight`` proxied requests, a fast 503 with ``Retry-After``.
+
+Pure ASGI (it wraps streaming responses, so never ``BaseHTTPMiddleware``). Only the proxied endpoints
+(``POST /v1/...``) count and are shed: health, readiness, metrics and admin answer whatever the load. The
+count it keeps (``Resilience.in_flight``) is also what the retry budget is a share of. A shed request is
+answered before its body is read; the connection is closed after the answer so no unread body lingers.
+
+Usage: ``Starlette(..., middleware=[Middleware(Admission, gateway=gw)])``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from gateway.errors import Overloaded, error_body
+
+if TYPE_CHECKING:
+    from gateway.runtime import Gateway
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = 1
+
+
+class Admission:
+    def __init__(self, app: Any, *, gateway: Gateway) -> None:
+        self.app = app
+        self.gateway = gateway
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        gw = self.gateway
+        guard = gw.resilience
+        limit = gw.generation.config.server.max_in_flight
+        if guard.in_flight >= limit:
+            guard.metrics.shed.inc()
+            await _shed(send, limit)
+            return
+        guard.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            guard.in_flight -= 1
+
+
+async def _shed(send: Any, limit: int) -> None:
+    body = error_body(Overloaded(f"the gateway is at its limit of {limit} requests in flight; retry shortly"))
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", str(RETRY_AFTER_S).encode()),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

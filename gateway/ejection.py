@@ -1,0 +1,107 @@
+"""Outlier ejection: an upstream that fails again and again is cooled down, never the last healthy one of a route.
+
+After ``threshold`` consecutive failures (connect errors, resets, timeouts, 5xx) an upstream is skipped by
+new requests for a cool-down that doubles with each ejection (jittered ±25 %, capped) and shrinks back with
+successes. An upstream is not ejected when some route using it (as a variant or a fallback) would be left
+with no healthy upstream. The gauge ``turnout_upstream_ejected{upstream}`` is 1 while it cools down.
+
+Usage::
+
+    ejector = Ejector(metrics.upstream_ejected, random.Random())
+    for name in ejector.order(["prod", "backup"]): ...   # ejected ones left out, unless none would remain
+    ejector.failure("prod", config); ejector.success("backup")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from prometheus_client import Gauge
+
+from gateway.config import Config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Health:
+    failures: int = 0  # consecutive
+    ejections: int = 0  # drives the doubling; one less per success
+    until: float = 0.0  # ejected while clock() < until
+    timer: asyncio.TimerHandle | None = None
+
+
+class Ejector:
+    def __init__(
+        self,
+        gauge: Gauge,
+        rng: random.Random,
+        *,
+        threshold: int = 5,
+        base_s: float = 5.0,
+        cap_s: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.gauge = gauge
+        self.rng = rng
+        self.threshold = threshold
+        self.base_s = base_s
+        self.cap_s = cap_s
+        self.clock = clock
+        self.health: dict[str, _Health] = {}
+
+    def ejected(self, upstream: str) -> bool:
+        state = self.health.get(upstream)
+        return state is not None and self.clock() < state.until
+
+    def order(self, candidates: list[str]) -> list[str]:
+        """The candidates to try, in order, without duplicates; ejected ones left out unless all are."""
+        unique = list(dict.fromkeys(candidates))
+        healthy = [name for name in unique if not self.ejected(name)]
+        return healthy or unique
+
+    def success(self, upstream: str) -> None:
+        state = self.health.get(upstream)
+        if state is not None:
+            state.failures = 0
+            state.ejections = max(0, state.ejections - 1)
+
+    def failure(self, upstream: str, config: Config) -> None:
+        state = self.health.setdefault(upstream, _Health())
+        state.failures += 1
+        if state.failures < self.threshold or self.ejected(upstream):
+            return
+        if self._last_healthy(upstream, config):
+            return
+        state.failures = 0
+        state.ejections += 1
+        cool = min(self.cap_s, self.base_s * 2 ** (state.ejections - 1)) * (0.75 + 0.5 * self.rng.random())
+        state.until = self.clock() + cool
+        self.gauge.labels(upstream).set(1)
+        if state.timer is not None:
+            state.timer.cancel()
+        state.timer = asyncio.get_running_loop().call_later(cool, self._expire, upstream)
+        log.warning("upstream %s ejected for %.1fs after %d failures in a row", upstream, cool, self.threshold)
+
+    def _expire(self, upstream: str) -> None:
+        self.health[upstream].timer = None
+        self.gauge.labels(upstream).set(0)
+
+    def _last_healthy(self, upstream: str, config: Config) -> bool:
+        """Whether some route using ``upstream`` has no other upstream that is not ejected."""
+        for route in config.routes.values():
+            members = {*route.variants, *route.fallbacks}
+            if upstream in members and all(self.ejected(other) for other in members - {upstream}):
+                return True
+        return False
+
+    def close(self) -> None:
+        for state in self.health.values():
+            if state.timer is not None:
+                state.timer.cancel()
+                state.timer = None

@@ -1,0 +1,228 @@
+"""One retry loop inside one deadline: retries of the chosen upstream, then its fallbacks, before the first byte.
+
+Retried: connect errors and resets before any answer (``UpstreamFailure``), 429 and 5xx answers. Not retried:
+other 4xx (passed through), and a timeout, which moves on to the next fallback instead (retrying a slow
+upstream only adds load). Waits use full jitter; an upstream's ``Retry-After`` is honoured when it fits in
+what is left of the deadline, else that upstream is given up. Every attempt after the first takes a slot in
+the shared ``RetryBudget`` (about 20 % of in-flight requests, never fewer than 3), so a flapping upstream
+cannot multiply the load. SDK retries stay off underneath (``upstream.py``).
+
+Usage::
+
+    attempts = Attempts(gen, candidates=["prod", "backup"], deadline=time.monotonic() + 30, guard=gw.resilience)
+    upstream, reply = await attempts.run("chat.completions", body, stream=False, request_id=rid)
+    interaction.extra["attempts"] = attempts.log
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from gateway.config import Config
+from gateway.errors import UpstreamFailure, UpstreamTimeout, UpstreamUnreachable
+from gateway.upstream import Reply
+
+if TYPE_CHECKING:
+    from gateway.resilience import Resilience
+    from gateway.runtime import Generation
+
+log = logging.getLogger(__name__)
+
+BACKOFF_BASE_S = 0.1
+BACKOFF_CAP_S = 2.0
+MIN_ATTEMPT_S = 0.05  # an attempt with less time than this left is not started
+
+
+def plan(config: Config, route: str, variant: str) -> tuple[list[str], float]:
+    """The upstreams to try for this request, in order, and the route deadline in seconds."""
+    conf = config.routes[route]
+    candidates = [variant, *conf.fallbacks]
+    deadline_s = conf.timeout_s or max(config.upstreams[name].timeout_s for name in candidates)
+    return candidates, deadline_s
+
+
+def backoff(retry: int, rng_random: Callable[[], float]) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2**retry))."""
+    return rng_random() * min(BACKOFF_CAP_S, BACKOFF_BASE_S * (2**retry))
+
+
+def retry_after_s(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (delta-seconds or an HTTP date); None if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return max(0.0, seconds) if seconds == seconds else None  # NaN is not a wait
+
+
+class RetryBudget:
+    """Concurrent retries allowed: ``max(min_concurrent, ratio * in_flight)``."""
+
+    def __init__(self, in_flight: Callable[[], int], *, ratio: float = 0.2, min_concurrent: int = 3) -> None:
+        self.in_flight = in_flight
+        self.ratio = ratio
+        self.min_concurrent = min_concurrent
+        self.active = 0
+
+    def acquire(self) -> bool:
+        if self.active >= max(self.min_concurrent, int(self.ratio * self.in_flight())):
+            return False
+        self.active += 1
+        return True
+
+    def release(self) -> None:
+        self.active -= 1
+
+
+@dataclass(slots=True)
+class Attempt:
+    upstream: str
+    outcome: str
+    status: int | None
+    started_ms: float  # since the first attempt started
+    duration_ms: float
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "upstream": self.upstream,
+            "outcome": self.outcome,
+            "status": self.status,
+            "started_ms": round(self.started_ms, 3),
+            "duration_ms": round(self.duration_ms, 3),
+            "error": self.error,
+        }
+
+
+def classify(status: int) -> str:
+    if status < 400:
+        return "ok"
+    if status == 429:
+        return "rate_limited"
+    return "server_error" if status >= 500 else "client_error"
+
+
+class Attempts:
+    """The attempts of one request; ``log`` lists each one, whatever the end."""
+
+    def __init__(
+        self,
+        gen: Generation,
+        *,
+        candidates: list[str],
+        deadline: float,
+        guard: Resilience,
+        may_retry: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.gen = gen
+        self.candidates = candidates
+        self.deadline = deadline
+        self.guard = guard
+        self.may_retry = may_retry  # false once a byte went to the client (e.g. an SSE heartbeat)
+        self.log: list[Attempt] = []
+        self.t0 = time.monotonic()
+        self.stopped: str | None = None  # why no further attempt was made, if one could have been
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return [a.to_dict() for a in self.log]
+
+    async def run(self, endpoint: str, body: dict[str, Any], *, stream: bool, request_id: str) -> tuple[str, Reply]:
+        """The reply to relay and the upstream that gave it; raises the last ``UpstreamFailure`` if none."""
+        last_reply: tuple[str, Reply] | None = None
+        last_error: UpstreamFailure | None = None
+        config = self.gen.config
+        for upstream in self.guard.ejector.order(self.candidates):
+            conf = config.upstreams[upstream]
+            wait = 0.0
+            for retry in range(conf.retries + 1):
+                retrying = bool(self.log)  # every attempt but the request's first holds a budget slot
+                if retrying and not await self._admit(wait):
+                    return self._give_up(last_reply, last_error)
+                started = time.monotonic()
+                timeout_s = min(conf.timeout_s, self.deadline - started)
+                try:
+                    reply = await self.gen.clients[upstream].call(
+                        endpoint, body, stream=stream, request_id=request_id, timeout_s=timeout_s
+                    )
+                except UpstreamTimeout as exc:
+                    self._note(upstream, "timeout", None, started, exc.message)
+                    last_error, last_reply = exc, None
+                    break  # a slow upstream is not asked again; the next fallback may be
+                except UpstreamFailure as exc:
+                    outcome = "connect_error" if isinstance(exc, UpstreamUnreachable) else "reset"
+                    self._note(upstream, outcome, None, started, exc.message)
+                    last_error, last_reply = exc, None
+                    wait = backoff(retry, self.guard.rng.random)
+                    continue
+                except asyncio.CancelledError:
+                    self._note(upstream, "cancelled", None, started, None)
+                    raise
+                finally:
+                    if retrying:
+                        self.guard.budget.release()
+                outcome = classify(reply.status)
+                self._note(upstream, outcome, reply.status, started, None)
+                if outcome not in ("rate_limited", "server_error"):
+                    return upstream, reply
+                last_reply, last_error = (upstream, reply), None
+                asked = retry_after_s(reply.retry_after)
+                wait = backoff(retry, self.guard.rng.random) if asked is None else asked
+                if asked is not None and time.monotonic() + asked > self.deadline - MIN_ATTEMPT_S:
+                    break  # the upstream asks for more time than the deadline leaves: try the next one
+        return self._give_up(last_reply, last_error)
+
+    async def _admit(self, wait: float) -> bool:
+        """Wait before the next attempt if it can still happen; takes a retry-budget slot (released after)."""
+        if not self.may_retry():
+            self.stopped = "client_committed"
+            return False
+        if time.monotonic() + wait > self.deadline - MIN_ATTEMPT_S:
+            self.stopped = "deadline"
+            return False
+        if not self.guard.budget.acquire():
+            self.stopped = "budget_exhausted"
+            self.guard.metrics.upstream_attempts.labels(self.log[-1].upstream, "budget_exhausted").inc()
+            return False
+        if wait > 0:
+            try:
+                await asyncio.sleep(wait)
+            except asyncio.CancelledError:
+                self.guard.budget.release()
+                raise
+        if not self.may_retry():
+            self.guard.budget.release()
+            self.stopped = "client_committed"
+            return False
+        return True
+
+    def _note(self, upstream: str, outcome: str, status: int | None, started: float, error: str | None) -> None:
+        now = time.monotonic()
+        self.log.append(Attempt(upstream, outcome, status, (started - self.t0) * 1000, (now - started) * 1000, error))
+        self.guard.metrics.upstream_attempts.labels(upstream, outcome).inc()
+        if outcome in ("connect_error", "reset", "timeout", "server_error"):
+            self.guard.ejector.failure(upstream, self.gen.config)
+        elif outcome in ("ok", "client_error"):
+            self.guard.ejector.success(upstream)
+
+    def _give_up(self, last_reply: tuple[str, Reply] | None, last_error: UpstreamFailure | None) -> tuple[str, Reply]:
+        if last_reply is not None:
+            return last_reply
+        if last_error is not None:
+            if len(self.log) > 1:
+                last_error.message += f" (after {len(self.log)} attempts)"
+            raise last_error
+        raise UpstreamTimeout("no upstream could be tried within the route deadline")
