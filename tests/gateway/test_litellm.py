@@ -69,7 +69,7 @@ def test_stream_is_translated_chunk_by_chunk(gw: GatewayProcess) -> None:
 
 
 def test_upstream_errors_map_to_openai_errors(gw: GatewayProcess, fake_anthropic: FakeAnthropic) -> None:
-    fake_anthropic.default = Behavior(statuses=[401, 529])
+    fake_anthropic.default = Behavior(statuses=[401, 529, 529, 529])  # 529 three times: retries (default 2) run out
     body = {"model": "assistant", "messages": MESSAGES}
     denied = httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=20)
     assert denied.status_code == 401 and KEY not in denied.text
