@@ -56,6 +56,7 @@ MUST_HAVE_DATA = {
     "5xx share of primary requests per route",
     "Responses by status class",
     "Upstream errors by kind",
+    "Upstream attempts by outcome",
     "Request latency p50 / p95 / p99 by variant",
     "Time to first token p50 / p95 / p99 by variant",
     "Tokens per second by variant",
