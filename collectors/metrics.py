@@ -156,6 +156,7 @@ class Metrics:
         """Start a configured shadow's outcome counters at 0, so rates and alerts work before any traffic."""
         for outcome in SHADOW_OUTCOMES:
             self.shadow_requests.labels(route, shadow, outcome)
+        self.shadow_agreement.labels(route, shadow)
 
     def config_applied(
         self,
@@ -175,6 +176,7 @@ class Metrics:
                     self.requests.labels(route, variant, "primary", code)
                 for label in FEEDBACK_LABELS:
                     self.feedback.labels(route, variant, label)
+                self.feedback_score.labels(route, variant)
         for upstream, ts in trained_at.items():
             self.model_trained.labels(upstream).set(ts)
         for route, signals in thresholds.items():

@@ -221,8 +221,10 @@ class Writer:
         for claim in claimed:
             label = claim.label if claim.label in ("good", "bad") else "none"
             self.metrics.feedback.labels(claim.route, claim.variant, label).inc()
-            if claim.score is not None:
-                self.metrics.feedback_score.labels(claim.route, claim.variant).observe(claim.score)
+            # a bare good/bad vote counts as 1.0/0.0, so label-only ratings move the score alert too
+            score = claim.score if claim.score is not None else {"good": 1.0, "bad": 0.0}.get(label)
+            if score is not None:
+                self.metrics.feedback_score.labels(claim.route, claim.variant).observe(score)
 
     def _dead_letter(self, item: Item, exc: Exception) -> None:
         log.error("store rejected %s (%s); written to %s", _id(item), type(exc).__name__, self.dead_letter)
