@@ -106,7 +106,7 @@ class Shadow(_Model):
 
 
 class ShadowLimits(_Model):
-    """How much shadow work may run: per shadow upstream in flight, per call, per body, at shutdown."""
+    """How much shadow work may run: in flight per shadow upstream (per worker), per call, per body, at shutdown."""
 
     max_in_flight: int = Field(64, ge=1)
     timeout_s: float = Field(30, gt=0)
