@@ -140,6 +140,7 @@ class Journal:
         self._fd: int | None = None
         self._segment = 0
         self._segment_size = 0
+        self._torn = False
         self.appended_bytes = 0
         self.stored_bytes = 0
         self.appended_lines = 0
@@ -180,15 +181,27 @@ class Journal:
             raise OSError("journal is closed")
         if self.pending_bytes + len(data) > self.max_pending_bytes:
             raise SpoolFull
+        if self._torn:  # an earlier write was cut short: end its fragment so this line stays whole
+            os.write(self._fd, b"\n")
+            self._torn = False
+            self._count(1, lines=1)
         if self._segment_size and self._segment_size + len(data) > self.segment_bytes:
             self._rotate()
         view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
-        self._segment_size += len(data)
-        self.appended_bytes += len(data)
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+                self._count(written)
+        except OSError:
+            self._torn = len(view) < len(data)
+            raise
         self.appended_lines += data.count(b"\n")
+
+    def _count(self, written: int, lines: int = 0) -> None:
+        self._segment_size += written
+        self.appended_bytes += written
+        self.appended_lines += lines
 
     def cursor(self) -> Cursor:
         assert self.directory is not None

@@ -129,3 +129,42 @@ def test_a_torn_last_line_is_reported(tmp_path: Path) -> None:
     assert cursor.read()[0] == []
     assert cursor.torn
     mine.close(remove=True)
+
+
+FULL_DISK = textwrap.dedent(
+    """
+    import resource, signal, sys
+    from pathlib import Path
+    from collectors.journal import Journal
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit a write fails with EFBIG, like ENOSPC
+    journal = Journal(Path(sys.argv[1]))
+    journal.open()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1000, hard))
+    failed = 0
+    for i in range(5):
+        try:
+            journal.append(b'{"n": %d, "pad": "%s"}\\n' % (i, b"x" * 280))
+        except OSError:
+            failed += 1
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # space again
+    journal.append(b'{"n": 5}\\n')
+    cursor = journal.cursor()
+    lines, end = cursor.read()
+    cursor.commit(end)
+    journal.stored_bytes += sum(len(line) + 1 for line in lines)
+    journal.stored_lines += len(lines)
+    print(failed, len(lines), journal.pending_bytes, journal.pending_lines, lines[-1].decode())
+    """
+)
+
+
+def test_a_write_cut_short_by_a_full_disk_does_not_spoil_the_next_line(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, str(tmp_path / "j")], cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    failed, count, pending_bytes, pending_lines, last = done.stdout.strip().split(maxsplit=4)
+    assert failed == "2"  # the fourth line was cut short, the fifth could not start
+    assert count == "5"  # three whole lines, the fragment, and the line after the disk recovered
+    assert last == '{"n": 5}' and pending_bytes == "0" and pending_lines == "0"
