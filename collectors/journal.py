@@ -118,14 +118,16 @@ class Cursor:
 
     def commit(self, position: Position) -> None:
         """The store has everything before ``position``: record it and delete the segments passed."""
+        passed = position.segment != self.position.segment
         self.position = position
         tmp = self.directory / "checkpoint.tmp"
         tmp.write_text(f"{position.segment} {position.offset}\n")
         os.replace(tmp, self.directory / "checkpoint")
-        for number in _segments(self.directory):
-            if number < position.segment:
-                with contextlib.suppress(FileNotFoundError):
-                    (self.directory / _segment_name(number)).unlink()
+        if passed:
+            for number in _segments(self.directory):
+                if number < position.segment:
+                    with contextlib.suppress(FileNotFoundError):
+                        (self.directory / _segment_name(number)).unlink()
 
 
 class Journal:

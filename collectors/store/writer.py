@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 BATCH_LINES = 500
 BATCH_BYTES = 512 << 10
 DECODE_SLICE = 64
+LINGER_S = 0.05  # once caught up, wait this long after a wake-up so one batch carries many interactions
 ADOPT_EVERY_S = 30.0
 BACKOFF_S = (0.1, 5.0)
 
@@ -90,12 +91,14 @@ class Writer:
         metrics: Metrics,
         dead_letter: Path,
         batch_lines: int = BATCH_LINES,
+        linger_s: float = LINGER_S,
     ) -> None:
         self.store = store
         self.journal = journal
         self.metrics = metrics
         self.dead_letter = dead_letter
         self.batch_lines = batch_lines
+        self.linger_s = linger_s
         self.degraded = True  # until the store was opened once
         self.stored = 0  # lines committed by this writer (all journals)
         self._wake = asyncio.Event()
@@ -107,9 +110,20 @@ class Writer:
         self._backoff = BACKOFF_S[0]
 
     async def start(self) -> None:
+        """Adopt orphaned journals, try the store once (so a healthy start is not "degraded"), run."""
         self._own = self.journal.cursor()
         self._adopt()
+        try:
+            await self._open()
+        except Exception as exc:  # a store problem never stops the gateway from serving
+            log.error("store unavailable at start, spooling in the journal: %s: %s", type(exc).__name__, exc)
         self._task = asyncio.create_task(self._run(), name="capture-writer")
+
+    async def _open(self) -> None:
+        await self.store.open()
+        if self.degraded:
+            log.info("store %s available", self.store.name)
+        self.degraded = False
 
     def notify(self) -> None:
         self._wake.set()
@@ -142,6 +156,7 @@ class Writer:
                 await asyncio.sleep(self._backoff)
                 self._backoff = min(self._backoff * 2, BACKOFF_S[1])
                 continue
+            self._backoff = BACKOFF_S[0]
             if progressed:
                 await asyncio.sleep(0)  # let requests run between batches
                 continue
@@ -150,17 +165,15 @@ class Writer:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                if not self._stopping:
+                    await asyncio.sleep(self.linger_s)
             if time.monotonic() - self._last_adopt > ADOPT_EVERY_S:
                 self._adopt()
 
     async def _step(self) -> bool:
         """Write one batch (adopted journals first); False when there was nothing to write."""
         if self.degraded:
-            await self.store.open()
-            if self.degraded:
-                log.info("store %s available", self.store.name)
-            self.degraded = False
-            self._backoff = BACKOFF_S[0]
+            await self._open()
         while self._adopted:
             cursor, fd = self._adopted[0]
             if await self._batch(cursor):

@@ -16,11 +16,13 @@ from tests.harness import GatewayProcess, write_config
 CONFIG = """
 server: {{state_dir: {state}}}
 store: sqlite:///{db}
+shadow: {{max_in_flight: 500}}
 upstreams:
   prod: {{base_url: "{url}", model: m-ok}}
+  cand: {{base_url: "{url}", model: m-cand}}
   broken: {{base_url: "{url}", model: m-500}}
 routes:
-  bot: {{variants: {{prod: 1}}}}
+  bot: {{variants: {{prod: 1}}, shadows: [{{upstream: cand, sample: 1.0}}]}}
   flaky: {{variants: {{broken: 1}}}}
 """
 
@@ -76,7 +78,7 @@ async def test_every_answered_request_is_exported_with_its_feedback(tmp_path: Pa
             deadline = time.monotonic() + 15
             while True:
                 text = (await client.get(gw.url + "/metrics")).text
-                if metric(text, 'turnout_interactions_captured_total{route="bot"}') == len(bot):
+                if metric(text, 'turnout_interactions_captured_total{route="bot"}') == 2 * len(bot):  # + shadows
                     break
                 assert time.monotonic() < deadline, "writer did not catch up"
                 await asyncio.sleep(0.1)
@@ -84,8 +86,16 @@ async def test_every_answered_request_is_exported_with_its_feedback(tmp_path: Pa
         assert gw.stop(signal.SIGTERM) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it is done
         assert "Application shutdown complete" in gw.output()
 
-    rows = {r["request_id"]: r for r in export(cfg, "--format", "raw")}
+    everything = export(cfg, "--format", "raw")
+    rows = {r["request_id"]: r for r in everything if r["role"] == "primary"}
     assert set(rows) == {s.request_id for s in captured}
+    shadows = [r for r in everything if r["role"] == "shadow"]
+    assert sorted(r["parent_id"] for r in shadows) == sorted(s.request_id for s in bot)  # none for opted-out ones
+    for shadow in shadows:
+        assert shadow["variant"] == "cand" and shadow["route"] == "bot"
+        assert shadow["request"]["messages"] == rows[shadow["parent_id"]]["request"]["messages"]
+        assert shadow["response"]["choices"][0]["message"]["content"]
+    assert len({r["request_id"] for r in everything}) == len(everything)
     assert not (tmp_path / "state" / "dead-letter.jsonl").exists()
     for s in captured:
         row = rows[s.request_id]
@@ -124,6 +134,6 @@ async def test_feedback_is_durable_before_202(tmp_path: Path, fake_openai: FakeO
     with GatewayProcess(cfg) as again:
         pass
     assert "Application shutdown complete" in again.output()
-    (row,) = export(cfg)
+    (row,) = export(cfg, "--role", "primary")
     assert row["request_id"] == seen.request_id
     assert [f["score"] for f in row["feedback"]] == [0.25]
