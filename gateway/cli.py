@@ -11,6 +11,7 @@ import argparse
 import datetime as dt
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -43,6 +44,9 @@ def serve(args: argparse.Namespace) -> int:
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    # uvicorn re-raises the SIGTERM it handled once it has shut down gracefully, under the handler it found:
+    # a no-op one makes a graceful stop exit 0 (uvicorn installs its own before it loads the app)
+    signal.signal(signal.SIGTERM, lambda sig, frame: None)
     uvicorn.run(
         "gateway.app:from_environment",
         factory=True,
@@ -53,7 +57,8 @@ def serve(args: argparse.Namespace) -> int:
         http="httptools",
         access_log=False,
         log_level="info",
-        timeout_graceful_shutdown=30,
+        # the drain clock (gateway/shutdown.py) cuts what is still open at drain_s; this is the backstop
+        timeout_graceful_shutdown=server.drain_s + 5,
     )
     return 0
 

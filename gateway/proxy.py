@@ -26,12 +26,14 @@ from gateway.errors import (
     BadRequest,
     GatewayError,
     NotFound,
+    Overloaded,
     PayloadTooLarge,
     UpstreamFailure,
     UpstreamTimeout,
     error_body,
     error_payload,
 )
+from gateway.pacing import HEARTBEAT, Pacer, StreamIdle
 from gateway.retry import Attempts, plan
 from gateway.runtime import Gateway, Generation
 from gateway.stream import SSETee, StreamProtocolError
@@ -252,6 +254,8 @@ class Call:
         self.answered: asyncio.Future[Interaction] | None = None  # shadows compare against it
         self.upstream = facts.variant  # the one that answered: the variant, or a fallback
         self.committed = False  # a byte went to the client: no more retries
+        self.shutting = False
+        self.task: asyncio.Task[None] | None = None
         candidates, deadline_s = plan(gen.config, facts.route, facts.variant)
         self.attempts = Attempts(
             gen,
@@ -270,11 +274,12 @@ class Call:
             body = {**body, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
             withhold_usage = True
         self.answered = self.gw.shadows.mirror(self.gen, self.endpoint, facts)  # they run once this call yields
+        drain = self.gw.resilience.drain
+        self.task = asyncio.current_task()
+        drain.calls.add(self)
         try:
             try:
-                self.upstream, reply = await self.attempts.run(
-                    self.endpoint, body, stream=stream, request_id=facts.request_id
-                )
+                self.upstream, reply = await self._reply(body, stream)
             except UpstreamFailure as exc:
                 kind = "timeout" if isinstance(exc, UpstreamTimeout) else "connect"
                 self.gw.metrics.upstream_errors.labels(self.upstream, kind).inc()
@@ -285,19 +290,64 @@ class Call:
             else:
                 await self._relay_whole(reply)
         except asyncio.CancelledError:
-            self.outcome = "client_cancelled"
-            self.status = self.status or 499
-            self.error = self.error or "client disconnected"
-            raise
+            if not self.shutting:
+                self.outcome = "client_cancelled"
+                self.status = self.status or 499
+                self.error = self.error or "client disconnected"
+                raise
+            stopped = Overloaded("the gateway shut down before the answer was complete", code="shutting_down")
+            await self._fail(stopped, "shutdown_aborted")
         finally:
+            drain.calls.discard(self)
             self._finish()
+
+    async def _reply(self, body: dict[str, Any], stream: bool) -> tuple[str, Reply]:
+        """Run the attempts; a stream waiting longer than ``heartbeat_s`` gets its headers and SSE comments."""
+        call = self.attempts.run(self.endpoint, body, stream=stream, request_id=self.facts.request_id)
+        heartbeat_s = self.gen.config.server.heartbeat_s
+        if not (stream and heartbeat_s):
+            return await call
+        task = asyncio.ensure_future(call)
+        try:
+            while not (await asyncio.wait((task,), timeout=heartbeat_s))[0]:
+                await self._commit()
+                await self.send({"type": "http.response.body", "body": HEARTBEAT, "more_body": True})
+            return task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _commit(self) -> None:
+        """Send the stream's headers (once); from here on no retry, and errors are events."""
+        if not self.committed:
+            self.committed = True
+            self.status = 200
+            await self.send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *self.headers]})
+
+    def abort_for_shutdown(self) -> None:
+        """The drain bound is reached: end this call now with a terminal error (``shutdown_aborted``)."""
+        self.shutting = True
+        if self.task is not None:
+            self.task.cancel()
 
     async def _fail(self, exc: GatewayError, outcome: str) -> None:
         self.status, self.outcome, self.error = exc.status, outcome, exc.message
+        if self.committed:
+            self.status = 200
+            self._finish()
+            event = orjson.dumps(error_payload(exc.message, exc.type, exc.code))
+            await self.send({"type": "http.response.body", "body": b"data: " + event + b"\n\n", "more_body": False})
+            return
         self._finish()
         await send_error(self.send, exc, self.headers)
 
     async def _relay_whole(self, reply: Reply) -> None:
+        if self.committed:  # heartbeats already went out as a stream: only an event can follow
+            message = f"upstream {self.upstream!r} answered {reply.status} without a stream"
+            await self._fail(UpstreamFailure(message), "upstream_error")
+            return
         if reply.status >= 500:
             self.gw.metrics.upstream_errors.labels(self.upstream, "status").inc()
             tries = len(self.attempts.log)
@@ -338,13 +388,21 @@ class Call:
         assert reply.stream is not None
         send = self.send
         tee = SSETee(withhold_usage=withhold_usage)
-        self.committed = True
-        await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *self.headers]})
-        self.status = 200
+        await self._commit()
+        server = self.gen.config.server
+        pacer = Pacer(
+            reply.stream,
+            heartbeat_s=server.heartbeat_s,
+            idle_s=server.stream_idle_s,
+            waiting=lambda: tee.first_token_at is None,
+        )
         failure: str | None = None
         out = b""
         try:
-            async for data in reply.stream:
+            while (data := await pacer.next()) is not None:
+                if data is HEARTBEAT:
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
+                    continue
                 out = tee.feed(data)
                 if tee.done:
                     break
@@ -354,11 +412,14 @@ class Call:
                 failure = "upstream closed the stream without [DONE]"
         except StreamProtocolError as exc:
             failure = str(exc)
+        except StreamIdle:
+            failure = f"upstream sent nothing for {server.stream_idle_s:g}s"
         except (aiohttp.ClientError, UpstreamFailure) as exc:
             failure = f"upstream broke off the stream ({type(exc).__name__})"
         except TimeoutError:
             failure = f"upstream timed out after {self.gen.config.upstreams[self.upstream].timeout_s:g}s"
         finally:
+            pacer.close()
             (reply.release if tee.done else reply.close)()
             self.first_token_at = tee.first_token_at
             self.response = tee.assemble()
