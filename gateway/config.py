@@ -193,6 +193,18 @@ class Loaded:
     path: Path
 
 
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """Safe loading with YAML 1.2 booleans: an upstream named ``on``, ``off``, ``yes`` or ``no`` stays a name."""
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
 class ConfigError(Exception):
     """A config file that cannot serve; ``errors`` holds one ``key.path: message`` line per problem."""
 
@@ -261,7 +273,7 @@ def parse_config(
     ``store_only`` (offline commands such as ``turnout export``) requires no environment variable but the
     store's."""
     try:
-        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

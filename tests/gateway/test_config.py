@@ -169,3 +169,10 @@ def test_mutated_good_file_either_loads_or_explains(cut: int, noise: str) -> Non
         parse_config(text.encode(), "fuzz.yaml", ENV)
     except ConfigError as exc:
         assert all(":" in line for line in exc.errors)
+
+
+def test_yaml_11_booleans_stay_names() -> None:
+    text = "upstreams: {on: {provider: dummy}, no: {provider: dummy}}\nroutes: {yes: {variants: {on: 1, no: 1}}}"
+    config = parse_config(text.encode(), "t.yaml", {}).config
+    assert set(config.upstreams) == {"on", "no"} and set(config.routes) == {"yes"}
+    assert parse_config(b"upstreams: {}\nroutes: {}\nserver: {port: 1}", "t.yaml", {}).config.server.port == 1
