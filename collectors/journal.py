@@ -74,6 +74,7 @@ class Cursor:
         self.owned = owned  # our own live journal (more lines may come) or an adopted one (finished)
         self.position = self._load_checkpoint()
         self.torn = False  # an adopted journal ended in a partial line
+        self._checkpoint_fd: int | None = None
 
     def _load_checkpoint(self) -> Position:
         try:
@@ -120,14 +121,21 @@ class Cursor:
         """The store has everything before ``position``: record it and delete the segments passed."""
         passed = position.segment != self.position.segment
         self.position = position
-        tmp = self.directory / "checkpoint.tmp"
-        tmp.write_text(f"{position.segment} {position.offset}\n")
-        os.replace(tmp, self.directory / "checkpoint")
+        if self._checkpoint_fd is None:
+            self._checkpoint_fd = os.open(self.directory / "checkpoint", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # one fixed-width pwrite in place: no rename (costly on a journaling filesystem), never a torn record
+        os.pwrite(self._checkpoint_fd, f"{position.segment:>15} {position.offset:>15}\n".encode(), 0)
         if passed:
             for number in _segments(self.directory):
                 if number < position.segment:
                     with contextlib.suppress(FileNotFoundError):
                         (self.directory / _segment_name(number)).unlink()
+
+
+    def close(self) -> None:
+        if self._checkpoint_fd is not None:
+            os.close(self._checkpoint_fd)
+            self._checkpoint_fd = None
 
 
 class Journal:
@@ -244,5 +252,6 @@ class Journal:
 
 def release(cursor: Cursor, lock_fd: int) -> None:
     """An adopted journal fully replayed: delete it, then let go of its lock."""
+    cursor.close()
     shutil.rmtree(cursor.directory, ignore_errors=True)
     os.close(lock_fd)

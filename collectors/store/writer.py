@@ -157,11 +157,13 @@ class Writer:
                 self._backoff = min(self._backoff * 2, BACKOFF_S[1])
                 continue
             self._backoff = BACKOFF_S[0]
-            if progressed:
-                await asyncio.sleep(0)  # let requests run between batches
+            if progressed == "more":
+                await asyncio.sleep(0)  # a backlog: let requests run between batches, then go on
                 continue
             if self._stopping:
-                return
+                if progressed == "none":
+                    return
+                continue
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)
@@ -170,14 +172,15 @@ class Writer:
             if time.monotonic() - self._last_adopt > ADOPT_EVERY_S:
                 self._adopt()
 
-    async def _step(self) -> bool:
-        """Write one batch (adopted journals first); False when there was nothing to write."""
+    async def _step(self) -> str:
+        """Write one batch (adopted journals first): "more" when a full batch was written (a backlog),
+        "caught-up" when what was there fitted in one, "none" when there was nothing to write."""
         if self.degraded:
             await self._open()
         while self._adopted:
             cursor, fd = self._adopted[0]
-            if await self._batch(cursor):
-                return True
+            if await self._batch(cursor) != "none":
+                return "more"
             if cursor.torn:
                 log.error("journal %s ended in a partial line (a write cut short)", cursor.directory)
                 self.metrics.capture_dropped.labels("journal_error").inc()
@@ -186,10 +189,10 @@ class Writer:
         assert self._own is not None
         return await self._batch(self._own)
 
-    async def _batch(self, cursor: Cursor) -> bool:
+    async def _batch(self, cursor: Cursor) -> str:
         lines, end = cursor.read(BATCH_BYTES, self.batch_lines)
         if not lines:
-            return False
+            return "none"
         items: list[Item] = []
         for n, line in enumerate(lines, 1):
             if n % DECODE_SLICE == 0:
@@ -210,7 +213,7 @@ class Writer:
         for item in items:
             if isinstance(item, InteractionRow):
                 self.metrics.captured.labels(item.route).inc()
-        return True
+        return "more" if len(lines) >= self.batch_lines or size >= BATCH_BYTES // 2 else "caught-up"
 
     async def _write(self, items: list[Item]) -> None:
         """Write ``items``; content errors split the batch until each bad item is alone and dead-lettered."""
@@ -262,6 +265,9 @@ class Writer:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for _, fd in self._adopted:
+        for cursor, fd in self._adopted:
+            cursor.close()
             os.close(fd)
         self._adopted.clear()
+        if self._own is not None:
+            self._own.close()
