@@ -36,12 +36,18 @@ _INSERT_FEEDBACK = (
 )
 _CLAIM = """
 SELECT f.feedback_id, i.route, i.variant, f.label, f.score, i.ts FROM feedback f
-  JOIN interactions i ON i.request_id = f.request_id
-  WHERE NOT f.counted AND (f.feedback_id = ANY($1::text[]) OR f.request_id = ANY($2::text[]))
+  JOIN interactions i ON i.request_id = f.request_id WHERE NOT f.counted AND f.feedback_id = ANY($1::text[])
+UNION ALL
+SELECT f.feedback_id, i.route, i.variant, f.label, f.score, i.ts FROM feedback f
+  JOIN interactions i ON i.request_id = f.request_id WHERE NOT f.counted AND f.request_id = ANY($2::text[])
 UNION ALL
 SELECT f.feedback_id, i.route, i.variant, f.label, f.score, i.ts FROM feedback f
   JOIN interactions i ON i.response_id = f.response_id AND i.role = 'primary'
-  WHERE NOT f.counted AND f.request_id IS NULL AND (f.feedback_id = ANY($1::text[]) OR f.response_id = ANY($3::text[]))
+  WHERE NOT f.counted AND f.request_id IS NULL AND f.feedback_id = ANY($1::text[])
+UNION ALL
+SELECT f.feedback_id, i.route, i.variant, f.label, f.score, i.ts FROM feedback f
+  JOIN interactions i ON i.response_id = f.response_id AND i.role = 'primary'
+  WHERE NOT f.counted AND f.request_id IS NULL AND f.response_id = ANY($3::text[])
 """
 # SQLSTATE classes meaning "the database as a whole cannot take writes now"
 _UNAVAILABLE_STATES = ("08", "53", "57", "58", "25006")

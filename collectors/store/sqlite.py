@@ -30,15 +30,14 @@ _INSERT_FEEDBACK = (
     f"INSERT INTO feedback ({', '.join(FeedbackRow._fields)}) "
     f"VALUES ({', '.join('?' * len(FeedbackRow._fields))}) ON CONFLICT (feedback_id) DO NOTHING"
 )
-_CLAIM_BY_REQUEST = (
-    "SELECT f.feedback_id, i.route, i.variant, f.label, f.score, i.ts FROM feedback f "
-    "JOIN interactions i ON i.request_id = f.request_id WHERE f.counted = 0 AND (f.feedback_id IN ({fb}) "
-    "OR f.request_id IN ({ids}))"
+# feedback is the outer loop (CROSS JOIN keeps it so), each arm found through an index on the keys given
+_CLAIM_SELECT = (
+    "SELECT f.feedback_id, i.route, i.variant, f.label, f.score, i.ts FROM feedback f CROSS JOIN interactions i"
 )
-_CLAIM_BY_RESPONSE = (
-    "SELECT f.feedback_id, i.route, i.variant, f.label, f.score, i.ts FROM feedback f "
-    "JOIN interactions i ON i.response_id = f.response_id AND i.role = 'primary' "
-    "WHERE f.counted = 0 AND f.request_id IS NULL AND (f.feedback_id IN ({fb}) OR f.response_id IN ({rids}))"
+_BY_REQUEST = " ON i.request_id = f.request_id WHERE f.counted = 0 AND f.{key} IN ({marks})"
+_BY_RESPONSE = (
+    " ON i.response_id = f.response_id AND i.role = 'primary' WHERE f.counted = 0 AND f.request_id IS NULL"
+    " AND f.{key} IN ({marks})"
 )
 _BUSY_TIMEOUT_MS = 2000  # several workers share one file; longer means an outage
 P = ParamSpec("P")
@@ -171,15 +170,17 @@ class SQLiteStore:
         fids = [f.feedback_id for f in feedback]
         ids = [i.request_id for i in interactions]
         rids = [i.response_id for i in interactions if i.response_id and i.role == "primary"]
-        found = list(
-            await db.execute_fetchall(
-                _CLAIM_BY_REQUEST.format(fb=_marks(len(fids)), ids=_marks(len(ids))), (*fids, *ids)
-            )
-        )
-        if rids or any(f.request_id is None for f in feedback):
-            found += await db.execute_fetchall(
-                _CLAIM_BY_RESPONSE.format(fb=_marks(len(fids)), rids=_marks(len(rids))), (*fids, *rids)
-            )
+        arms, args = [], []
+        for join, key, values in (
+            (_BY_REQUEST, "feedback_id", fids),
+            (_BY_REQUEST, "request_id", ids),
+            (_BY_RESPONSE, "feedback_id", fids),
+            (_BY_RESPONSE, "response_id", rids),
+        ):
+            if values:
+                arms.append(_CLAIM_SELECT + join.format(key=key, marks=_marks(len(values))))
+                args += values
+        found = list(await db.execute_fetchall(" UNION ALL ".join(arms), args)) if arms else []
         best = _claims(found)
         if best:
             await db.execute(f"UPDATE feedback SET counted = 1 WHERE feedback_id IN ({_marks(len(best))})", list(best))
