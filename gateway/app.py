@@ -32,6 +32,7 @@ from gateway.admission import Admission
 from gateway.config import ConfigError, Loaded, load_config, redacted
 from gateway.errors import GatewayError, error_body, error_payload
 from gateway.feedback import feedback_endpoint
+from gateway.openapi import openapi_endpoint
 from gateway.proxy import Endpoint
 from gateway.reload import Reloader
 from gateway.runtime import Gateway
@@ -161,6 +162,7 @@ def create_app(
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/openapi.json", openapi_endpoint, methods=["GET"]),
         Route("/admin/config", admin_config, methods=["GET"]),
         Route("/admin/reload", admin_reload, methods=["POST"]),
     ]

@@ -54,7 +54,7 @@ def serve(args: argparse.Namespace) -> int:
         port=args.port or server.port,
         workers=args.workers,
         loop="uvloop",
-        http="httptools",
+        http="gateway.limits:BoundedHttpToolsProtocol",  # httptools with a cap on the request head (431)
         access_log=False,
         log_level="info",
         # the drain clock (gateway/shutdown.py) cuts what is still open at drain_s; this is the backstop

@@ -28,11 +28,13 @@ from gateway.errors import (
     NotFound,
     Overloaded,
     PayloadTooLarge,
+    RequestTimeout,
     UpstreamFailure,
     UpstreamTimeout,
     error_body,
     error_payload,
 )
+from gateway.limits import check_shape
 from gateway.pacing import HEARTBEAT, Pacer, StreamIdle
 from gateway.retry import Attempts, plan
 from gateway.runtime import Gateway, Generation
@@ -99,6 +101,7 @@ def parse_body(raw: bytes, endpoint: str) -> dict[str, Any]:
         raise BadRequest(f"request body is not valid JSON: {exc.msg} at position {exc.pos}") from None
     if not isinstance(body, dict):
         raise BadRequest(f"request body must be a JSON object, got {type(body).__name__}")
+    check_shape(body)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("'model' is required and must be a string", param="model")
@@ -173,13 +176,18 @@ class Endpoint:
         try:
             caller = gen.keys.client(headers.get(b"authorization"))
             limit = int(gen.config.server.max_body_mb * 1024 * 1024)
-            raw = await read_body(receive, limit, headers.get(b"content-length"))
+            async with asyncio.timeout(gen.config.server.body_timeout_s):
+                raw = await read_body(receive, limit, headers.get(b"content-length"))
             body = parse_body(raw, self.endpoint)
             facts = decide(gw, gen, self.endpoint, body, headers, caller.key, caller.admin, size=len(raw))
         except GatewayError as exc:
             await send_error(send, exc)
             return
         except ClientGone:
+            return
+        except TimeoutError:
+            slow = RequestTimeout(f"the request body did not arrive within {gen.config.server.body_timeout_s:g}s")
+            await send_error(send, slow, [(b"connection", b"close")])
             return
         call = Call(gw, gen, self.endpoint, facts, send)
         serving = asyncio.ensure_future(call.run())

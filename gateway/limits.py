@@ -1,0 +1,96 @@
+"""Bounds on what a client can make the gateway hold: JSON shape, header bytes (the body size and the body
+deadline are enforced in ``proxy.read_body`` and ``proxy.Endpoint``).
+
+``check_shape`` walks a parsed body without recursion and refuses (400) nesting deeper than ``MAX_DEPTH``,
+more than ``MAX_ITEMS`` keys and array items in all, and strings longer than ``MAX_STRING``; orjson already
+refuses numbers beyond the float range and invalid UTF-8. ``BoundedHttpToolsProtocol`` is uvicorn's
+httptools protocol with a cap on the request head (llhttp has none): past ``MAX_HEADER_BYTES`` it answers
+431 and closes the connection before buffering more.
+
+Usage: ``check_shape(orjson.loads(raw))``; ``uvicorn.run(..., http="gateway.limits:BoundedHttpToolsProtocol")``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from gateway.errors import BadRequest, HeadersTooLarge, error_body
+
+MAX_DEPTH = 64
+MAX_ITEMS = 100_000
+MAX_STRING = 16 * 1024 * 1024  # characters; a base64 image can be large
+MAX_HEADER_BYTES = 64 * 1024
+
+
+def check_shape(body: Any) -> None:
+    """Raise ``BadRequest`` if ``body`` is nested, wide or long past the limits."""
+    stack: list[tuple[Any, int]] = [(body, 1)]
+    items = 0
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+            items += len(value)
+            for key in value:
+                if len(key) > MAX_STRING:
+                    raise BadRequest(f"a key of the request body is longer than {MAX_STRING} characters")
+        elif isinstance(value, list):
+            children = value
+            items += len(value)
+        elif isinstance(value, str):
+            if len(value) > MAX_STRING:
+                raise BadRequest(f"a string in the request body is longer than {MAX_STRING} characters")
+            continue
+        else:
+            continue
+        if depth > MAX_DEPTH:
+            raise BadRequest(f"the request body is nested deeper than {MAX_DEPTH} levels")
+        if items > MAX_ITEMS:
+            raise BadRequest(f"the request body has more than {MAX_ITEMS} keys and array items")
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list | str))
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, refusing request heads over ``MAX_HEADER_BYTES`` with a 431."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_head = True
+        self._head_bytes = 0
+        self._tail = b""  # the last bytes seen, so a head end split between two reads is found
+        self._refused = False
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self._in_head:
+            seen = self._tail + data
+            end = seen.find(b"\r\n\r\n")
+            self._head_bytes += len(data) if end < 0 else max(0, end - len(self._tail))
+            self._tail = seen[-3:]
+            if self._head_bytes > MAX_HEADER_BYTES:
+                self._refuse_head()
+                return
+        super().data_received(data)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head, self._head_bytes, self._tail = True, 0, b""
+
+    def _refuse_head(self) -> None:
+        body = error_body(HeadersTooLarge(f"the request line and headers are larger than {MAX_HEADER_BYTES} bytes"))
+        head = (
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+            b"content-type: application/json\r\n"
+            b"content-length: " + str(len(body)).encode() + b"\r\n"
+            b"connection: close\r\n\r\n"
+        )
+        self._refused = True
+        self.transport.write(head + body)
+        self.transport.close()
