@@ -137,3 +137,22 @@ async def test_feedback_is_durable_before_202(tmp_path: Path, fake_openai: FakeO
     (row,) = export(cfg, "--role", "primary")
     assert row["request_id"] == seen.request_id
     assert [f["score"] for f in row["feedback"]] == [0.25]
+
+
+async def test_two_workers_share_one_sqlite_file(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
+    cfg = config(tmp_path, fake_openai)
+    with GatewayProcess(cfg, args=("--workers", "2")) as gw:
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+            gate = asyncio.Semaphore(16)
+
+            async def one(i: int) -> Seen | None:
+                async with gate:
+                    return await ask(client, gw.url, "flaky" if i % 5 == 0 else "bot", f"w {i}", stream=i % 2 == 0)
+
+            seen = [s for s in await asyncio.gather(*(one(i) for i in range(120))) if s is not None]
+        gw.stop(signal.SIGTERM)
+    assert len(seen) == 120
+    assert len({line.split()[-1] for line in gw.output().splitlines() if "Started server process" in line}) == 2
+    rows = export(cfg, "--role", "primary")
+    assert sorted(r["request_id"] for r in rows) == sorted(s.request_id for s in seen)
+    assert list((tmp_path / "state" / "journal").iterdir()) == []
