@@ -15,6 +15,7 @@ import argparse
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -107,6 +108,7 @@ def main() -> None:
     parser.add_argument("--gateway-root", type=Path, default=REPO_ROOT)
     parser.add_argument("--out", type=Path, help="keep the raw py-spy stacks (collapsed format) here")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the `finally` that stops subjects
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(py_spy).exists():
         sys.exit("py-spy not found: pip install -r bench/requirements.txt")

@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import sys
 import tempfile
 import time
@@ -191,6 +192,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the `finally` that stops subjects
     if not os.path.exists("/proc/self/stat") or (os.cpu_count() or 1) < 2:
         sys.exit("needs Linux /proc and at least 2 CPUs")
     os.sched_setaffinity(0, {LOAD_CPU})
