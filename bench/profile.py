@@ -48,7 +48,8 @@ def short(frame: str) -> tuple[str, str]:
     return f"{match['function']} ({file})", file
 
 
-def summarise(raw: Path, top: int) -> str:
+def summarise(raw: Path, top: int, unit_us: float | None = None) -> str:
+    """The report; with `unit_us` (CPU µs per request or event) each share is also shown as ≈ µs of it."""
     threads: Counter[str] = Counter()
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
@@ -75,7 +76,8 @@ def summarise(raw: Path, top: int) -> str:
         return "no samples (is the subject running Python? is ptrace allowed?)"
 
     def share(count: int) -> str:
-        return f"{100 * count / total:5.1f} %"
+        fraction = count / total
+        return f"{100 * fraction:5.1f} %" + (f" {fraction * unit_us:6.1f} µs" if unit_us else "")
 
     lines = [f"{total} samples"]
     lines += ["", "samples per process/thread:"] + [f"  {share(c)}  {t}" for t, c in threads.most_common()]
@@ -143,8 +145,9 @@ def main() -> None:
         if subject is not None and subject.process is not None:
             stop(subject.process)
         stop(mock)
-    print(f"{args.subject}: {(after - before) / count * 1e6:.0f} µs CPU per {unit} while profiled ({count} {unit}s)")
-    print(summarise(raw, args.top))
+    unit_us = (after - before) / count * 1e6
+    print(f"{args.subject}: {unit_us:.0f} µs CPU per {unit} while profiled ({count} {unit}s)")
+    print(summarise(raw, args.top, unit_us))
     print(f"\nraw stacks: {raw}")
 
 
