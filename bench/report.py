@@ -123,9 +123,9 @@ def render(results: dict[str, Series], ratios: Series, connections: list[int], s
     if startup:
         parts.append(table("Start-up: process start to /readyz 200 (s)", startup, [("startup_s", "seconds")]))
     ratio_lines = [
-        "**Ratios (each computed within one repetition)**",
+        "**Ratios and differences (each computed within one repetition)**",
         "",
-        "| ratio | median (min-max) |",
+        "| ratio or difference | median (min-max) |",
         "|---|---|",
     ]
     ratio_lines += [f"| {name} | {cell(values)} |" for name, values in ratios.items()]

@@ -157,6 +157,12 @@ def ratios(results: Results, figures: list[str]) -> dict[str, list[float]]:
             values = [a / b for a, b in pairs if b]
             if values:
                 out[f"{top}/{bottom} {figure}"] = values
+    if "turnout" in results and "turnout-plain" in results:  # what capture costs the tail, in ms
+        for figure in ("p50_ms_c1", "p99_ms_c1", "rate_p50_ms", "rate_p99_ms"):
+            pairs = zip(results["turnout"].get(figure, []), results["turnout-plain"].get(figure, []), strict=False)
+            values = [a - b for a, b in pairs]
+            if values:
+                out[f"turnout - turnout-plain {figure} (capture on - off)"] = values
     return out
 
 
