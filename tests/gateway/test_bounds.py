@@ -1,0 +1,141 @@
+"""Bounded under repetition (LD-4 short, LD-5): traced memory stays flat over 10 x 100 requests per path, and
+the /metrics series stay under a fixed bound whatever keys, users and model names clients send."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import random
+import tracemalloc
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+import orjson
+from prometheus_client import CollectorRegistry, generate_latest
+
+from gateway.app import create_app
+from gateway.config import load_config
+from tests.harness import free_port, served, write_config
+
+CONFIG = """
+server: {{state_dir: {state}}}
+store: sqlite:///{db}
+upstreams:
+  d: {{provider: dummy, model: d}}
+  dead: {{base_url: "http://127.0.0.1:{dead}/v1", model: x, retries: 0}}
+  hole: {{base_url: "http://127.0.0.1:{hole}/v1", model: y, retries: 0}}
+routes:
+  bot: {{variants: {{d: 100}}}}
+  gone: {{variants: {{dead: 100}}}}
+  stuck: {{variants: {{hole: 100}}}}
+"""
+MESSAGES = [{"role": "user", "content": "hello there"}]
+
+
+@contextlib.asynccontextmanager
+async def black_hole() -> AsyncIterator[int]:
+    """A TCP server that reads and never answers; each connection ends when its client goes away."""
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(65536):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+async def test_traced_memory_stays_flat_over_repeated_requests(tmp_path: Path) -> None:
+    async with black_hole() as hole:
+        text = CONFIG.format(state=tmp_path / "state", db=tmp_path / "t.db", dead=free_port(), hole=hole)
+        cfg = write_config(tmp_path, text)
+        tracemalloc.start()
+        try:
+            with served(cfg) as gw:
+                async with aiohttp.ClientSession() as client:  # lighter than httpx: the test measures the gateway
+                    url = gw.url + "/v1/chat/completions"
+                    port = int(gw.url.rsplit(":", 1)[1])
+                    payload = orjson.dumps({"model": "stuck", "messages": MESSAGES, "stream": True})
+                    cancel_request = (
+                        b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n"
+                        b"content-length: %d\r\n\r\n%s" % (len(payload), payload)
+                    )
+                    gate = asyncio.Semaphore(20)
+
+                    async def post(route: str, stream: bool = False) -> tuple[int, bytes]:
+                        body = {"model": route, "messages": MESSAGES, "stream": stream}
+                        async with client.post(url, json=body) as resp:
+                            return resp.status, await resp.read()
+
+                    async def one(path: str) -> None:
+                        async with gate:
+                            if path == "plain":
+                                assert (await post("bot"))[0] == 200
+                            elif path == "stream":
+                                assert b"[DONE]" in (await post("bot", stream=True))[1]
+                            elif path == "error":
+                                assert (await post("gone"))[0] == 502
+                            else:  # a client that goes away while the upstream has not answered
+                                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                                writer.write(cancel_request)
+                                await asyncio.sleep(0.05)
+                                writer.close()
+                                await writer.wait_closed()
+
+                    async def batch() -> int:
+                        await asyncio.gather(
+                            *(one(p) for p in ("plain", "stream", "error", "cancel") for _ in range(100))
+                        )
+                        await asyncio.sleep(0.3)  # cancelled calls finish and are recorded
+                        gc.collect()
+                        return tracemalloc.get_traced_memory()[0]
+
+                    await batch()  # warm-up: pools, caches, label sets
+                    base = await batch()
+                    sizes = [await batch() for _ in range(10)]
+        finally:
+            tracemalloc.stop()
+    growth = (sizes[-1] - base) / base
+    print(
+        f"LD-4: traced {base / 1e6:.2f} MB after warm-up, {sizes[-1] / 1e6:.2f} MB after 10 x 400, growth {growth:+.1%}"
+    )
+    assert growth < 0.25
+
+
+async def test_metric_series_stay_bounded_whatever_clients_send(tmp_path: Path) -> None:
+    text = CONFIG.format(state=tmp_path / "state", db=tmp_path / "t.db", dead=free_port(), hole=free_port())
+    cfg = write_config(tmp_path, "auth: {client_keys_env: T_KEYS}\n" + text)
+    registry = CollectorRegistry()
+    app = create_app(load_config(cfg, environ={"T_KEYS": "good-key"}), registry=registry)
+    rng = random.Random(5)
+    counts = []
+    async with app.router.lifespan_context(app) as state:
+
+        async def with_state(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            scope["state"] = dict(state)
+            await app(scope, receive, send)
+
+        transport = httpx.ASGITransport(app=with_state)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            for i in range(20_000):
+                kind = i % 4
+                key = "good-key" if kind != 1 else f"sk-{rng.getrandbits(64):x}"
+                model = "bot" if kind != 2 else f"model-{rng.getrandbits(32):x}"
+                headers = {"authorization": f"Bearer {key}", "x-turnout-user": f"user-{rng.getrandbits(32):x}"}
+                body = {"model": model, "messages": MESSAGES, "user": f"u{i}", "stream": kind == 3}
+                resp = await client.post("/v1/chat/completions", json=body, headers=headers)
+                assert resp.status_code == {0: 200, 1: 401, 2: 404, 3: 200}[kind]
+                if i in (999, 19_999):
+                    exposition = (await client.get("/metrics")).text
+                    counts.append(sum(1 for line in exposition.splitlines() if line and not line.startswith("#")))
+    assert counts[1] == counts[0]  # nothing clients sent made a new series
+    assert counts[1] < 1500
+    assert len(generate_latest(registry).splitlines()) < 3000
+    print(f"LD-5: {counts[1]} series after 20,000 requests ({counts[0]} after the first 1,000)")
