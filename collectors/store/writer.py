@@ -253,13 +253,14 @@ class Writer:
             os.close(fd)
 
     async def stop(self, drain_s: float) -> None:
-        """Drain what the store takes within ``drain_s``; the rest stays in the journal for the next start."""
+        """Drain what the store takes within ``drain_s`` (not at all while it is unavailable: waiting would only
+        delay the shutdown); the rest stays in the journal for the next start."""
         self._stopping = True
         self._wake.set()
         if self._task is None:
             return
         try:
-            await asyncio.wait_for(asyncio.shield(self._task), drain_s)
+            await asyncio.wait_for(asyncio.shield(self._task), 0 if self.degraded else drain_s)
         except TimeoutError:
             log.warning("capture writer: %d bytes left in the journal for the next start", self.journal.pending_bytes)
             self._task.cancel()
