@@ -6,6 +6,7 @@ import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import orjson
 import pytest
 
@@ -121,6 +122,26 @@ async def test_a_rejected_row_raises_a_row_error_not_an_outage(tmp_path: Path) -
             "BEGIN SELECT RAISE(ABORT, 'rejected'); END"
         )
     with pytest.raises(sqlite3.IntegrityError):
+        await s.write([row("ok"), row("bad")], [])
+    await s.write([row("ok")], [])
+    assert [r["request_id"] for r in await all_rows(s)] == ["ok"]
+    await s.close()
+
+
+async def test_postgres_rejected_row_is_a_row_error(pg_dsn: str) -> None:  # noqa: F811
+
+    s = open_store(pg_dsn)
+    await s.open()
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.execute(
+            "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.request_id = 'bad' THEN RAISE EXCEPTION 'rejected'; END IF; RETURN NEW; END $$"
+        )
+        await conn.execute("CREATE TRIGGER poison BEFORE INSERT ON interactions FOR EACH ROW EXECUTE FUNCTION poison()")
+    finally:
+        await conn.close()
+    with pytest.raises(asyncpg.RaiseError):
         await s.write([row("ok"), row("bad")], [])
     await s.write([row("ok")], [])
     assert [r["request_id"] for r in await all_rows(s)] == ["ok"]

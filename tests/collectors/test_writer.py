@@ -166,3 +166,27 @@ async def test_redaction_per_route(tmp_path: Path) -> None:
     assert rows["b"]["request"]["messages"][0]["content"] == (
         "mail bob@example.com, call +1 (415) 555-0100, key [redacted:secret] [redacted:secret]"
     )
+
+
+async def test_retention_runs_in_the_background(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    capture = Capture(
+        SQLiteStore(tmp_path / "s.db"), tmp_path / "state", metrics=Metrics(registry), retention_interval=0.1
+    )
+    capture.configure(CapturePolicy(retention=86400.0, route_retention={"long": 30 * 86400.0}))
+    await capture.start()
+    old = time.time() - 2 * 86400
+    capture.record(interaction("old", ts=old))
+    capture.record(interaction("old-but-kept", ts=old, route="long"))
+    capture.record(interaction("new"))
+    await until(lambda: capture.writer.idle)
+
+    async def ids() -> set[str]:
+        return set(await stored(tmp_path / "s.db"))
+
+    deadline = time.monotonic() + 10
+    while "old" in await ids():
+        assert time.monotonic() < deadline, "retention never ran"
+        await asyncio.sleep(0.05)
+    await capture.close()
+    assert await ids() == {"old-but-kept", "new"}
