@@ -67,6 +67,10 @@ def _claims(found: Sequence[Sequence[object]]) -> dict[str, tuple[float, Claimed
     return best
 
 
+def _probe(path: Path) -> None:
+    sqlite3.connect(path, timeout=0).close()
+
+
 class SQLiteStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -78,6 +82,9 @@ class SQLiteStore:
         if self._db is not None:
             return self._db
         try:
+            # a probe first: aiosqlite leaves its thread finishing after a failed connect, which outlives a
+            # short-lived loop (turnout export) and reports into a closed one
+            await asyncio.to_thread(_probe, self.path)
             db = await aiosqlite.connect(self.path, isolation_level=None, timeout=_BUSY_TIMEOUT_MS / 1000)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"{self.name}: {exc}") from exc
