@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from pathlib import Path
@@ -156,3 +157,34 @@ async def test_two_workers_share_one_sqlite_file(tmp_path: Path, fake_openai: Fa
     rows = export(cfg, "--role", "primary")
     assert sorted(r["request_id"] for r in rows) == sorted(s.request_id for s in seen)
     assert list((tmp_path / "state" / "journal").iterdir()) == []
+
+
+async def test_secrets_never_reach_the_store(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
+    client_key, upstream_key = "canary-client-7f3a91", "canary-upstream-c2d8e4"
+    text = CONFIG.format(state=tmp_path / "state", db=tmp_path / "t.db", url=fake_openai.url)
+    text = text.replace("model: m-ok}", "model: m-ok, api_key_env: T_UPSTREAM}")
+    cfg = write_config(tmp_path, "auth: {client_keys_env: T_CLIENTS}\n" + text)
+    env = {"T_CLIENTS": client_key, "T_UPSTREAM": upstream_key}
+    with GatewayProcess(cfg, env=env) as gw:
+        async with httpx.AsyncClient(timeout=10, headers={"authorization": f"Bearer {client_key}"}) as client:
+            for content in (
+                f"my key is {client_key} and theirs {upstream_key}",
+                "curl -H 'Authorization: Bearer sk-proj-abcdefghijklmnopqrstuvwx' https://api.example.com",
+            ):
+                body = {"model": "bot", "messages": [{"role": "user", "content": content}]}
+                r = await client.post(gw.url + "/v1/chat/completions", json=body)
+                assert r.status_code == 200
+            r = await client.post(gw.url + "/v1/feedback", json={"request_id": "x", "comment": f"key {client_key}"})
+            assert r.status_code == 202
+        gw.stop(signal.SIGTERM)
+    headers = {k.lower(): v for k, v in fake_openai.requests[0].headers.items()}
+    assert headers["authorization"] == f"Bearer {upstream_key}"  # the upstream did get its key
+    dumped = json.dumps(export(cfg))
+    assert "[redacted:secret]" in dumped
+    for canary in (client_key, upstream_key, "sk-proj-abcdefghijklmnopqrstuvwx"):
+        assert canary not in dumped
+        assert files_holding(tmp_path, canary.encode()) == []  # store, journal, dead letters
+
+
+def files_holding(root: Path, needle: bytes) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and p.suffix != ".log" and needle in p.read_bytes()]
