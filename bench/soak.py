@@ -4,9 +4,11 @@ The gateway runs in a child process (this file with ``--child``) that samples it
 loop every ``--interval`` seconds. The parent runs a fault-injecting fake upstream (tests/fakes) and
 ``--concurrency`` clients sending a mix: plain and streamed answers, client cancels mid-stream, upstream
 503 bursts (retried), cut streams, hangs past the timeout (fallback), unknown models, and a config reload
-every 30 s. Faults rotate every 20 s. At the end it prints the samples and the growth after warm-up.
+every 30 s. Faults rotate every 10 s. At the end it prints the samples and the growth after warm-up.
 
-Not run in CI. Usage: python bench/soak.py --minutes 5 --concurrency 32
+Not run in CI. Usage: python bench/soak.py --minutes 5 --concurrency 32 [--slow-streams 1000]
+(`--slow-streams` holds that many long slow streams open meanwhile and reports the /healthz latency and the
+event-loop lag: LD-3).
 """
 
 from __future__ import annotations
@@ -37,11 +39,13 @@ upstreams:
   cut: {{base_url: "{url}", model: cut, timeout_s: 3}}
   slow: {{base_url: "{url}", model: slow, timeout_s: 0.5, retries: 0}}
   backup: {{base_url: "{url}", model: backup, timeout_s: 3}}
+  drip: {{base_url: "{url}", model: drip, timeout_s: 3600}}
 routes:
   bot: {{variants: {{main: {weight}, backup: {other}}}, sticky_by: none}}
   flaky: {{variants: {{flaky: 100}}, fallbacks: [backup]}}
   cut: {{variants: {{cut: 100}}}}
   slow: {{variants: {{slow: 100}}, fallbacks: [backup], timeout_s: 3}}
+  drip: {{variants: {{drip: 100}}}}
 """
 
 
@@ -50,6 +54,10 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
 def child(config: str, port: int, samples: str, interval: float) -> None:
@@ -75,25 +83,38 @@ def child(config: str, port: int, samples: str, interval: float) -> None:
 
     out = open(samples, "a")  # for the life of the process: the sampler writes a line per interval
 
+    lags: list[float] = []
+
+    async def tick() -> None:
+        """Event-loop lag: how late a 10 ms sleep wakes up."""
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(0.01)
+            lags.append(time.perf_counter() - before - 0.01)
+
     async def sample() -> None:
         t0 = time.monotonic()
         while True:
+            window = sorted(lags)
+            lags.clear()
             row = {
                 "t": round(time.monotonic() - t0, 1),
                 "rss_kib": rss_kib(os.getpid()),
                 "fds": len(os.listdir("/proc/self/fd")),
                 "tasks": len(asyncio.all_tasks()),
+                "lag_p99_ms": round(1000 * percentile(window, 0.99), 2),
             }
             out.write(json.dumps(row) + "\n")
             out.flush()
             await asyncio.sleep(interval)
 
     async def main() -> None:
-        sampler = asyncio.ensure_future(sample())
+        probes = [asyncio.ensure_future(sample()), asyncio.ensure_future(tick())]
         try:
             await server.serve()
         finally:
-            sampler.cancel()
+            for probe in probes:
+                probe.cancel()
 
     signal.signal(signal.SIGTERM, lambda sig, frame: None)  # as `turnout serve`: a graceful stop exits 0
     uvloop.run(main())
@@ -110,6 +131,33 @@ def apply_faults(fake: Any, phase: str) -> None:
     fake.set("flaky", Behavior(statuses=[503, 503] * 200 if phase == "503-bursts" else [503] * 20, retry_after=0.05))
     fake.set("cut", Behavior(chunks=8, chunk_delay_s=0.02, cut_after=3 if phase == "cuts" else None))
     fake.set("slow", Behavior(hang=phase == "hangs", delay_s=0.05))
+    fake.set("drip", Behavior(chunks=2000, chunk_delay_s=0.5))
+
+
+async def slow_stream(url: str, until: float, session: Any) -> None:
+    """One long, slow stream (LD-3), reopened when it ends, until ``until``."""
+    body = {"model": "drip", "messages": [{"role": "user", "content": "a long answer " * 200}], "stream": True}
+    while time.monotonic() < until:
+        try:
+            async with session.post(url + "/v1/chat/completions", json=body) as resp:
+                async for _ in resp.content.iter_any():
+                    if time.monotonic() >= until:
+                        break
+        except Exception as exc:  # counted by the caller's summary only through the health figures
+            print(f"slow stream: {type(exc).__name__}", file=sys.stderr)
+            await asyncio.sleep(0.5)
+
+
+async def probe_health(url: str, until: float, latencies: list[float]) -> None:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < until:
+            t0 = time.perf_counter()
+            async with session.get(url + "/healthz") as resp:
+                await resp.read()
+            latencies.append(time.perf_counter() - t0)
+            await asyncio.sleep(0.05)
 
 
 async def client_loop(url: str, until: float, rng: random.Random, seen: Counter[str]) -> None:
@@ -140,10 +188,10 @@ async def client_loop(url: str, until: float, rng: random.Random, seen: Counter[
 def summary(samples: list[dict[str, Any]], warm_up: float) -> str:
     after = [s for s in samples if s["t"] >= warm_up] or samples
     first, last = after[0], after[-1]
-    lines = ["    t(s)   RSS(MiB)   fds   tasks"]
+    lines = ["    t(s)   RSS(MiB)   fds   tasks  lag p99(ms)"]
     step = max(1, len(samples) // 20)
     for s in samples[::step] + ([samples[-1]] if (len(samples) - 1) % step else []):
-        lines.append(f"{s['t']:8.0f} {s['rss_kib'] / 1024:10.1f} {s['fds']:5d} {s['tasks']:7d}")
+        lines.append(f"{s['t']:8.0f} {s['rss_kib'] / 1024:10.1f} {s['fds']:5d} {s['tasks']:7d} {s['lag_p99_ms']:11.1f}")
     peak = max(s["rss_kib"] for s in after)
     lines.append(
         f"after {warm_up:.0f}s warm-up: RSS {first['rss_kib'] / 1024:.1f} -> {last['rss_kib'] / 1024:.1f} MiB "
@@ -198,6 +246,10 @@ async def soak(args: argparse.Namespace) -> int:
             asyncio.ensure_future(client_loop(url, until, random.Random(rng.random()), seen))
             for _ in range(args.concurrency)
         ]
+        health: list[float] = []
+        clients.append(asyncio.ensure_future(probe_health(url, until, health)))
+        streams = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        clients += [asyncio.ensure_future(slow_stream(url, until, streams)) for _ in range(args.slow_streams)]
         phase = 0
         while time.monotonic() < until:
             apply_faults(fake, FAULTS[phase % len(FAULTS)])
@@ -209,6 +261,7 @@ async def soak(args: argparse.Namespace) -> int:
             phase += 1
             await asyncio.sleep(min(10.0, max(0.0, until - time.monotonic())))
         await asyncio.gather(*clients)
+        await streams.close()
         elapsed = time.monotonic() - start
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -222,6 +275,13 @@ async def soak(args: argparse.Namespace) -> int:
     for key, count in sorted(seen.items()):
         print(f"  {key:32s} {count}")
     print(summary(samples, warm_up=min(60.0, args.minutes * 60 / 5)))
+    health.sort()
+    lag = sorted(s["lag_p99_ms"] for s in samples)
+    print(
+        f"with {args.slow_streams} slow streams open: /healthz p50 {1000 * percentile(health, 0.5):.1f} ms, "
+        f"p99 {1000 * percentile(health, 0.99):.1f} ms ({len(health)} probes); event-loop lag p99 per "
+        f"{args.interval:g}s window: median {percentile(lag, 0.5):.1f} ms, worst {lag[-1] if lag else 0:.1f} ms"
+    )
     return 0 if code == 0 else 1
 
 
@@ -234,6 +294,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between samples")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--slow-streams", type=int, default=0, help="long slow streams held open (LD-3: 1000)")
     return asyncio.run(soak(parser.parse_args()))
 
 
