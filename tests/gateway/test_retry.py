@@ -98,7 +98,7 @@ def test_429_retry_after_is_honoured_when_it_fits_the_deadline(start: Start, fak
         first, second = fake_openai.requests
         assert resp.status_code == 200
         waited = second.received_at - first.received_at
-        assert 0.6 <= waited < 0.6 + 0.3
+        assert 0.6 <= waited < 0.6 + 1.0
         # 30 s does not fit in the 2 s deadline: the 429 goes back to the client at once, Retry-After kept
         fake_openai.set("main-model", Behavior(statuses=[429, 200], retry_after=30))
         t0 = time.monotonic()
@@ -125,26 +125,28 @@ def test_always_failing_upstream_errs_within_the_deadline_after_the_configured_a
 ) -> None:
     config = BASE + "  flaky: {{variants: {{main: 100}}, timeout_s: 1}}\n"
     with start(config) as gw:
-        t0 = time.perf_counter()
-        assert chat(gw, "bot").status_code == 200
-        baseline = time.perf_counter() - t0
+        baseline = 0.0  # the slowest of a few plain requests: what a request costs here, now
+        for _ in range(3):
+            t0 = time.perf_counter()
+            assert chat(gw, "bot").status_code == 200
+            baseline = max(baseline, time.perf_counter() - t0)
         fake_openai.set("main-model", Behavior(statuses=[503] * 50))
         resp = chat(gw, "bot")
         assert resp.status_code == 502 and "after 3 attempts" in resp.json()["error"]["message"]
-        assert len(fake_openai.requests) == 1 + 3  # retries: 2 → 3 attempts, no SDK retry beneath
+        assert len(fake_openai.requests) == 3 + 3  # retries: 2 → 3 attempts, no SDK retry beneath
         # Retry-After 0.4 against a 1 s deadline: attempts at 0, 0.4, 0.8; the next would pass the deadline
         fake_openai.set("main-model", Behavior(statuses=[503] * 50, retry_after=0.4))
         t0 = time.perf_counter()
         resp = chat(gw, "flaky")
         elapsed = time.perf_counter() - t0
-        assert resp.status_code == 502 and len(fake_openai.requests) == 4 + 3
+        assert resp.status_code == 502 and len(fake_openai.requests) == 6 + 3
         assert elapsed < 1.0 + 0.05 + 2 * baseline
         # hanging: one attempt (a timeout is not retried on the same upstream), 504 at the deadline
         fake_openai.set("slow-model", Behavior(hang=True))
         t0 = time.perf_counter()
         resp = chat(gw, "hung")
         hung = time.perf_counter() - t0
-        assert resp.status_code == 504 and len(fake_openai.requests) == 7 + 1
+        assert resp.status_code == 504 and len(fake_openai.requests) == 9 + 1
         assert 0.5 <= hung < 0.5 + 0.05 + 2 * baseline
     print(f"UP-2 baseline {baseline * 1000:.1f}ms, 503+Retry-After vs 1s deadline {elapsed:.3f}s, hang {hung:.3f}s")
 
