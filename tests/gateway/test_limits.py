@@ -126,7 +126,7 @@ def test_a_slow_body_times_out_with_408(gw: GatewayProcess, fake: FakeOpenAI) ->
                 answer += chunk
             took = time.monotonic() - t0
         assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
-        assert 0.5 <= took < 0.5 + 1.0
+        assert 0.45 <= took < 0.5 + 1.0  # loop timers may fire a hair early
         print(f"IN-2 slow body ({framing.split(b':')[0].decode()}) answered 408 after {took:.2f}s")
     assert len(fake.requests) == before
 
