@@ -166,12 +166,28 @@ def create_app(
         Route("/admin/config", admin_config, methods=["GET"]),
         Route("/admin/reload", admin_reload, methods=["POST"]),
     ]
+    hot = {route.path: route.app for route in routes if isinstance(route.app, Endpoint)}
     return Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={HTTPException: http_error},
-        middleware=[Middleware(Admission, gateway=gw)],
+        middleware=[Middleware(Admission, gateway=gw), Middleware(HotRoutes, endpoints=hot)],
     )
+
+
+class HotRoutes:
+    """``POST`` to a proxied endpoint goes straight to its raw ASGI app: Starlette's route matching cost ~20 µs
+    a request in the profile. The route table still lists these endpoints; this only skips the search."""
+
+    def __init__(self, app: Any, *, endpoints: dict[str, Any]) -> None:
+        self.app = app
+        self.endpoints = endpoints
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and (hot := self.endpoints.get(scope["path"])):
+            await hot(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def from_environment() -> Starlette:

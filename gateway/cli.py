@@ -56,6 +56,7 @@ def serve(args: argparse.Namespace) -> int:
         loop="uvloop",
         http="gateway.limits:BoundedHttpToolsProtocol",  # httptools with a cap on the request head (431)
         access_log=False,
+        proxy_headers=False,  # the client address is never used; skips a middleware on every request
         log_level="info",
         # the drain clock (gateway/shutdown.py) cuts what is still open at drain_s; this is the backstop
         timeout_graceful_shutdown=server.drain_s + 5,

@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,9 +158,10 @@ async def send_error(send: Any, exc: GatewayError, headers: list[tuple[bytes, by
     await _send_whole(send, exc.status, error_body(exc), [*JSON_HEADERS, *extra, *headers])
 
 
-async def _wait_disconnect(receive: Any) -> None:
+async def _cancel_on_disconnect(receive: Any, task: asyncio.Task[Any]) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
+    task.cancel()
 
 
 class Endpoint:
@@ -189,17 +190,17 @@ class Endpoint:
             slow = RequestTimeout(f"the request body did not arrive within {gen.config.server.body_timeout_s:g}s")
             await send_error(send, slow, [(b"connection", b"close")])
             return
-        call = Call(gw, gen, self.endpoint, facts, send)
-        serving = asyncio.ensure_future(call.run())
-        watching = asyncio.ensure_future(_wait_disconnect(receive))
-        await asyncio.wait((serving, watching), return_when=asyncio.FIRST_COMPLETED)
-        if serving.done():
+        # the call runs in this task; one watcher task cancels it if the client goes away
+        this = asyncio.current_task()
+        assert this is not None
+        watching = asyncio.ensure_future(_cancel_on_disconnect(receive, this))
+        try:
+            await Call(gw, gen, self.endpoint, facts, send).run()
+        except asyncio.CancelledError:
+            if not watching.done() or this.uncancel() > 0:
+                raise  # cancelled from elsewhere (server shutdown), not by the client leaving
+        finally:
             watching.cancel()
-            serving.result()
-            return
-        serving.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await serving
 
 
 def decide(
@@ -231,7 +232,7 @@ def decide(
     eligible = not opted_out and size <= config.shadow.max_body_mb * 1024 * 1024
     shadows, skipped = pick_shadows(((s.upstream, s.sample) for s in route.shadows), gw.rng, eligible=eligible)
     return Facts(
-        request_id=uuid.uuid4().hex,
+        request_id=os.urandom(16).hex(),  # uuid4's randomness, a tenth of its cost
         ts=time.time(),
         t0=time.perf_counter(),
         route=route_name,

@@ -27,8 +27,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -174,7 +174,7 @@ class ShadowRunner:
                     error = "shadow answered with a body that is not a JSON object"
         facts = job.facts
         return Interaction(
-            request_id=uuid.uuid4().hex,
+            request_id=os.urandom(16).hex(),
             ts=ts,
             route=facts.route,
             experiment=facts.experiment,
