@@ -15,6 +15,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -166,6 +167,11 @@ def ratios(results: Results, figures: list[str]) -> dict[str, list[float]]:
     return out
 
 
+def commit(root: Path) -> str:
+    done = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
+
+
 def write_readme(markdown: str) -> None:
     readme = BENCH_DIR / "README.md"
     text = readme.read_text()
@@ -235,7 +241,8 @@ def main() -> None:
     figures += [f"rps_c{c}" for c in args.connections]
     ratio_values = ratios(ordered, figures)
     settings = (
-        f"{args.reps} repetitions; wrk {args.duration:g} s per run (1 thread); "
+        f"Gateway at commit {commit(args.gateway_root)}; {args.reps} repetitions; "
+        f"wrk {args.duration:g} s per run (1 thread); "
         f"streams {args.stream_duration:g} s per run, {args.events} events {args.event_delay_ms:g} ms apart; "
         f"fixed rate {args.rate:g}/s."
     )
