@@ -61,6 +61,8 @@ class Ejector:
 
     def order(self, candidates: list[str]) -> list[str]:
         """The candidates to try, in order, without duplicates; ejected ones left out unless all are."""
+        if len(candidates) == 1:
+            return candidates  # the usual route: a lone candidate is tried whatever its health
         unique = list(dict.fromkeys(candidates))
         healthy = [name for name in unique if not self.ejected(name)]
         return healthy or unique
