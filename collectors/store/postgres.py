@@ -10,9 +10,10 @@ Usage: ``store = PostgresStore("postgresql://turnout@db/turnout"); await store.o
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import asyncpg
@@ -103,6 +104,17 @@ class PostgresStore:
         self._pool = pool
         return pool
 
+    @contextlib.asynccontextmanager
+    async def _outage(self) -> AsyncIterator[None]:
+        """A lost or unreachable server becomes ``StoreUnavailable``; the pool is dropped, the next call reconnects."""
+        try:
+            yield
+        except Exception as exc:
+            if _unavailable(exc):
+                await self._drop()
+                raise StoreUnavailable(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+            raise
+
     async def _drop(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
@@ -122,7 +134,7 @@ class PostgresStore:
 
     async def write(self, interactions: Sequence[InteractionRow], feedback: Sequence[FeedbackRow]) -> list[Claimed]:
         pool = await self._connect()
-        try:
+        async with self._outage():
             async with pool.acquire() as conn, conn.transaction():
                 if interactions:
                     await conn.execute(_INSERT_INTERACTIONS, *_columns(interactions, len(_TYPES_I)))
@@ -143,11 +155,6 @@ class PostgresStore:
                     "RETURNING feedback_id",
                     list(best),
                 )
-        except Exception as exc:
-            if _unavailable(exc):
-                await self._drop()
-                raise StoreUnavailable(f"{self.name}: {type(exc).__name__}: {exc}") from exc
-            raise
         return [best[r[0]][1] for r in claimed]
 
     async def page(self, query: Query, after: tuple[float, str] | None, limit: int) -> list[InteractionRow]:
@@ -198,7 +205,7 @@ class PostgresStore:
             where, args = "route = $1 AND ts < $2", [route, cutoff]
         else:
             where, args = "NOT (route = ANY($1::text[])) AND ts < $2", [list(keep_routes), cutoff]
-        try:
+        async with self._outage():
             async with pool.acquire() as conn, conn.transaction():
                 doomed = await conn.fetch(
                     f"DELETE FROM interactions WHERE request_id IN (SELECT request_id FROM interactions "
@@ -214,25 +221,15 @@ class PostgresStore:
                     "(SELECT 1 FROM interactions i WHERE i.response_id = feedback.response_id)",
                     rids,
                 )
-        except Exception as exc:
-            if _unavailable(exc):
-                await self._drop()
-                raise StoreUnavailable(f"{self.name}: {type(exc).__name__}: {exc}") from exc
-            raise
         return len(ids)
 
     async def delete_orphan_feedback(self, cutoff: float, limit: int) -> int:
         pool = await self._connect()
-        try:
+        async with self._outage():
             rows = await pool.fetch(
                 "DELETE FROM feedback WHERE feedback_id IN (SELECT feedback_id FROM feedback WHERE ts < $1 LIMIT $2) "
                 "RETURNING feedback_id",
                 cutoff,
                 limit,
             )
-        except Exception as exc:
-            if _unavailable(exc):
-                await self._drop()
-                raise StoreUnavailable(f"{self.name}: {type(exc).__name__}: {exc}") from exc
-            raise
         return len(rows)
