@@ -158,10 +158,14 @@ async def send_error(send: Any, exc: GatewayError, headers: list[tuple[bytes, by
     await _send_whole(send, exc.status, error_body(exc), [*JSON_HEADERS, *extra, *headers])
 
 
-async def _cancel_on_disconnect(receive: Any, task: asyncio.Task[Any]) -> None:
+async def _cancel_on_disconnect(receive: Any, call: Call, task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` if the client goes away before ``call`` is finished. uvicorn's ``receive`` also answers
+    ``http.disconnect`` once the response is complete, so this task ends by itself: it is never cancelled
+    (a cancelled task keeps its exception, whose traceback is a reference cycle: garbage for the collector)."""
     while (await receive())["type"] != "http.disconnect":
         pass
-    task.cancel()
+    if not call.finished:
+        task.cancel()
 
 
 class Endpoint:
@@ -193,14 +197,13 @@ class Endpoint:
         # the call runs in this task; one watcher task cancels it if the client goes away
         this = asyncio.current_task()
         assert this is not None
-        watching = asyncio.ensure_future(_cancel_on_disconnect(receive, this))
+        call = Call(gw, gen, self.endpoint, facts, send)
+        watching = asyncio.ensure_future(_cancel_on_disconnect(receive, call, this))
         try:
-            await Call(gw, gen, self.endpoint, facts, send).run()
+            await call.run()
         except asyncio.CancelledError:
             if not watching.done() or this.uncancel() > 0:
                 raise  # cancelled from elsewhere (server shutdown), not by the client leaving
-        finally:
-            watching.cancel()
 
 
 def decide(
@@ -262,7 +265,6 @@ class Call:
         self.finished = False
         self.answered: asyncio.Future[Interaction] | None = None  # shadows compare against it
         self.upstream = facts.variant  # the one that answered: the variant, or a fallback
-        self.committed = False  # a byte went to the client: no more retries
         self.shutting = False
         self.task: asyncio.Task[None] | None = None
         candidates, deadline_s = plan(gen.config, facts.route, facts.variant)
@@ -271,8 +273,12 @@ class Call:
             candidates=candidates,
             deadline=time.monotonic() + deadline_s,
             guard=gw.resilience,
-            may_retry=lambda: not self.committed,
         )
+
+    @property
+    def committed(self) -> bool:
+        """A byte went to the client: no more retries, and errors are events."""
+        return self.attempts.committed
 
     async def run(self) -> None:
         facts = self.facts
@@ -331,7 +337,7 @@ class Call:
     async def _commit(self) -> None:
         """Send the stream's headers (once); from here on no retry, and errors are events."""
         if not self.committed:
-            self.committed = True
+            self.attempts.committed = True
             self.status = 200
             await self.send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *self.headers]})
 

@@ -125,13 +125,12 @@ class Attempts:
         candidates: list[str],
         deadline: float,
         guard: Resilience,
-        may_retry: Callable[[], bool] = lambda: True,
     ) -> None:
         self.gen = gen
         self.candidates = candidates
         self.deadline = deadline
         self.guard = guard
-        self.may_retry = may_retry  # false once a byte went to the client (e.g. an SSE heartbeat)
+        self.committed = False  # a byte went to the client (e.g. an SSE heartbeat): no further attempt
         self.log: list[Attempt] = []
         self.t0 = time.monotonic()
         self.stopped: str | None = None  # why no further attempt was made, if one could have been
@@ -187,7 +186,7 @@ class Attempts:
 
     async def _admit(self, wait: float) -> bool:
         """Wait before the next attempt if it can still happen; takes a retry-budget slot (released after)."""
-        if not self.may_retry():
+        if self.committed:
             self.stopped = "client_committed"
             return False
         if time.monotonic() + wait > self.deadline - MIN_ATTEMPT_S:
@@ -203,7 +202,7 @@ class Attempts:
             except asyncio.CancelledError:
                 self.guard.budget.release()
                 raise
-        if not self.may_retry():
+        if self.committed:
             self.guard.budget.release()
             self.stopped = "client_committed"
             return False
