@@ -6,6 +6,7 @@ Usage: ``app = create_app(load_config(path))``; serve it with uvicorn. ``from_en
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -193,4 +194,15 @@ class HotRoutes:
 def from_environment() -> Starlette:
     """uvicorn factory: the config path comes from ``TURNOUT_CONFIG`` (set by ``turnout serve``)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return create_app(load_config(os.environ["TURNOUT_CONFIG"]))
+    app = create_app(load_config(os.environ["TURNOUT_CONFIG"]))
+    tune_gc()
+    return app
+
+
+def tune_gc() -> None:
+    """Garbage collection for a server process: measured at 64 connections, the collector took ~23 µs a request
+    with Python's defaults. The objects of the requests in flight (~1,000) kept the young generation over its
+    threshold of 700, so it was scanned every ~3 requests; 10,000 leaves room for them and cut the collections
+    from 1,550 to 4 in a 5 s run. ``freeze`` takes what start-up built (modules, config) out of every scan."""
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
