@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -32,6 +33,7 @@ def code_class(status: int) -> str:
 class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         p = "turnout_"
+        self._children: dict[tuple[Counter | Histogram, tuple[str, ...]], Any] = {}
         rvr = ["route", "variant", "role"]
         self.requests = Counter(p + "requests", "Answered requests", [*rvr, "code"], registry=registry)
         self.duration = Histogram(
@@ -136,18 +138,27 @@ class Metrics:
         for reason in DROP_REASONS:
             self.capture_dropped.labels(reason)
 
+    def child(self, metric: Counter | Histogram, *labels: str) -> Any:
+        """``metric.labels(*labels)``, resolved once: a dict lookup instead of ~2 µs of label checks per call.
+        Only for counters and histograms (never cleared); the label values are config names and fixed sets."""
+        key = (metric, labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
     def observe(self, it: Interaction) -> None:
         """Count one finished call (primary or shadow)."""
-        labels = (it.route, it.variant, it.role)
-        self.requests.labels(*labels, code_class(it.status)).inc()
-        self.duration.labels(*labels).observe(it.latency_ms / 1000.0)
+        route, variant, role = it.route, it.variant, it.role
+        self.child(self.requests, route, variant, role, code_class(it.status)).inc()
+        self.child(self.duration, route, variant, role).observe(it.latency_ms / 1000.0)
         if it.ttft_ms is not None:
-            self.ttft.labels(*labels).observe(it.ttft_ms / 1000.0)
+            self.child(self.ttft, route, variant, role).observe(it.ttft_ms / 1000.0)
         usage = it.usage or {}
         for kind, key in (("prompt", "prompt_tokens"), ("completion", "completion_tokens")):
             count = usage.get(key)
             if isinstance(count, int) and count > 0:
-                self.tokens.labels(*labels, kind).inc(count)
+                self.child(self.tokens, route, variant, role, kind).inc(count)
         comparison = it.extra.get("comparison") if it.role == "shadow" else None
         if isinstance(comparison, dict) and isinstance(comparison.get("similarity"), float):
             self.shadow_agreement.labels(it.route, it.variant).observe(comparison["similarity"])

@@ -5,7 +5,7 @@ Pure ASGI (it wraps streaming responses, so never ``BaseHTTPMiddleware``). Only 
 count it keeps (``Resilience.in_flight``) is also what the retry budget is a share of. A shed request is
 answered before its body is read; the connection is closed after the answer so no unread body lingers.
 
-Usage: ``Starlette(..., middleware=[Middleware(Admission, gateway=gw)])``.
+Usage: ``Admission(app, gateway=gw)`` (``gateway.app.TurnoutApp`` puts it in front of everything).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ refuses numbers beyond the float range and invalid UTF-8. ``BoundedHttpToolsProt
 httptools protocol with a cap on the request head (llhttp has none): past ``MAX_HEADER_BYTES`` it answers
 431 and closes the connection before buffering more.
 
-Usage: ``check_shape(orjson.loads(raw))``; ``uvicorn.run(..., http="gateway.limits:BoundedHttpToolsProtocol")``.
+Usage: ``check_shape(orjson.loads(raw), raw)``; ``uvicorn.run(..., http="gateway.limits:BoundedHttpToolsProtocol")``.
 """
 
 from __future__ import annotations
@@ -24,8 +24,12 @@ MAX_STRING = 16 * 1024 * 1024  # characters; a base64 image can be large
 MAX_HEADER_BYTES = 64 * 1024
 
 
-def check_shape(body: Any) -> None:
-    """Raise ``BadRequest`` if ``body`` is nested, wide or long past the limits."""
+def check_shape(body: Any, raw: bytes) -> None:
+    """Raise ``BadRequest`` if ``body`` (parsed from ``raw``) is nested, wide or long past the limits."""
+    if len(raw) <= 2 * MAX_ITEMS and raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
+        # within every limit, no walk needed: an item takes at least 2 bytes ("1," or '"":0' for a key), a
+        # character at least one, and each level of nesting a bracket (brackets in strings only overcount)
+        return
     stack: list[tuple[Any, int]] = [(body, 1)]
     items = 0
     while stack:

@@ -194,7 +194,8 @@ class Attempts:
             return False
         if not self.guard.budget.acquire():
             self.stopped = "budget_exhausted"
-            self.guard.metrics.upstream_attempts.labels(self.log[-1].upstream, "budget_exhausted").inc()
+            metrics = self.guard.metrics
+            metrics.child(metrics.upstream_attempts, self.log[-1].upstream, "budget_exhausted").inc()
             return False
         if wait > 0:
             try:
@@ -211,7 +212,8 @@ class Attempts:
     def _note(self, upstream: str, outcome: str, status: int | None, started: float, error: str | None) -> None:
         now = time.monotonic()
         self.log.append(Attempt(upstream, outcome, status, (started - self.t0) * 1000, (now - started) * 1000, error))
-        self.guard.metrics.upstream_attempts.labels(upstream, outcome).inc()
+        metrics = self.guard.metrics
+        metrics.child(metrics.upstream_attempts, upstream, outcome).inc()
         if outcome in ("connect_error", "reset", "timeout", "server_error"):
             self.guard.ejector.failure(upstream, self.gen.config)
         elif outcome in ("ok", "client_error"):
