@@ -161,7 +161,7 @@ class Metrics:
                 self.child(self.tokens, route, variant, role, kind).inc(count)
         comparison = it.extra.get("comparison") if it.role == "shadow" else None
         if isinstance(comparison, dict) and isinstance(comparison.get("similarity"), float):
-            self.shadow_agreement.labels(it.route, it.variant).observe(comparison["similarity"])
+            self.child(self.shadow_agreement, it.route, it.variant).observe(comparison["similarity"])
 
     def shadows_configured(self, route: str, shadow: str) -> None:
         """Start a configured shadow's outcome counters at 0, so rates and alerts work before any traffic."""

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -39,7 +38,7 @@ import orjson
 
 from collectors.compare import compare
 from collectors.metrics import Metrics
-from collectors.record import Interaction
+from collectors.record import Interaction, new_id
 from collectors.sink import Sink
 from gateway.config import Config, Secrets
 from gateway.errors import UpstreamFailure, UpstreamTimeout
@@ -110,7 +109,7 @@ class ShadowRunner:
 
     def _mirror(self, gen: Generation, endpoint: str, facts: Facts) -> asyncio.Future[Interaction] | None:
         for name in facts.skipped_shadows:
-            self.metrics.shadow_requests.labels(facts.route, name, "skipped").inc()
+            self.metrics.child(self.metrics.shadow_requests, facts.route, name, "skipped").inc()
         if not facts.shadows:
             return None
         limits = gen.config.shadow
@@ -119,7 +118,7 @@ class ShadowRunner:
         primary_wait_s = gen.config.upstreams[facts.variant].timeout_s + limits.timeout_s
         for name in facts.shadows:
             if self.closing or self.in_flight[name] >= limits.max_in_flight:
-                self.metrics.shadow_requests.labels(facts.route, name, "dropped").inc()
+                self.metrics.child(self.metrics.shadow_requests, facts.route, name, "dropped").inc()
                 continue
             client = gen.shadow_clients[name]
             job = Job(name, client, endpoint, facts, body, limits.timeout_s, answered, primary_wait_s, gen.scrub)
@@ -143,7 +142,7 @@ class ShadowRunner:
             log.exception("shadow %r of request %s failed", job.shadow, job.facts.request_id)
         finally:
             self.in_flight[job.shadow] -= 1
-            self.metrics.shadow_requests.labels(job.facts.route, job.shadow, outcome).inc()
+            self.metrics.child(self.metrics.shadow_requests, job.facts.route, job.shadow, outcome).inc()
         await self._finish(job, shadow)
 
     async def _call(self, job: Job, ts: float, t0: float) -> Interaction:
@@ -174,7 +173,7 @@ class ShadowRunner:
                     error = "shadow answered with a body that is not a JSON object"
         facts = job.facts
         return Interaction(
-            request_id=os.urandom(16).hex(),
+            request_id=new_id(),
             ts=ts,
             route=facts.route,
             experiment=facts.experiment,
@@ -201,7 +200,8 @@ class ShadowRunner:
         if shadow is None:
             return
         try:
-            await asyncio.wait([job.answered], timeout=job.primary_wait_s)
+            if not job.answered.done():
+                await asyncio.wait([job.answered], timeout=job.primary_wait_s)
             primary = job.answered.result() if job.answered.done() else None
             if primary is not None and primary.outcome == "ok" and shadow.outcome == "ok":
                 shadow = replace(shadow, extra={**shadow.extra, "comparison": compare(primary, shadow)})
