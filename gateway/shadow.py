@@ -30,7 +30,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -204,7 +204,7 @@ class ShadowRunner:
                 await asyncio.wait([job.answered], timeout=job.primary_wait_s)
             primary = job.answered.result() if job.answered.done() else None
             if primary is not None and primary.outcome == "ok" and shadow.outcome == "ok":
-                shadow = replace(shadow, extra={**shadow.extra, "comparison": compare(primary, shadow)})
+                shadow.extra["comparison"] = compare(primary, shadow)  # ours alone still: no copy (replace: 8 µs)
         except Exception:
             log.exception("comparing shadow %s with its primary failed", shadow.request_id)
         finally:
