@@ -1,9 +1,9 @@
 """Interaction capture: redact and sanitise, append to the journal (the durable step, on the request path),
-and let the batch writer and retention take it from there.
+and let the loader process (batch writer and retention, ``collectors/store/loader.py``) take it from there.
 
 Usage (in the app lifespan)::
 
-    capture = Capture(store, state_dir, metrics=metrics)
+    capture = Capture("sqlite:///turnout.db", state_dir, metrics=metrics)
     await capture.start()
     capture.configure(CapturePolicy(redact={"support-bot": frozenset({"email"})}, secrets=(...,)))
     capture.record(interaction)            # synchronous, never raises: a failure is counted and logged
@@ -13,8 +13,6 @@ Usage (in the app lifespan)::
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -30,9 +28,7 @@ from collectors.metrics import Metrics
 from collectors.record import Interaction
 from collectors.redact import Redactor
 from collectors.sanitize import MAX_STRING, sanitize
-from collectors.store.base import Store
-from collectors.store.retention import retention_loop
-from collectors.store.writer import Writer
+from collectors.store.loader_process import LoaderProcess
 
 log = logging.getLogger(__name__)
 
@@ -107,23 +103,26 @@ def interaction_payload(it: Interaction) -> dict[str, Any]:
 class Capture:
     def __init__(
         self,
-        store: Store,
+        store_dsn: str,
         state_dir: Path,
         *,
         metrics: Metrics,
         max_spool_bytes: int = 1 << 30,
         retention_interval: float = RETENTION_INTERVAL_S,
     ) -> None:
-        self.store = store
         self.metrics = metrics
         self.journal = Journal(state_dir / "journal", max_pending_bytes=max_spool_bytes)
-        self.writer = Writer(store, self.journal, metrics=metrics, dead_letter=state_dir / "dead-letter.jsonl")
-        self.retention_interval = retention_interval
+        self.loader = LoaderProcess(
+            store_dsn,
+            self.journal,
+            metrics=metrics,
+            dead_letter=state_dir / "dead-letter.jsonl",
+            retention_interval=retention_interval,
+        )
         self.policy = CapturePolicy()
         self._redactors: dict[str, Redactor] = {}
         self._default = Redactor()
         self._feedback_redactor = Redactor()
-        self._retention: asyncio.Task[None] | None = None
 
     def configure(self, policy: CapturePolicy) -> None:
         """Take a new policy (each config generation); applies to what is captured from now on."""
@@ -133,25 +132,25 @@ class Capture:
         # feedback does not name its route: mask whatever any route masks
         union = frozenset().union(*policy.redact.values()) if policy.redact else frozenset()
         self._feedback_redactor = Redactor(union, policy.secrets)
+        self.loader.retention(policy.route_retention, policy.retention)
 
     @property
     def degraded(self) -> bool:
-        return self.writer.degraded
+        """The store is unavailable (or its loader is being restarted): interactions spool in the journal."""
+        return self.loader.degraded
+
+    @property
+    def idle(self) -> bool:
+        """Everything journaled so far is in the store."""
+        return self.loader.idle
 
     async def start(self) -> None:
         self.journal.open()
-        await self.writer.start()
-        self._retention = asyncio.create_task(
-            retention_loop(self.store, self._retention_policy, interval=self.retention_interval), name="retention"
-        )
-
-    def _retention_policy(self) -> tuple[Mapping[str, float], float | None]:
-        return self.policy.route_retention, self.policy.retention
+        await self.loader.start()
 
     def _append(self, line: bytes) -> None:
         self.journal.append(line)
         self.metrics.capture_queue_depth.set(self.journal.pending_lines)
-        self.writer.notify()
 
     def record(self, it: Interaction) -> None:
         """Make ``it`` durable in the journal; on failure count the drop and log its id (never raises)."""
@@ -187,10 +186,5 @@ class Capture:
 
     async def close(self, drain_s: float = 10.0) -> None:
         """Drain to the store for up to ``drain_s``; what is left stays in the journal for the next start."""
-        if self._retention is not None:
-            self._retention.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._retention
-        await self.writer.stop(drain_s)
-        self.journal.close(remove=self.writer.idle)
-        await self.store.close()
+        await self.loader.close(drain_s)
+        self.journal.close(remove=self.journal.pending_bytes == 0)

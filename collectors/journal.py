@@ -6,14 +6,17 @@ the kernel releases it when the process dies, SIGKILL included) with numbered se
 bytes are in the page cache and survive a crash of the process (no fsync on the request path). A
 ``Cursor`` reads a directory from its ``checkpoint`` (how far the store has it) and, once the store
 committed a batch, moves the checkpoint and deletes the segments it has passed. Directories whose lock is
-free belong to a process that is gone; the writer adopts them, replays them and removes them.
+free belong to a process that is gone; the loader adopts them, replays them and removes them. The loader is a
+child process (``collectors/store/loader.py``): it inherits the lock fd, so the directory stays owned while
+either process lives, and it tells the journal's owner how far it got (``Journal.loaded``).
 
 Usage::
 
     journal = Journal(state_dir / "journal"); journal.open()
     journal.append(b'{"k":"i",...}\\n')     # on the request path
-    cursor = journal.cursor()              # the writer's view of the same directory
+    cursor = Cursor(journal.directory, owned=True)   # the loader's view of the same directory
     lines, end = cursor.read(); ...; cursor.commit(end)
+    journal.loaded(end, len(lines))        # back in the owner: those bytes are in the store
 """
 
 from __future__ import annotations
@@ -131,7 +134,6 @@ class Cursor:
                     with contextlib.suppress(FileNotFoundError):
                         (self.directory / _segment_name(number)).unlink()
 
-
     def close(self) -> None:
         if self._checkpoint_fd is not None:
             os.close(self._checkpoint_fd)
@@ -151,6 +153,7 @@ class Journal:
         self._segment = 0
         self._segment_size = 0
         self._torn = False
+        self._starts: dict[int, int] = {}  # segment number -> appended_bytes where it starts
         self.appended_bytes = 0
         self.stored_bytes = 0
         self.appended_lines = 0
@@ -173,6 +176,7 @@ class Journal:
         if self._fd is not None:
             os.close(self._fd)
         self._segment += 1
+        self._starts[self._segment] = self.appended_bytes
         path = self.directory / _segment_name(self._segment)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         self._segment_size = 0
@@ -213,30 +217,17 @@ class Journal:
         self.appended_bytes += written
         self.appended_lines += lines
 
-    def cursor(self) -> Cursor:
-        assert self.directory is not None
-        return Cursor(self.directory, owned=True)
+    def loaded(self, position: Position, lines: int) -> None:
+        """The loader committed this journal up to ``position`` (``lines`` more lines than it last said)."""
+        self.stored_bytes = self._starts[position.segment] + position.offset
+        self.stored_lines = self.appended_lines if self.pending_bytes == 0 else self.stored_lines + lines
+        for number in [n for n in self._starts if n < position.segment]:
+            del self._starts[number]
 
-    def adopt(self) -> list[tuple[Cursor, int]]:
-        """Journals left by processes that are gone: a cursor and the held lock fd for each."""
-        adopted = []
-        if not self.root.is_dir():
-            return adopted
-        for path in sorted(self.root.iterdir()):
-            if path == self.directory or not path.is_dir():
-                continue
-            try:
-                fd = _try_lock(path / "lock")
-            except OSError:  # removed meanwhile by another adopter
-                continue
-            if fd is None:
-                continue
-            if path.name.startswith(".new-"):  # died between mkdir and rename: holds nothing
-                shutil.rmtree(path, ignore_errors=True)
-                os.close(fd)
-                continue
-            adopted.append((Cursor(path, owned=False), fd))
-        return adopted
+    @property
+    def lock_fd(self) -> int:
+        assert self._lock_fd is not None
+        return self._lock_fd
 
     def close(self, *, remove: bool) -> None:
         """Stop appending; ``remove`` deletes the directory (everything is in the store)."""
@@ -248,6 +239,28 @@ class Journal:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def adopt(root: Path, own: Path | None) -> list[tuple[Cursor, int]]:
+    """Journals under ``root`` left by processes that are gone: a cursor and the held lock fd for each."""
+    adopted: list[tuple[Cursor, int]] = []
+    if not root.is_dir():
+        return adopted
+    for path in sorted(root.iterdir()):
+        if path == own or not path.is_dir():
+            continue
+        try:
+            fd = _try_lock(path / "lock")
+        except OSError:  # removed meanwhile by another adopter
+            continue
+        if fd is None:
+            continue
+        if path.name.startswith(".new-"):  # died between mkdir and rename: holds nothing
+            shutil.rmtree(path, ignore_errors=True)
+            os.close(fd)
+            continue
+        adopted.append((Cursor(path, owned=False), fd))
+    return adopted
 
 
 def release(cursor: Cursor, lock_fd: int) -> None:

@@ -26,8 +26,6 @@ from starlette.routing import Route
 from collectors.capture import Capture
 from collectors.metrics import Metrics
 from collectors.sink import Sink
-from collectors.store import open_store
-from collectors.store.base import Store
 from gateway.admission import Admission
 from gateway.config import ConfigError, Loaded, load_config, redacted
 from gateway.errors import GatewayError, error_body, error_payload
@@ -115,7 +113,6 @@ async def http_error(request: Request, exc: Exception) -> Response:
 def create_app(
     loaded: Loaded,
     *,
-    store: Store | None = None,
     registry: CollectorRegistry | None = None,
     reload_interval: float = 0.5,
 ) -> TurnoutApp:
@@ -123,7 +120,7 @@ def create_app(
     metrics = Metrics(registry)
     server = loaded.config.server
     capture = Capture(
-        store if store is not None else open_store(loaded.secrets.store_dsn),
+        loaded.secrets.store_dsn,
         Path(server.state_dir),
         metrics=metrics,
         max_spool_bytes=int(server.capture_spool_mb * (1 << 20)),

@@ -1,16 +1,20 @@
-"""The batch writer: drains journals into the store off the request path, in bounded batches.
+"""The batch writer: drains journals into the store in bounded batches (in the loader process, off the
+serving process: see ``collectors/store/loader.py``).
 
-One asyncio task tails this process's journal (and first replays journals left by processes that died),
-writes each batch in one transaction and only then moves the journal checkpoint, so nothing leaves the
-spool before it is committed. While the store is unavailable the writer backs off and retries, the journal
-keeps spooling (up to its bound) and ``degraded`` is true. A batch the store rejects for its content is
-split until the bad row is alone; that row goes to the dead-letter file, counted and logged by id.
+It tails the serving process's journal (and first replays journals left by processes that died), writes each
+batch in one transaction and only then moves the journal checkpoint, so nothing leaves the spool before it is
+committed. While the store is unavailable the writer backs off and retries, the journal keeps spooling (up to
+its bound) and ``degraded`` is true. A batch the store rejects for its content is split until the bad row is
+alone; that row goes to the dead-letter file, counted and logged by id. Once caught up it polls the journal
+every ``linger_s`` (the serving process sends no per-append signal), so one batch carries many interactions.
+What it did goes out through ``publish`` as a ``Report`` after each batch or change of state.
 
 Usage::
 
-    writer = Writer(store, journal, metrics=metrics, dead_letter=state_dir / "dead-letter.jsonl")
-    await writer.start(); writer.notify()   # after each append
-    await writer.stop(timeout=10)           # drains what it can
+    writer = Writer(store, Cursor(journal_dir, owned=True), dead_letter=state_dir / "dead-letter.jsonl",
+                    publish=lambda report: ...)
+    await writer.start()
+    await writer.stop(drain_s=10)           # drains what it can
 """
 
 from __future__ import annotations
@@ -20,22 +24,22 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from collectors.journal import Cursor, Journal, release
-from collectors.metrics import Metrics
-from collectors.store.base import Claimed, FeedbackRow, InteractionRow, Store, StoreUnavailable
+from collectors.journal import Cursor, adopt, release
+from collectors.store.base import FeedbackRow, InteractionRow, Store, StoreUnavailable
+from collectors.store.report import Report
 
 log = logging.getLogger(__name__)
 
 BATCH_LINES = 500
 BATCH_BYTES = 512 << 10
-DECODE_SLICE = 64
-LINGER_S = 0.05  # once caught up, wait this long after a wake-up so one batch carries many interactions
-ADOPT_EVERY_S = 30.0
+LINGER_S = 0.05  # once caught up, look at the journal again after this long
+ADOPT_EVERY_S = 2.0  # a journal whose process (and loader) just died is picked up within this
 BACKOFF_S = (0.1, 5.0)
 
 Item = InteractionRow | FeedbackRow
@@ -86,37 +90,37 @@ class Writer:
     def __init__(
         self,
         store: Store,
-        journal: Journal,
+        own: Cursor,
         *,
-        metrics: Metrics,
         dead_letter: Path,
+        publish: Callable[[Report], None],
         batch_lines: int = BATCH_LINES,
         linger_s: float = LINGER_S,
     ) -> None:
         self.store = store
-        self.journal = journal
-        self.metrics = metrics
+        self.own = own
         self.dead_letter = dead_letter
+        self.publish = publish
         self.batch_lines = batch_lines
         self.linger_s = linger_s
         self.degraded = True  # until the store was opened once
-        self.stored = 0  # lines committed by this writer (all journals)
+        self._report = Report(degraded=True, adopted=0)
+        self._published: tuple[bool, int] | None = None
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
-        self._own: Cursor | None = None
         self._adopted: list[tuple[Cursor, int]] = []
         self._last_adopt = 0.0
         self._backoff = BACKOFF_S[0]
 
     async def start(self) -> None:
-        """Adopt orphaned journals, try the store once (so a healthy start is not "degraded"), run."""
-        self._own = self.journal.cursor()
+        """Adopt orphaned journals, try the store once (so a healthy start is not "degraded"), report, run."""
         self._adopt()
         try:
             await self._open()
         except Exception as exc:  # a store problem never stops the gateway from serving
             log.error("store unavailable at start, spooling in the journal: %s: %s", type(exc).__name__, exc)
+        self._publish()
         self._task = asyncio.create_task(self._run(), name="capture-writer")
 
     async def _open(self) -> None:
@@ -125,20 +129,22 @@ class Writer:
             log.info("store %s available", self.store.name)
         self.degraded = False
 
-    def notify(self) -> None:
-        self._wake.set()
-
     def _adopt(self) -> None:
         self._last_adopt = time.monotonic()
-        found = self.journal.adopt()
+        found = adopt(self.own.directory.parent, self.own.directory)
         if found:
             log.info("replaying %d journal(s) left by earlier processes", len(found))
         self._adopted += found
 
-    @property
-    def idle(self) -> bool:
-        """Everything journaled so far is in the store."""
-        return not self._adopted and self.journal.pending_bytes == 0
+    def _publish(self) -> None:
+        """Send what changed since the last report (nothing when nothing did)."""
+        report, state = self._report, (self.degraded, len(self._adopted))
+        if state == self._published and not report.stored and not report.dropped:
+            return
+        report.degraded, report.adopted = state
+        self._report = Report(*state)
+        self._published = state
+        self.publish(report)
 
     async def _run(self) -> None:
         while True:
@@ -148,29 +154,31 @@ class Writer:
                 if not self.degraded:
                     log.error("store unavailable, spooling in the journal: %s", exc)
                 self.degraded = True
-                await asyncio.sleep(self._backoff)
+                self._publish()
+                await self._pause(self._backoff)
                 self._backoff = min(self._backoff * 2, BACKOFF_S[1])
                 continue
             except Exception:
                 log.exception("capture writer step failed; retrying")
-                await asyncio.sleep(self._backoff)
+                await self._pause(self._backoff)
                 self._backoff = min(self._backoff * 2, BACKOFF_S[1])
                 continue
             self._backoff = BACKOFF_S[0]
+            self._publish()
             if progressed == "more":
-                await asyncio.sleep(0)  # a backlog: let requests run between batches, then go on
                 continue
             if self._stopping:
                 if progressed == "none":
                     return
                 continue
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
-                if not self._stopping:
-                    await asyncio.sleep(self.linger_s)
+            await self._pause(self.linger_s)
             if time.monotonic() - self._last_adopt > ADOPT_EVERY_S:
                 self._adopt()
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, cut short by ``stop``."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
 
     async def _step(self) -> str:
         """Write one batch (adopted journals first): "more" when a full batch was written (a backlog),
@@ -183,36 +191,36 @@ class Writer:
                 return "more"
             if cursor.torn:
                 log.error("journal %s ended in a partial line (a write cut short)", cursor.directory)
-                self.metrics.capture_dropped.labels("journal_error").inc()
+                self._drop("journal_error")
             release(cursor, fd)
             self._adopted.pop(0)
-        assert self._own is not None
-        return await self._batch(self._own)
+        return await self._batch(self.own)
+
+    def _drop(self, reason: str) -> None:
+        self._report.dropped[reason] = self._report.dropped.get(reason, 0) + 1
 
     async def _batch(self, cursor: Cursor) -> str:
         lines, end = cursor.read(BATCH_BYTES, self.batch_lines)
         if not lines:
             return "none"
         items: list[Item] = []
-        for n, line in enumerate(lines, 1):
-            if n % DECODE_SLICE == 0:
-                await asyncio.sleep(0)  # decoding is CPU on the serving loop: let requests in between
+        for line in lines:
             try:
                 items.append(decode(line))
             except (ValueError, KeyError, TypeError, UnicodeDecodeError):
                 log.error("journal %s: unreadable line of %d bytes near %s", cursor.directory, len(line), end)
-                self.metrics.capture_dropped.labels("journal_error").inc()
+                self._drop("journal_error")
         await self._write(items)
         cursor.commit(end)
-        size = sum(len(x) + 1 for x in lines)
-        if cursor is self._own:
-            self.journal.stored_bytes += size
-            self.journal.stored_lines += len(lines)
-        self.stored += len(lines)
-        self.metrics.capture_queue_depth.set(self.journal.pending_lines)
+        report = self._report
+        if cursor is self.own:
+            report.own = end
+            report.own_lines += len(lines)
+        report.stored += len(lines)
         for item in items:
             if isinstance(item, InteractionRow):
-                self.metrics.captured.labels(item.route).inc()
+                report.captured[item.route] = report.captured.get(item.route, 0) + 1
+        size = sum(len(x) + 1 for x in lines)
         return "more" if len(lines) >= self.batch_lines or size >= BATCH_BYTES // 2 else "caught-up"
 
     async def _write(self, items: list[Item]) -> None:
@@ -231,20 +239,11 @@ class Writer:
             await self._write(items[:half])
             await self._write(items[half:])
             return
-        self._count_feedback(claimed)
-
-    def _count_feedback(self, claimed: list[Claimed]) -> None:
-        for claim in claimed:
-            label = claim.label if claim.label in ("good", "bad") else "none"
-            self.metrics.feedback.labels(claim.route, claim.variant, label).inc()
-            # a bare good/bad vote counts as 1.0/0.0, so label-only ratings move the score alert too
-            score = claim.score if claim.score is not None else {"good": 1.0, "bad": 0.0}.get(label)
-            if score is not None:
-                self.metrics.feedback_score.labels(claim.route, claim.variant).observe(score)
+        self._report.claimed += claimed
 
     def _dead_letter(self, item: Item, exc: Exception) -> None:
         log.error("store rejected %s (%s); written to %s", _id(item), type(exc).__name__, self.dead_letter)
-        self.metrics.capture_dropped.labels("store_rejected").inc()
+        self._drop("store_rejected")
         entry: dict[str, Any] = {"error": f"{type(exc).__name__}: {exc}"[:2000], "record": orjson.loads(item.record)}
         fd = os.open(self.dead_letter, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
@@ -262,13 +261,13 @@ class Writer:
         try:
             await asyncio.wait_for(asyncio.shield(self._task), 0 if self.degraded else drain_s)
         except TimeoutError:
-            log.warning("capture writer: %d bytes left in the journal for the next start", self.journal.pending_bytes)
+            log.warning("capture writer stopped before the journal was stored; the next start replays the rest")
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self._publish()
         for cursor, fd in self._adopted:
             cursor.close()
             os.close(fd)
         self._adopted.clear()
-        if self._own is not None:
-            self._own.close()
+        self.own.close()

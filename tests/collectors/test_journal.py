@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from collectors.journal import Journal, SpoolFull
+from collectors.journal import Cursor, Journal, Position, SpoolFull, adopt
 from tests.harness import ROOT
 
 CHILD = textwrap.dedent(
@@ -50,7 +50,7 @@ def test_append_read_commit_rotates_and_deletes(tmp_path: Path) -> None:
         journal.append(line + b"\n")
     assert journal.directory is not None
     assert len(list(journal.directory.glob("*.jsonl"))) > 3
-    cursor = journal.cursor()
+    cursor = Cursor(journal.directory, owned=True)
     seen = []
     while True:
         batch, end = cursor.read(max_lines=3)
@@ -71,10 +71,10 @@ def test_checkpoint_survives_a_new_cursor(tmp_path: Path) -> None:
     journal.open()
     for i in range(5):
         journal.append(b"%d\n" % i)
-    cursor = journal.cursor()
+    cursor = Cursor(journal.directory, owned=True)
     _, end = cursor.read(max_lines=2)
     cursor.commit(end)
-    assert journal.cursor().read()[0] == [b"2", b"3", b"4"]
+    assert Cursor(journal.directory, owned=True).read()[0] == [b"2", b"3", b"4"]
     journal.close(remove=False)
 
 
@@ -89,16 +89,40 @@ def test_spool_bound(tmp_path: Path) -> None:
     journal.close(remove=True)
 
 
+def test_the_loaders_checkpoint_gives_the_pending_bytes_and_lines(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j", segment_bytes=100)
+    journal.open()
+    for i in range(10):
+        journal.append(b'{"n": %d, "pad": "%s"}\n' % (i, b"x" * 30))
+    assert journal.directory is not None
+    cursor = Cursor(journal.directory, owned=True)  # as the loader process reads it
+    for _ in range(2):  # two lines a segment: one read each
+        lines, end = cursor.read()
+        cursor.commit(end)
+        journal.loaded(end, len(lines))
+    assert end.segment == 2  # past the first rotation
+    assert journal.pending_bytes == 6 * 50
+    assert journal.pending_lines == 6
+    while lines:
+        lines, end = cursor.read()
+        cursor.commit(end)
+    journal.loaded(cursor.position, 0)  # a restarted loader does not know how many lines its predecessor reported
+    assert journal.pending_bytes == 0 and journal.pending_lines == 0
+    journal.loaded(Position(cursor.position.segment, cursor.position.offset), 0)  # the same again: no change
+    assert journal.pending_bytes == 0
+    journal.close(remove=True)
+
+
 def test_a_live_journal_is_not_adopted_a_dead_one_is(tmp_path: Path) -> None:
     root = tmp_path / "j"
     live = _child(root, "live")
     try:
         mine = Journal(root)
         mine.open()
-        assert mine.adopt() == []
+        assert adopt(root, mine.directory) == []
         dead = _child(root, "die")
         assert dead.wait(10) == -signal.SIGKILL
-        adopted = mine.adopt()
+        adopted = adopt(root, mine.directory)
         assert len(adopted) == 1
         cursor, _ = adopted[0]
         assert cursor.read()[0] == [b'{"n": 0}', b'{"n": 1}', b'{"n": 2}']
@@ -108,7 +132,7 @@ def test_a_live_journal_is_not_adopted_a_dead_one_is(tmp_path: Path) -> None:
         live.wait()
     again = Journal(root)
     again.open()
-    assert len(again.adopt()) == 1  # the live one died now; ours still holds its lock
+    assert len(adopt(root, again.directory)) == 1  # the live one died now; ours still holds its lock
     mine.close(remove=True)
     again.close(remove=True)
 
@@ -122,7 +146,7 @@ def test_a_torn_last_line_is_reported(tmp_path: Path) -> None:
         f.write(b'{"n": 3, "cut sh')
     mine = Journal(root)
     mine.open()
-    ((cursor, _),) = mine.adopt()
+    ((cursor, _),) = adopt(root, mine.directory)
     lines, end = cursor.read()
     assert len(lines) == 3
     cursor.commit(end)
@@ -135,7 +159,7 @@ FULL_DISK = textwrap.dedent(
     """
     import resource, signal, sys
     from pathlib import Path
-    from collectors.journal import Journal
+    from collectors.journal import Cursor, Journal
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit a write fails with EFBIG, like ENOSPC
     journal = Journal(Path(sys.argv[1]))
     journal.open()
@@ -149,7 +173,7 @@ FULL_DISK = textwrap.dedent(
             failed += 1
     resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # space again
     journal.append(b'{"n": 5}\\n')
-    cursor = journal.cursor()
+    cursor = Cursor(journal.directory, owned=True)
     lines, end = cursor.read()
     cursor.commit(end)
     journal.stored_bytes += sum(len(line) + 1 for line in lines)

@@ -1,4 +1,4 @@
-"""Capture end to end inside one process: journal, batch writer and a real SQLite file."""
+"""Capture end to end: the journal in this process, the loader process writing batches into a real SQLite file."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from tests.collectors.records import interaction
 
 def make(tmp_path: Path, db: Path | None = None, **kw: int) -> tuple[Capture, CollectorRegistry]:
     registry = CollectorRegistry()
-    store = SQLiteStore(db or tmp_path / "s.db")
-    return Capture(store, tmp_path / "state", metrics=Metrics(registry), **kw), registry  # type: ignore[arg-type]
+    dsn = f"sqlite:///{db or tmp_path / 's.db'}"
+    return Capture(dsn, tmp_path / "state", metrics=Metrics(registry), **kw), registry  # type: ignore[arg-type]
 
 
 def metric(registry: CollectorRegistry, name: str, **labels: str) -> float:
@@ -71,7 +71,7 @@ async def test_poison_rows_do_not_sink_a_batch(tmp_path: Path) -> None:
         capture.record(interaction(rid))
         if i % 20 == 0:
             capture.record(poison.popitem()[1])
-    await until(lambda: capture.writer.idle)
+    await until(lambda: capture.idle)
     await capture.close()
     rows = await stored(tmp_path / "s.db")
     assert set(rows) == {*ids, "nul", "surrogate", "huge", "deep"}
@@ -101,7 +101,7 @@ async def test_store_locked_spools_then_recovers(tmp_path: Path) -> None:
     finally:
         holder.rollback()
         holder.close()
-    await until(lambda: capture.writer.idle and not capture.degraded, within=20)
+    await until(lambda: capture.idle and not capture.degraded, within=20)
     assert metric(registry, "turnout_capture_queue_depth") == 0
     await capture.close()
     assert set(await stored(tmp_path / "s.db")) == {f"r{i}" for i in range(30)}
@@ -122,7 +122,7 @@ async def test_spool_bound_counts_drops(tmp_path: Path) -> None:
     assert metric(registry, "turnout_capture_dropped_total", reason="spool_full") == 50 - kept
     blocker.unlink()
     blocker.mkdir()  # the store comes back without a restart
-    await until(lambda: capture.writer.idle and not capture.degraded, within=20)
+    await until(lambda: capture.idle and not capture.degraded, within=20)
     await capture.close()
     assert len(await stored(blocker / "s.db")) == kept
 
@@ -141,7 +141,7 @@ async def test_unstored_journal_is_replayed_by_the_next_process(tmp_path: Path) 
     second, registry = make(tmp_path, db=blocker / "s.db")
     await second.start()
     second.record(interaction("late"))
-    await until(lambda: second.writer.idle, within=20)
+    await until(lambda: second.idle, within=20)
     await second.close()
     rows = await stored(blocker / "s.db")
     assert set(rows) == {f"r{i}" for i in range(40)} | {"late"}
@@ -157,7 +157,7 @@ async def test_redaction_per_route(tmp_path: Path) -> None:
     text = "mail bob@example.com, call +1 (415) 555-0100, key sk-proj-abcdefghijklmnopqrstuv canary-key-123"
     capture.record(interaction("a", text=text))
     capture.record(interaction("b", text=text, route="plain"))
-    await until(lambda: capture.writer.idle)
+    await until(lambda: capture.idle)
     await capture.close()
     rows = await stored(tmp_path / "s.db")
     assert rows["a"]["request"]["messages"][0]["content"] == (
@@ -171,7 +171,7 @@ async def test_redaction_per_route(tmp_path: Path) -> None:
 async def test_retention_runs_in_the_background(tmp_path: Path) -> None:
     registry = CollectorRegistry()
     capture = Capture(
-        SQLiteStore(tmp_path / "s.db"), tmp_path / "state", metrics=Metrics(registry), retention_interval=0.1
+        f"sqlite:///{tmp_path / 's.db'}", tmp_path / "state", metrics=Metrics(registry), retention_interval=0.1
     )
     capture.configure(CapturePolicy(retention=86400.0, route_retention={"long": 30 * 86400.0}))
     await capture.start()
@@ -179,7 +179,7 @@ async def test_retention_runs_in_the_background(tmp_path: Path) -> None:
     capture.record(interaction("old", ts=old))
     capture.record(interaction("old-but-kept", ts=old, route="long"))
     capture.record(interaction("new"))
-    await until(lambda: capture.writer.idle)
+    await until(lambda: capture.idle)
 
     async def ids() -> set[str]:
         return set(await stored(tmp_path / "s.db"))
