@@ -1,9 +1,9 @@
 """Capture writer throughput: interactions per second from the journal into SQLite and PostgreSQL.
 
 Spools N chat interactions (about 1.5 KB of JSON each, a realistic training candidate) in the journal while
-the store is unreachable, then times the batch writer draining them into the store (read, decode, insert,
-commit, checkpoint): the writer's sustained rate. Then times ``Capture.record`` (the request-path part:
-redact, sanitise, encode, append) with the writer running, with secrets-only and e-mail+phone redaction.
+the store is unreachable, then times the loader process draining them into the store (start, read, decode,
+insert, commit, checkpoint): the writer's sustained rate. Then times ``Capture.record`` (the request-path part:
+redact, sanitise, encode, append) with the loader running, with secrets-only and e-mail+phone redaction.
 PostgreSQL is a throwaway server (initdb in a temporary directory) unless ``--pg DSN`` names one.
 
 Usage::
@@ -26,7 +26,6 @@ from prometheus_client import CollectorRegistry
 from collectors.capture import Capture, CapturePolicy
 from collectors.metrics import Metrics
 from collectors.record import Interaction
-from collectors.store import open_store
 
 QUESTION = "My order #{i} arrived damaged, the box was crushed and two items are missing. What can I do? " * 3
 ANSWER = "I'm sorry to hear that. I have opened a replacement request for order #{i}; you will get an e-mail. " * 4
@@ -74,8 +73,8 @@ def interaction(i: int) -> Interaction:
 
 
 async def append_cost(url: str, n: int, state_dir: Path, kinds: frozenset[str]) -> tuple[float, float]:
-    """Median and p99 µs of ``Capture.record`` (the request-path part) with the writer running."""
-    capture = Capture(open_store(url), state_dir, metrics=Metrics(CollectorRegistry()))
+    """Median and p99 µs of ``Capture.record`` (the request-path part) with the loader running."""
+    capture = Capture(url, state_dir, metrics=Metrics(CollectorRegistry()))
     capture.configure(CapturePolicy(redact={"support-bot": kinds}))
     await capture.start()
     items = [interaction(i) for i in range(n)]
@@ -86,7 +85,7 @@ async def append_cost(url: str, n: int, state_dir: Path, kinds: frozenset[str]) 
         costs.append(time.perf_counter() - t0)
         if i % 50 == 0:
             await asyncio.sleep(0)  # a serving loop yields between requests
-    while not capture.writer.idle:  # noqa: ASYNC110 (polling is what is measured)
+    while not capture.idle:  # noqa: ASYNC110 (polling is what is measured)
         await asyncio.sleep(0.01)
     await capture.close()
     costs.sort()
@@ -94,17 +93,16 @@ async def append_cost(url: str, n: int, state_dir: Path, kinds: frozenset[str]) 
 
 
 async def drain_rate(url: str, n: int, state_dir: Path) -> float:
-    """Interactions/s the writer commits: ``n`` spooled while the store was unreachable, then drained."""
-    unreachable = open_store(f"sqlite:///{state_dir}/unreachable/x/y.db")
-    down = Capture(unreachable, state_dir, metrics=Metrics(CollectorRegistry()))
+    """Interactions/s the loader commits: ``n`` spooled while the store was unreachable, then drained."""
+    down = Capture(f"sqlite:///{state_dir}/unreachable/x/y.db", state_dir, metrics=Metrics(CollectorRegistry()))
     await down.start()
     for i in range(n):
         down.record(interaction(i))
     await down.close(drain_s=0.1)
-    capture = Capture(open_store(url), state_dir, metrics=Metrics(CollectorRegistry()))
+    capture = Capture(url, state_dir, metrics=Metrics(CollectorRegistry()))
     started = time.perf_counter()
     await capture.start()
-    while not capture.writer.idle or capture.writer.stored < n:  # noqa: ASYNC110
+    while not capture.idle or capture.loader.stored < n:  # noqa: ASYNC110
         await asyncio.sleep(0.005)
     elapsed = time.perf_counter() - started
     await capture.close()

@@ -155,11 +155,15 @@ class Writer:
                     log.error("store unavailable, spooling in the journal: %s", exc)
                 self.degraded = True
                 self._publish()
+                if self._stopping:
+                    return  # the journal keeps the rest for the next start
                 await self._pause(self._backoff)
                 self._backoff = min(self._backoff * 2, BACKOFF_S[1])
                 continue
             except Exception:
                 log.exception("capture writer step failed; retrying")
+                if self._stopping:
+                    return
                 await self._pause(self._backoff)
                 self._backoff = min(self._backoff * 2, BACKOFF_S[1])
                 continue
@@ -176,9 +180,10 @@ class Writer:
                 self._adopt()
 
     async def _pause(self, seconds: float) -> None:
-        """Sleep, cut short by ``stop``."""
+        """Sleep, cut short by ``stop`` (``asyncio.timeout``: 3.11's ``wait_for`` can swallow a cancellation)."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
 
     async def _step(self) -> str:
         """Write one batch (adopted journals first): "more" when a full batch was written (a backlog),

@@ -81,11 +81,11 @@ async def ask(
         return None
 
 
-def export(config: Path, *args: str) -> list[dict[str, Any]]:
+def export(config: Path, *args: str, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """``turnout export -c config args...`` in a subprocess; the JSON lines it wrote."""
     done = subprocess.run(
         [sys.executable, "-m", "gateway", "export", "-c", str(config), *args],
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
         cwd=config.parent,
         capture_output=True,
         timeout=60,

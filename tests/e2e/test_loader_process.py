@@ -1,0 +1,196 @@
+"""The capture loader is a child process of each gateway process: it, not the server, holds the store; a
+SIGKILL of the gateway stops it and the next start replays the rest exactly once; a SIGKILL of the loader
+alone is noticed, logged and repaired by the gateway without losing anything."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.collectors.pg import PostgresServer, pg_dsn, postgres_server  # noqa: F401
+from tests.e2e.capture_client import Seen, export
+from tests.e2e.test_store_outage import drained, load, readiness, stored_ids
+from tests.fakes.openai_server import FakeOpenAI
+from tests.harness import GatewayProcess, write_config
+
+CONFIG = """
+server: {{state_dir: {state}}}
+{store}
+upstreams:
+  prod: {{base_url: "{url}", model: m-ok}}
+routes:
+  bot: {{variants: {{prod: 1}}}}
+"""
+
+
+def config(tmp_path: Path, fake: FakeOpenAI, store: str) -> Path:
+    return write_config(tmp_path, CONFIG.format(state=tmp_path / "state", store=store, url=fake.url))
+
+
+def loader_of(gateway_pid: int, within: float = 10.0, other_than: int | None = None) -> int:
+    """The pid of the gateway's capture loader (a new one when ``other_than`` is given)."""
+    deadline = time.monotonic() + within
+    while True:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == other_than:
+                continue
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                cmdline = (entry / "cmdline").read_bytes()
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == gateway_pid and b"collectors.store.loader" in cmdline:
+                return int(entry.name)
+        assert time.monotonic() < deadline, "no capture loader process"
+        time.sleep(0.05)
+
+
+def gone(pid: int) -> bool:
+    """Exited (a zombie waiting for its reaper counts: it no longer runs)."""
+    try:
+        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) == "Z"
+    except OSError:
+        return True
+
+
+def open_files(pid: int) -> set[str]:
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            found.add(os.readlink(fd))
+        except OSError:
+            continue
+    return found
+
+
+def sockets_to(pid: int, port: int) -> set[str]:
+    """Socket fds of ``pid`` connected to 127.0.0.1:``port``."""
+    inodes = set()
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[2].split(":")[1], 16) == port:
+            inodes.add(f"socket:[{fields[9]}]")
+    return inodes & open_files(pid)
+
+
+def exactly_once(db: Path, seen: list[Seen]) -> None:
+    with sqlite3.connect(db) as conn:
+        texts = [
+            r[0] for r in conn.execute("SELECT json_extract(record, '$.request.messages[0].content') FROM interactions")
+        ]
+    assert sorted(stored_ids(db)) == sorted(s.request_id for s in seen)
+    assert sorted(texts) == sorted(s.messages[0]["content"] for s in seen)
+
+
+async def test_the_loader_process_holds_the_store_and_the_server_does_not(
+    tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    db = tmp_path / "t.db"
+    cfg = config(tmp_path, fake_openai, f"store: sqlite:///{db}")
+    with GatewayProcess(cfg) as gw:
+        loader = loader_of(gw.proc.pid)
+        async with httpx.AsyncClient(timeout=30) as client:
+            assert (await client.get(gw.url + "/readyz")).json()["status"] == "ok"  # a healthy start is not degraded
+            before = cpu_seconds(loader)
+            seen = await load(client, gw.url, "q", 300)
+            await drained(client, gw.url)
+        assert str(db) in open_files(loader)
+        assert not {f for f in open_files(gw.proc.pid) if f.startswith(str(db))}  # no db, -wal or -shm file
+        assert cpu_seconds(loader) > before  # the loader did the storing
+        assert str(db).encode() not in proc_file(loader, "cmdline")  # the store URL goes in the environment only
+        assert f"TURNOUT_STORE_DSN=sqlite:///{db}".encode() in proc_file(loader, "environ")
+        gw.stop(signal.SIGTERM)
+    assert gone(loader)
+    exactly_once(db, seen)
+    assert list((tmp_path / "state" / "journal").iterdir()) == []
+
+
+def proc_file(pid: int, name: str) -> bytes:
+    return Path(f"/proc/{pid}/{name}").read_bytes()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def test_postgres_password_stays_out_of_argv_and_logs_and_the_server_holds_no_connection(
+    tmp_path: Path,
+    fake_openai: FakeOpenAI,
+    postgres_server: PostgresServer,  # noqa: F811
+    pg_dsn: str,  # noqa: F811
+) -> None:
+    password = "canary-pw-5d1e9a"
+    dsn = pg_dsn.replace("turnout@", f"turnout:{password}@")  # the test server trusts; the password is a canary
+    cfg = config(tmp_path, fake_openai, "store_env: T_STORE")
+    with GatewayProcess(cfg, env={"T_STORE": dsn}) as gw:
+        loader = loader_of(gw.proc.pid)
+        async with httpx.AsyncClient(timeout=30) as client:
+            seen = await load(client, gw.url, "pg", 40)
+            await drained(client, gw.url)
+        assert sockets_to(loader, postgres_server.port)
+        assert not sockets_to(gw.proc.pid, postgres_server.port)
+        for pid in (gw.proc.pid, loader):
+            assert password.encode() not in proc_file(pid, "cmdline")
+        gw.stop(signal.SIGTERM)
+    assert password not in gw.output()
+    rows = export(cfg, "--format", "raw", env={"T_STORE": dsn})
+    assert sorted(r["request_id"] for r in rows) == sorted(s.request_id for s in seen)
+
+
+async def test_sigkill_of_the_gateway_stops_its_loader_and_the_next_start_replays_once(
+    tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    db = tmp_path / "t.db"
+    cfg = config(tmp_path, fake_openai, f"store: sqlite:///{db}")
+    gw = GatewayProcess(cfg)
+    gw.wait_ready()
+    loader = loader_of(gw.proc.pid)
+    async with httpx.AsyncClient(timeout=30) as client:
+        seen = await load(client, gw.url, "stored", 20)
+        await drained(client, gw.url)
+        holder = sqlite3.connect(db, timeout=0)
+        holder.execute("BEGIN EXCLUSIVE")  # the loader is stuck in a write: the rest spools in the journal
+        try:
+            seen += await load(client, gw.url, "spooled", 40)
+            await readiness(client, gw.url, "degraded")
+            gw.stop(signal.SIGKILL)
+            deadline = time.monotonic() + 5
+            while not gone(loader):
+                assert time.monotonic() < deadline, "the loader outlived its gateway"
+                await asyncio.sleep(0.02)
+        finally:
+            holder.rollback()
+            holder.close()
+        with GatewayProcess(cfg) as again:
+            await drained(client, again.url)
+            again.stop(signal.SIGTERM)
+    exactly_once(db, seen)
+    assert list((tmp_path / "state" / "journal").iterdir()) == []
+
+
+async def test_a_killed_loader_is_restarted_and_nothing_is_lost(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
+    db = tmp_path / "t.db"
+    cfg = config(tmp_path, fake_openai, f"store: sqlite:///{db}")
+    with GatewayProcess(cfg) as gw:
+        first = loader_of(gw.proc.pid)
+        async with httpx.AsyncClient(timeout=30) as client:
+            seen = await load(client, gw.url, "before", 30)
+            os.kill(first, signal.SIGKILL)  # perhaps mid-batch
+            seen += await load(client, gw.url, "while-restarting", 30)
+            second = loader_of(gw.proc.pid, other_than=first)
+            seen += await load(client, gw.url, "after", 30)
+            await drained(client, gw.url)
+            text = (await client.get(gw.url + "/metrics")).text
+        assert 'turnout_interactions_captured_total{route="bot"}' in text
+        assert f"capture loader exited with code {-signal.SIGKILL}" in gw.output()
+        gw.stop(signal.SIGTERM)
+    assert gone(second)
+    exactly_once(db, seen)
+    assert list((tmp_path / "state" / "journal").iterdir()) == []
