@@ -87,15 +87,21 @@ class LoaderProcess:
             self._tell(line)
 
     def _tell(self, line: bytes) -> None:
+        """Write one control line; never blocks the serving loop (the pipe is non-blocking)."""
         if self._control is None:
             return
-        with contextlib.suppress(OSError):  # it died: its successor gets the policy when it starts
+        try:
             os.write(self._control, line)
+        except BlockingIOError:  # 64 KiB of control lines unread: the loader is stuck
+            log.error("capture loader is not reading its control pipe: dropped %r", line[:100])
+        except OSError:  # it died: its successor gets the policy when it starts
+            pass
 
     def _spawn(self) -> int:
         """Start a loader; returns the read end of its report pipe."""
         assert self.journal.directory is not None
         control_r, self._control = os.pipe()
+        os.set_blocking(self._control, False)
         report_r, report_w = os.pipe()
         path = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)
         command = [
@@ -122,6 +128,11 @@ class LoaderProcess:
                 stdin=subprocess.DEVNULL,
                 pass_fds=(self.journal.lock_fd, control_r, report_w),
             )
+        except OSError:
+            os.close(report_r)
+            os.close(self._control)
+            self._control = None
+            raise
         finally:
             os.close(control_r)
             os.close(report_w)
@@ -134,8 +145,14 @@ class LoaderProcess:
         backoff = RESTART_S[0]
         while True:
             started = time.monotonic()
-            await self._follow(self._spawn())
-            code = await self._reap()
+            try:
+                report_fd = self._spawn()
+            except OSError as exc:  # fork or exec failed (out of memory, process limit): try again later
+                log.error("capture loader could not start: %s", exc)
+                code: int | None = None
+            else:
+                await self._follow(report_fd)
+                code = await self._reap()
             if self._closing.is_set():
                 return
             if time.monotonic() - started > HEALTHY_S:

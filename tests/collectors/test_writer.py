@@ -190,3 +190,24 @@ async def test_retention_runs_in_the_background(tmp_path: Path) -> None:
         await asyncio.sleep(0.05)
     await capture.close()
     assert await ids() == {"old-but-kept", "new"}
+
+
+async def test_a_retention_policy_given_after_start_reaches_the_loader(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    db = tmp_path / "s.db"
+    capture = Capture(f"sqlite:///{db}", tmp_path / "state", metrics=Metrics(registry), retention_interval=0.1)
+    await capture.start()  # as in the gateway: the config's policy comes after start, and again on each reload
+    capture.configure(CapturePolicy(retention=30 * 86400.0))
+    old = time.time() - 2 * 86400
+    capture.record(interaction("old", ts=old))
+    capture.record(interaction("new"))
+    await until(lambda: capture.idle)
+    await asyncio.sleep(0.5)  # several retention rounds under the first policy
+    assert set(await stored(db)) == {"old", "new"}
+    capture.configure(CapturePolicy(retention=86400.0))  # a reload shortened it
+    deadline = time.monotonic() + 10
+    while "old" in await stored(db):
+        assert time.monotonic() < deadline, "the new retention policy never applied"
+        await asyncio.sleep(0.05)
+    await capture.close()
+    assert set(await stored(db)) == {"new"}

@@ -95,6 +95,7 @@ async def test_the_loader_process_holds_the_store_and_the_server_does_not(
     cfg = config(tmp_path, fake_openai, f"store: sqlite:///{db}")
     with GatewayProcess(cfg) as gw:
         loader = loader_of(gw.proc.pid)
+        assert os.sched_getscheduler(loader) == os.SCHED_IDLE  # a batch never delays a request on a shared core
         async with httpx.AsyncClient(timeout=30) as client:
             assert (await client.get(gw.url + "/readyz")).json()["status"] == "ok"  # a healthy start is not degraded
             before = cpu_seconds(loader)
