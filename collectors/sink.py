@@ -1,4 +1,5 @@
-"""Where finished interactions go: metrics, and (when captured) the journal, from which the writer stores them.
+"""Where finished interactions go: metrics, and (when captured) the journal, from which the loader process stores
+them.
 
 Usage: ``sink = Sink(metrics, capture=Capture(...))``; ``sink.finish(interaction)`` once per finished call,
 before the client's last bytes are sent. It never raises into the request path. An interaction with
