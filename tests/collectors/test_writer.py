@@ -211,3 +211,22 @@ async def test_a_retention_policy_given_after_start_reaches_the_loader(tmp_path:
         await asyncio.sleep(0.05)
     await capture.close()
     assert set(await stored(db)) == {"new"}
+
+
+async def test_a_store_outage_does_not_hold_up_the_shutdown(tmp_path: Path) -> None:
+    capture, _ = make(tmp_path)
+    await capture.start()
+    holder = sqlite3.connect(tmp_path / "s.db", timeout=0)
+    holder.execute("BEGIN EXCLUSIVE")  # every write is refused (after the store's 2 s busy wait)
+    try:
+        for i in range(20):
+            capture.record(interaction(f"r{i}"))
+        await until(lambda: capture.degraded, within=20)
+        started = time.monotonic()
+        await capture.close(drain_s=30)
+        assert time.monotonic() - started < 5  # not the 30 s drain: the journal keeps them for the next start
+    finally:
+        holder.rollback()
+        holder.close()
+    assert capture.loader.proc is not None and capture.loader.proc.returncode == 0
+    assert len(list((tmp_path / "state" / "journal").iterdir())) == 1  # kept, not removed
