@@ -4,10 +4,11 @@ database work (and no database driver thread holding the GIL) runs where request
 It runs the batch ``Writer`` on the serving process's journal (and on journals left by dead processes) and
 the retention loop. The store URL comes in the environment (``TURNOUT_STORE_DSN``), never in argv: it may
 carry a password. The journal's lock fd is inherited, so the journal stays owned while either process lives.
-It runs as ``SCHED_IDLE``: on a core it shares with the serving process (``taskset``, a one-CPU cpuset) it
-runs only when that core has nothing else to do, so a batch never delays a request (at normal priority it
-added ~2 ms to p99 at concurrency 1 there). A core kept busy by requests for long makes it fall behind; the
-journal spools meanwhile (up to ``server.capture_spool_mb``) and it catches up when the load falls.
+With ``--idle`` it runs as ``SCHED_IDLE``: on a core it shares with the serving process (``taskset``, a
+one-CPU cpuset) it runs only when that core has nothing else to do, so a batch never delays a request (at
+normal priority it added ~2 ms to p99 at concurrency 1 there). A core kept busy by requests for long makes it
+fall behind; the serving process then restarts it without ``--idle`` until it has caught up
+(``LoaderProcess._steer``).
 Each batch or change of state goes to the serving process as one ``Report`` line on the report pipe. Control
 lines come on the control pipe: ``{"retention": {"routes": {route: seconds}, "default": seconds}}`` and
 ``{"drain": seconds}`` (drain that long, report, exit). End of file there means the serving process is gone:
@@ -16,7 +17,7 @@ stop now (at most the batch in flight is cut; the next start replays it, inserts
 Usage (``LoaderProcess`` in ``collectors/store/loader_process.py`` starts it)::
 
     TURNOUT_STORE_DSN=sqlite:///turnout.db python -m collectors.store.loader --journal DIR --lock-fd 5 \\
-        --control-fd 6 --report-fd 7 --dead-letter state/dead-letter.jsonl
+        --control-fd 6 --report-fd 7 --dead-letter state/dead-letter.jsonl --idle
 """
 
 from __future__ import annotations
@@ -119,10 +120,12 @@ def main() -> None:
     parser.add_argument("--report-fd", type=int, required=True)
     parser.add_argument("--dead-letter", required=True)
     parser.add_argument("--retention-interval", type=float, default=600.0)
+    parser.add_argument("--idle", action="store_true", help="run at SCHED_IDLE priority")
     args = parser.parse_args()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the serving process decides
-    with contextlib.suppress(AttributeError, OSError):  # not on every platform
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    if args.idle:
+        with contextlib.suppress(AttributeError, OSError):  # not on every platform
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s loader[%(process)d] %(name)s: %(message)s"
     )

@@ -41,6 +41,8 @@ START_WAIT_S = 10.0  # serve (degraded) if the loader has not reported by then
 EXIT_GRACE_S = 3.0  # after its drain time, how long the loader may take to exit before it is killed
 RESTART_S = (0.5, 30.0)  # backoff between restarts of a loader that keeps dying
 HEALTHY_S = 30.0  # a loader that lived this long resets the backoff
+BEHIND_SHARE = 1 / 16  # this share of the spool bound not yet stored: the loader gets normal priority
+STEER_S = 1.0  # how often the serving process looks at how far behind the loader is
 _ROOT = str(Path(collectors.__file__).resolve().parent.parent)
 
 
@@ -68,6 +70,9 @@ class LoaderProcess:
         self._closing = asyncio.Event()
         self._reported = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._steering: asyncio.Task[None] | None = None
+        self.urgent = False  # the loader runs at normal priority (it fell behind), not SCHED_IDLE
+        self._switching = False  # the loader was stopped to start it again at the other priority
 
     @property
     def idle(self) -> bool:
@@ -76,6 +81,7 @@ class LoaderProcess:
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._supervise(), name="capture-loader")
+        self._steering = asyncio.create_task(self._steer(), name="capture-loader-priority")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._reported.wait(), START_WAIT_S)
 
@@ -85,6 +91,34 @@ class LoaderProcess:
         if line != self._policy:
             self._policy = line
             self._tell(line)
+
+    async def _steer(self) -> None:
+        """A loader at ``SCHED_IDLE`` never delays a request, but a core kept busy starves it. Once it is
+        ``BEHIND_SHARE`` of the spool bound behind (with the store available: an outage is not a matter of
+        CPU), it is restarted at normal priority, so accepted interactions reach the store instead of the
+        spool's limit; once it has caught up, it goes back to ``SCHED_IDLE``. Unprivileged processes cannot
+        raise their own priority, hence the restart (a SIGKILL loses nothing: the journal is replayed)."""
+        behind = self.journal.max_pending_bytes * BEHIND_SHARE
+        while True:
+            await asyncio.sleep(STEER_S)
+            pending = self.journal.pending_bytes
+            if not self.urgent and pending > behind and not self.degraded:
+                self._switch()
+            elif self.urgent and pending < behind / 8:
+                self._switch()
+
+    def _switch(self) -> None:
+        if self.proc is None or self.proc.poll() is not None or self._closing.is_set():
+            return
+        self.urgent = not self.urgent
+        self._switching = True
+        log.warning(
+            "capture loader %s (%d bytes not yet stored): restarting it at %s priority",
+            "falling behind" if self.urgent else "caught up",
+            self.journal.pending_bytes,
+            "normal" if self.urgent else "idle",
+        )
+        self.proc.kill()
 
     def _tell(self, line: bytes) -> None:
         """Write one control line; never blocks the serving loop (the pipe is non-blocking)."""
@@ -120,6 +154,7 @@ class LoaderProcess:
             str(self.dead_letter),
             "--retention-interval",
             str(self.retention_interval),
+            *(() if self.urgent else ("--idle",)),
         ]
         try:
             self.proc = subprocess.Popen(
@@ -155,6 +190,9 @@ class LoaderProcess:
                 code = await self._reap()
             if self._closing.is_set():
                 return
+            if self._switching:
+                self._switching = False
+                continue
             if time.monotonic() - started > HEALTHY_S:
                 backoff = RESTART_S[0]
             log.error("capture loader exited with code %s; restarting it in %.1fs", code, backoff)
@@ -219,6 +257,8 @@ class LoaderProcess:
         """Ask the loader to drain for up to ``drain_s`` (it does not wait while the store is unavailable), then
         exit; one that overruns by ``EXIT_GRACE_S`` is killed. What is not stored stays in the journal."""
         self._closing.set()
+        if self._steering is not None:
+            self._steering.cancel()
         self._tell(orjson.dumps({"drain": drain_s}) + b"\n")
         if self._task is None:
             return

@@ -195,3 +195,34 @@ async def test_a_killed_loader_is_restarted_and_nothing_is_lost(tmp_path: Path, 
     assert gone(second)
     exactly_once(db, seen)
     assert list((tmp_path / "state" / "journal").iterdir()) == []
+
+
+async def test_a_loader_that_falls_behind_runs_at_normal_priority_until_it_caught_up(
+    tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    """A starved SCHED_IDLE loader (here: stopped) is restarted at normal priority once the spool holds 1/16 of
+    its bound, and goes back to SCHED_IDLE once it has caught up; every interaction is stored once."""
+    db = tmp_path / "t.db"
+    text = CONFIG.format(state=tmp_path / "state", store=f"store: sqlite:///{db}", url=fake_openai.url)
+    cfg = write_config(tmp_path, text.replace("server: {", "server: {capture_spool_mb: 0.5, "))
+    with GatewayProcess(cfg) as gw:
+        idle = loader_of(gw.proc.pid)
+        assert os.sched_getscheduler(idle) == os.SCHED_IDLE
+        async with httpx.AsyncClient(timeout=30) as client:
+            os.kill(idle, signal.SIGSTOP)  # as if a busy core never left it a moment
+            seen = await load(client, gw.url, "behind", 60)  # ~57 KB of journal: over 1/16 of the 512 KiB bound
+            urgent = loader_of(gw.proc.pid, other_than=idle)
+            assert os.sched_getscheduler(urgent) == os.SCHED_OTHER
+            await drained(client, gw.url)
+            again = loader_of(gw.proc.pid, other_than=urgent)
+            deadline = time.monotonic() + 5
+            while os.sched_getscheduler(again) != os.SCHED_IDLE:  # set by the loader itself, once started
+                assert time.monotonic() < deadline, "the caught-up loader did not go back to SCHED_IDLE"
+                await asyncio.sleep(0.02)
+            seen += await load(client, gw.url, "after", 10)
+            await drained(client, gw.url)
+        output = gw.output()
+        assert "capture loader falling behind" in output and "capture loader caught up" in output
+        assert "exited with code" not in output  # a planned restart is not reported as a crash
+        gw.stop(signal.SIGTERM)
+    exactly_once(db, seen)
