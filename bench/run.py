@@ -22,7 +22,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from bench import measure, report
+from bench import ledger, measure, report
 from bench.subjects import (
     BENCH_DIR,
     REPO_ROOT,
@@ -229,6 +229,8 @@ def main() -> None:
             rate_phase(subjects, args, results)
             add_differences(results, rep)
             print(f"repetition {rep + 1}/{args.reps} took {time.monotonic() - started:.0f} s", file=sys.stderr)
+        capturing = [s for s in subjects if TURNOUT_SUBJECTS.get(s.name, (False, False))[0]]
+        ledger_lines = [ledger.check(s, workdir / s.name / "turnout.db") for s in capturing]
     finally:
         for subject in subjects:
             if subject.process is not None:
@@ -247,6 +249,9 @@ def main() -> None:
         f"fixed rate {args.rate:g}/s."
     )
     markdown = report.render(ordered, ratio_values, args.connections, settings)
+    if ledger_lines:
+        markdown += "\n**Ledger: finished calls (the gateway's `turnout_requests_total`) against store rows**\n\n"
+        markdown += "".join(f"- {line}\n" for line in ledger_lines)
     print(markdown)
     if args.json:
         args.json.write_text(json.dumps({"results": ordered, "ratios": ratio_values}, indent=1))
