@@ -9,6 +9,7 @@ Usage: ``line = ledger.check(subject, store_path)`` before the subject is stoppe
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 import urllib.request
@@ -33,12 +34,11 @@ def answered(url: str) -> dict[str, int]:
 
 def stored(db: Path) -> tuple[dict[str, int], int]:
     """Rows by role, and how many request ids appear more than once."""
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as conn:
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)) as conn:
         rows = dict(conn.execute("SELECT role, count(*) FROM interactions GROUP BY role").fetchall())
         twice = conn.execute(
             "SELECT count(*) FROM (SELECT request_id FROM interactions GROUP BY request_id HAVING count(*) > 1)"
         ).fetchone()[0]
-    conn.close()
     return rows, twice
 
 
