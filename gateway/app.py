@@ -26,15 +26,18 @@ from starlette.routing import Route
 from collectors.capture import Capture
 from collectors.metrics import Metrics
 from collectors.sink import Sink
+from collectors.stored_metrics import StoredMetrics
 from gateway.admission import Admission
 from gateway.config import ConfigError, Loaded, load_config, redacted
 from gateway.errors import GatewayError, error_body, error_payload
 from gateway.feedback import feedback_endpoint
+from gateway.jobs_process import JobsProcess
 from gateway.openapi import openapi_endpoint
 from gateway.proxy import Endpoint
 from gateway.reload import Reloader
 from gateway.runtime import Gateway
 from gateway.shutdown import hook_sigterm
+from gateway.stored_state import StoredState
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,7 @@ async def metrics_endpoint(request: Request) -> Response:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
+        registry.register(request.state.stored_metrics)
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -128,6 +132,10 @@ def create_app(
     sink = Sink(metrics, capture)
     gw = Gateway(loaded, metrics=metrics, sink=sink)
     reloader = Reloader(gw, loaded.path, interval=reload_interval)
+    stored_metrics = StoredMetrics()
+    registry.register(stored_metrics)
+    stored_state = StoredState(loaded.secrets.store_dsn, gw, stored_metrics)
+    jobs = JobsProcess(loaded.path, lambda: gw.generation.config)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -136,16 +144,20 @@ def create_app(
         await sink.start()
         await gw.start()
         reloader.start()
+        stored_state.start()
+        jobs.start()
         unhook = hook_sigterm(
             gw.resilience.drain,
             on_term=lambda: setattr(gw, "ready", False),
             drain_s=lambda: gw.generation.config.server.drain_s,
         )
         try:
-            yield {"gateway": gw, "reloader": reloader, "registry": registry}
+            yield {"gateway": gw, "reloader": reloader, "registry": registry, "stored_metrics": stored_metrics}
         finally:
             unhook()
             gw.ready = False
+            await jobs.close()
+            await stored_state.close()
             await reloader.stop()
             await gw.close()
             await sink.close()

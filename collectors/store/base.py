@@ -100,6 +100,24 @@ class Store(Protocol):
 
     async def delete_orphan_feedback(self, cutoff: float, limit: int) -> int: ...
 
+    # The SQL seam for the retraining loop's own tables (evals, review, datasets, rollouts, jobs, drift):
+    # statements are written once with ``$1, $2, ...`` placeholders and run on either backend.
+    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        """Rows of one query, as tuples."""
+        ...
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        """Run one statement in its own transaction; returns the rows it changed."""
+        ...
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run one statement for each of ``rows``, all in one transaction."""
+        ...
+
+    async def transact(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[int]:
+        """Run several statements in one transaction; returns the rows each changed."""
+        ...
+
 
 def feedback_summary(feedback: list[dict[str, Any]]) -> tuple[str | None, float | None, dict[str, Any] | None]:
     """The latest label, the latest score and the latest correction (feedback is oldest first)."""

@@ -80,8 +80,23 @@ _POSTGRES_V1 = [
     "CREATE INDEX feedback_ts ON feedback (ts)",
 ]
 
+# the jobs inside `turnout serve`: one row per job, its lease (one runner across replicas) and its last runs
+_JOBS = """CREATE TABLE job_state (
+    job TEXT PRIMARY KEY,
+    holder TEXT,
+    lease_until {real},
+    last_started {real},
+    last_finished {real},
+    last_success {real},
+    last_result TEXT,
+    last_error TEXT,
+    runs_ok INTEGER NOT NULL DEFAULT 0,
+    runs_failed INTEGER NOT NULL DEFAULT 0
+)"""
+
 MIGRATIONS: list[tuple[int, str, dict[str, list[str]]]] = [
     (1, "interactions and feedback", {"sqlite": _SQLITE_V1, "postgres": _POSTGRES_V1}),
+    (2, "job state and leases", {"sqlite": [_JOBS.format(real="REAL")], "postgres": [_JOBS.format(real="FLOAT8")]}),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -233,3 +233,28 @@ class PostgresStore:
                 limit,
             )
         return len(rows)
+
+    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        pool = await self._connect()
+        async with self._outage():
+            return [tuple(row) for row in await pool.fetch(sql, *args)]
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        return (await self.transact([(sql, args)]))[0]
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        pool = await self._connect()
+        async with self._outage():
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.executemany(sql, rows)
+
+    async def transact(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[int]:
+        pool = await self._connect()
+        changed = []
+        async with self._outage():
+            async with pool.acquire() as conn, conn.transaction():
+                for sql, args in statements:
+                    status = await conn.execute(sql, *args)  # e.g. "UPDATE 3", "INSERT 0 1"
+                    last = status.rsplit(" ", 1)[-1]
+                    changed.append(int(last) if last.isdigit() else 0)
+        return changed

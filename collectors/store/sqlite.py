@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import aiosqlite
 
@@ -39,6 +40,7 @@ _BY_RESPONSE = (
     " ON i.response_id = f.response_id AND i.role = 'primary' WHERE f.counted = 0 AND f.request_id IS NULL"
     " AND f.{key} IN ({marks})"
 )
+_PLACEHOLDER = re.compile(r"\$(\d+)")
 _BUSY_TIMEOUT_MS = 2000  # several workers share one file; longer means an outage
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -65,6 +67,11 @@ def _claims(found: Sequence[Sequence[object]]) -> dict[str, tuple[float, Claimed
         if key not in best or float(ts) > best[key][0]:  # type: ignore[arg-type]
             best[key] = (float(ts), Claimed(str(route), str(variant), label, score))  # type: ignore[arg-type]
     return best
+
+
+def _numbered(sql: str) -> str:
+    """``$1`` (PostgreSQL's placeholders, the seam's one spelling) -> ``?1`` (SQLite's numbered form)."""
+    return _PLACEHOLDER.sub(r"?\1", sql)
 
 
 def _probe(path: Path) -> None:
@@ -278,3 +285,41 @@ class SQLiteStore:
             await self._drop()
             raise StoreUnavailable(f"{self.name}: {exc}") from exc
         return int(cursor.rowcount)
+
+    @_locked
+    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        db = await self._connect()
+        try:
+            return [tuple(row) for row in await db.execute_fetchall(_numbered(sql), args)]
+        except sqlite3.OperationalError as exc:
+            await self._drop()
+            raise StoreUnavailable(f"{self.name}: {exc}") from exc
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        return (await self.transact([(sql, args)]))[0]
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self.transact([(sql, row) for row in rows])
+
+    @_locked
+    async def transact(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[int]:
+        db = await self._connect()
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            await self._drop()
+            raise StoreUnavailable(f"{self.name}: {exc}") from exc
+        try:
+            changed = []
+            for sql, args in statements:
+                cursor = await db.execute(_numbered(sql), tuple(args))
+                changed.append(max(int(cursor.rowcount), 0))
+            await db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            await self._rollback(db)
+            await self._drop()
+            raise StoreUnavailable(f"{self.name}: {exc}") from exc
+        except BaseException:
+            await self._rollback(db)
+            raise
+        return changed
