@@ -14,17 +14,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import orjson
 
 from collectors.record import Interaction, new_id
+from gateway.decide import Facts, decide
 from gateway.errors import (
     BadRequest,
     GatewayError,
-    NotFound,
     Overloaded,
     PayloadTooLarge,
     RequestTimeout,
@@ -33,15 +32,13 @@ from gateway.errors import (
     error_body,
     error_payload,
 )
+from gateway.generation import Generation
 from gateway.limits import check_shape
 from gateway.pacing import HEARTBEAT, Pacer, StreamIdle
 from gateway.retry import Attempts, plan
-from gateway.runtime import Gateway, Generation
+from gateway.runtime import Gateway
 from gateway.stream import SSETee, StreamProtocolError
 from gateway.upstream import Reply
-from policies.capture import should_capture
-from policies.routing import choose_variant
-from policies.shadows import pick_shadows
 
 log = logging.getLogger(__name__)
 
@@ -49,23 +46,6 @@ Scope = dict[str, Any]
 REQUIRED = {"chat.completions": "messages", "completions": "prompt", "embeddings": "input"}
 JSON_HEADERS = [(b"content-type", b"application/json")]
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
-
-
-@dataclass(slots=True)
-class Facts:
-    """What the data path knows about one request once it is parsed and decided."""
-
-    request_id: str
-    ts: float
-    t0: float
-    route: str
-    experiment: str
-    variant: str
-    body: dict[str, Any]
-    stream: bool
-    capture: bool
-    shadows: list[str] = field(default_factory=list)  # sampled: mirror these
-    skipped_shadows: list[str] = field(default_factory=list)  # not eligible (opted out, body over the cap)
 
 
 class ClientGone(Exception):
@@ -118,21 +98,6 @@ def parse_body(raw: bytes, endpoint: str) -> dict[str, Any]:
     return body
 
 
-def sticky_key(sticky_by: str, headers: dict[bytes, bytes], body: dict[str, Any], api_key: str | None) -> str | None:
-    if sticky_by == "none":
-        return None
-    if sticky_by.startswith("header:"):
-        value = headers.get(sticky_by[7:].lower().encode())
-        return value.decode("latin-1") if value else None
-    if sticky_by == "user":
-        user = headers.get(b"x-turnout-user")
-        if user:
-            return user.decode("latin-1")
-        if isinstance(body.get("user"), str) and body["user"]:
-            return body["user"]
-    return api_key
-
-
 def _response_headers(facts: Facts) -> list[tuple[bytes, bytes]]:
     return [
         (b"x-turnout-request-id", facts.request_id.encode()),
@@ -183,7 +148,10 @@ class Endpoint:
             async with asyncio.timeout(gen.config.server.body_timeout_s):
                 raw = await read_body(receive, limit, headers.get(b"content-length"))
             body = parse_body(raw, self.endpoint)
-            facts = decide(gw, gen, self.endpoint, body, headers, caller.key, caller.admin, size=len(raw))
+            facts = decide(
+                gen.config, gw.rng, body, headers, caller, len(raw),
+                request_id=new_id(), ts=time.time(), t0=time.perf_counter(),
+            )  # fmt: skip
         except GatewayError as exc:
             await send_error(send, exc)
             return
@@ -203,49 +171,6 @@ class Endpoint:
         except asyncio.CancelledError:
             if not watching.done() or this.uncancel() > 0:
                 raise  # cancelled from elsewhere (server shutdown), not by the client leaving
-
-
-def decide(
-    gw: Gateway,
-    gen: Generation,
-    endpoint: str,
-    body: dict[str, Any],
-    headers: dict[bytes, bytes],
-    api_key: str | None,
-    admin: bool,
-    size: int = 0,
-) -> Facts:
-    config = gen.config
-    route_name = body["model"]
-    route = config.routes.get(route_name)
-    if route is None:
-        raise NotFound(f"unknown model {route_name!r}: no route of that name", param="model")
-    experiment = route.experiment or route_name
-    forced = headers.get(b"x-turnout-variant") if admin else None
-    if forced:
-        variant = forced.decode("latin-1")
-        if variant not in route.variants:
-            raise BadRequest(f"x-turnout-variant: {variant!r} is not a variant of route {route_name!r}")
-    else:
-        key = sticky_key(route.sticky_by, headers, body, api_key)
-        variant = choose_variant(experiment, key, route.variants, gw.rng)
-    opted_out = headers.get(b"x-turnout-no-capture", b"").strip() in (b"1", b"true")
-    capture = should_capture(route.capture.sample, opted_out=opted_out, rng=gw.rng)
-    eligible = not opted_out and size <= config.shadow.max_body_mb * 1024 * 1024
-    shadows, skipped = pick_shadows(((s.upstream, s.sample) for s in route.shadows), gw.rng, eligible=eligible)
-    return Facts(
-        request_id=new_id(),
-        ts=time.time(),
-        t0=time.perf_counter(),
-        route=route_name,
-        experiment=experiment,
-        variant=variant,
-        body=body,
-        stream=bool(body.get("stream")),
-        capture=capture,
-        shadows=shadows,
-        skipped_shadows=skipped,
-    )
 
 
 class Call:

@@ -10,11 +10,30 @@ Usage: ``gw.resilience = Resilience(metrics, rng)``; ``gw.resilience.ejector.ord
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 from collectors.metrics import Metrics
 from gateway.ejection import Ejector
-from gateway.retry import RetryBudget
 from gateway.shutdown import Drain
+
+
+class RetryBudget:
+    """Concurrent retries allowed: ``max(min_concurrent, ratio * in_flight)``."""
+
+    def __init__(self, in_flight: Callable[[], int], *, ratio: float = 0.2, min_concurrent: int = 3) -> None:
+        self.in_flight = in_flight
+        self.ratio = ratio
+        self.min_concurrent = min_concurrent
+        self.active = 0
+
+    def acquire(self) -> bool:
+        if self.active >= max(self.min_concurrent, int(self.ratio * self.in_flight())):
+            return False
+        self.active += 1
+        return True
+
+    def release(self) -> None:
+        self.active -= 1
 
 
 class Resilience:

@@ -22,15 +22,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gateway.config import Config
 from gateway.errors import UpstreamFailure, UpstreamTimeout, UpstreamUnreachable
+from gateway.generation import Generation
+from gateway.resilience import Resilience
 from gateway.upstream import Reply
-
-if TYPE_CHECKING:
-    from gateway.resilience import Resilience
-    from gateway.runtime import Generation
 
 log = logging.getLogger(__name__)
 
@@ -66,25 +64,6 @@ def retry_after_s(value: str | None, now: float | None = None) -> float | None:
             return None
         seconds = when.timestamp() - (time.time() if now is None else now)
     return max(0.0, seconds) if seconds == seconds else None  # NaN is not a wait
-
-
-class RetryBudget:
-    """Concurrent retries allowed: ``max(min_concurrent, ratio * in_flight)``."""
-
-    def __init__(self, in_flight: Callable[[], int], *, ratio: float = 0.2, min_concurrent: int = 3) -> None:
-        self.in_flight = in_flight
-        self.ratio = ratio
-        self.min_concurrent = min_concurrent
-        self.active = 0
-
-    def acquire(self) -> bool:
-        if self.active >= max(self.min_concurrent, int(self.ratio * self.in_flight())):
-            return False
-        self.active += 1
-        return True
-
-    def release(self) -> None:
-        self.active -= 1
 
 
 @dataclass(slots=True)

@@ -1,7 +1,5 @@
-"""The running gateway: the live config generation and the resources every request reaches.
-
-A ``Generation`` is everything derived from one config file (routes, keys, upstream clients, secrets to
-scrub). ``Gateway.apply`` swaps it in one assignment, so each request reads exactly one generation and
+"""The running gateway: the live config generation (``gateway.generation``) and the resources every request
+reaches. ``Gateway.apply`` swaps the generation in one assignment, so each request reads exactly one and
 in-flight requests finish on the one they started with.
 
 Usage (in the app lifespan): ``gw = Gateway(loaded, metrics=..., sink=...)``; ``await gw.start()``;
@@ -12,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -22,30 +19,12 @@ from collectors.metrics import Metrics
 from collectors.sink import Sink
 from gateway.auth import Keys
 from gateway.config import Config, Loaded
+from gateway.generation import Generation
 from gateway.resilience import Resilience
 from gateway.shadow import ShadowRunner
-from gateway.upstream import Client, close_clients, make_client
+from gateway.upstream import close_clients, make_client
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Generation:
-    loaded: Loaded
-    keys: Keys
-    clients: dict[str, Client]
-    secrets: tuple[bytes, ...]  # every secret value, to scrub from anything an upstream echoes
-    shadow_clients: dict[str, Client] = field(default_factory=dict)  # on the shadow runner's own pool
-
-    @property
-    def config(self) -> Config:
-        return self.loaded.config
-
-    def scrub(self, data: bytes) -> bytes:
-        for secret in self.secrets:
-            if secret in data:
-                data = data.replace(secret, b"[redacted]")
-        return data
 
 
 class Gateway:

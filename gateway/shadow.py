@@ -31,7 +31,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 import orjson
@@ -41,12 +41,10 @@ from collectors.metrics import Metrics
 from collectors.record import Interaction, new_id
 from collectors.sink import Sink
 from gateway.config import Config, Secrets
+from gateway.decide import Facts
 from gateway.errors import UpstreamFailure, UpstreamTimeout
+from gateway.generation import Generation
 from gateway.upstream import Client, make_client
-
-if TYPE_CHECKING:
-    from gateway.proxy import Facts
-    from gateway.runtime import Generation
 
 log = logging.getLogger(__name__)
 

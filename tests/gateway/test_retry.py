@@ -23,7 +23,8 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from gateway.config import parse_config
 from gateway.ejection import Ejector
-from gateway.retry import RetryBudget, backoff, retry_after_s
+from gateway.resilience import RetryBudget
+from gateway.retry import backoff, retry_after_s
 from tests.fakes.anthropic_server import FakeAnthropic
 from tests.fakes.fixtures import fake_anthropic, fake_openai  # noqa: F401
 from tests.fakes.openai_server import Behavior, FakeOpenAI

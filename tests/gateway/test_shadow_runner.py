@@ -18,8 +18,8 @@ from collectors.record import Interaction
 from collectors.sink import Sink
 from gateway.auth import Keys
 from gateway.config import Loaded, parse_config
-from gateway.proxy import Facts
-from gateway.runtime import Generation
+from gateway.decide import Facts
+from gateway.generation import Generation
 from gateway.shadow import ShadowRunner
 from tests.fakes.openai_server import Behavior, FakeOpenAI
 

@@ -1,0 +1,107 @@
+"""Decide: what to do with one parsed request, as a pure function of the config, the request and an RNG.
+
+``decide`` picks the route, the variant (a forced ``x-turnout-variant`` for the admin, else the sticky
+weighted hash of ``policies.routing``), whether the interaction is captured, and which shadows are mirrored
+or skipped. It reads no clock and no global state: the request's id and times come in from the caller, and
+every random draw comes from ``rng`` (so a seeded RNG gives the same ``Facts`` every time).
+
+Usage::
+
+    facts = decide(gen.config, gw.rng, body, headers, caller, len(raw),
+                   request_id=new_id(), ts=time.time(), t0=time.perf_counter())
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.auth import Caller
+from gateway.config import Config
+from gateway.errors import BadRequest, NotFound
+from policies.capture import should_capture
+from policies.routing import choose_variant
+from policies.shadows import pick_shadows
+
+
+@dataclass(slots=True)
+class Facts:
+    """What the data path knows about one request once it is parsed and decided."""
+
+    request_id: str
+    ts: float
+    t0: float
+    route: str
+    experiment: str
+    variant: str
+    body: dict[str, Any]
+    stream: bool
+    capture: bool
+    shadows: list[str] = field(default_factory=list)  # sampled: mirror these
+    skipped_shadows: list[str] = field(default_factory=list)  # not eligible (opted out, body over the cap)
+
+
+def sticky_key(
+    sticky_by: str, headers: Mapping[bytes, bytes], body: Mapping[str, Any], api_key: str | None
+) -> str | None:
+    """The key a request's variant sticks to (``routes.<model>.sticky_by``); None: no key, a random draw."""
+    if sticky_by == "none":
+        return None
+    if sticky_by.startswith("header:"):
+        value = headers.get(sticky_by[7:].lower().encode())
+        return value.decode("latin-1") if value else None
+    if sticky_by == "user":
+        user = headers.get(b"x-turnout-user")
+        if user:
+            return user.decode("latin-1")
+        if isinstance(body.get("user"), str) and body["user"]:
+            return str(body["user"])
+    return api_key
+
+
+def decide(
+    config: Config,
+    rng: random.Random,
+    body: dict[str, Any],
+    headers: Mapping[bytes, bytes],
+    caller: Caller,
+    size: int,
+    *,
+    request_id: str,
+    ts: float,
+    t0: float,
+) -> Facts:
+    """The ``Facts`` of a parsed request of ``size`` bytes; raises ``NotFound`` (no such route) or ``BadRequest``
+    (a forced variant the route does not have)."""
+    route_name = body["model"]
+    route = config.routes.get(route_name)
+    if route is None:
+        raise NotFound(f"unknown model {route_name!r}: no route of that name", param="model")
+    experiment = route.experiment or route_name
+    forced = headers.get(b"x-turnout-variant") if caller.admin else None
+    if forced:
+        variant = forced.decode("latin-1")
+        if variant not in route.variants:
+            raise BadRequest(f"x-turnout-variant: {variant!r} is not a variant of route {route_name!r}")
+    else:
+        key = sticky_key(route.sticky_by, headers, body, caller.key)
+        variant = choose_variant(experiment, key, route.variants, rng)
+    opted_out = headers.get(b"x-turnout-no-capture", b"").strip() in (b"1", b"true")
+    capture = should_capture(route.capture.sample, opted_out=opted_out, rng=rng)
+    eligible = not opted_out and size <= config.shadow.max_body_mb * 1024 * 1024
+    shadows, skipped = pick_shadows(((s.upstream, s.sample) for s in route.shadows), rng, eligible=eligible)
+    return Facts(
+        request_id=request_id,
+        ts=ts,
+        t0=t0,
+        route=route_name,
+        experiment=experiment,
+        variant=variant,
+        body=body,
+        stream=bool(body.get("stream")),
+        capture=capture,
+        shadows=shadows,
+        skipped_shadows=skipped,
+    )
