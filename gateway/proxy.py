@@ -289,7 +289,7 @@ class Call:
             return
         if reply.status >= 500:
             self.gw.metrics.upstream_errors.labels(self.upstream, "status").inc()
-            tries = len(self.attempts.log)
+            tries = self.attempts.calls
             after = f" (after {tries} attempts)" if tries > 1 else ""
             message = f"upstream {self.upstream!r} answered {reply.status}{after}"
             await self._fail(UpstreamFailure(message), "upstream_error")

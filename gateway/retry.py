@@ -3,9 +3,11 @@
 Retried: connect errors and resets before any answer (``UpstreamFailure``), 429 and 5xx answers. Not retried:
 other 4xx (passed through), and a timeout, which moves on to the next fallback instead (retrying a slow
 upstream only adds load). Waits use full jitter; an upstream's ``Retry-After`` is honoured when it fits in
-what is left of the deadline, else that upstream is given up. Every attempt after the first takes a slot in
-the shared ``RetryBudget`` (about 20 % of in-flight requests, never fewer than 3), so a flapping upstream
-cannot multiply the load. SDK retries stay off underneath (``upstream.py``).
+what is left of the deadline, else that upstream is given up. Every retry of an upstream takes a slot in the
+shared ``RetryBudget`` (about 20 % of in-flight requests, never fewer than 3), so a flapping upstream cannot
+multiply the load. A retry the budget refuses, or whose back-off would pass the deadline, gives that upstream
+up and moves on to the next fallback at once: a fallback's first attempt needs no slot (it is another upstream,
+named for this case), its own retries do. SDK retries stay off underneath (``upstream.py``).
 
 Usage::
 
@@ -95,7 +97,7 @@ def classify(status: int) -> str:
 
 
 class Attempts:
-    """The attempts of one request; ``log`` lists each one, whatever the end."""
+    """The attempts of one request; ``log`` lists each one and each retry the budget refused, whatever the end."""
 
     def __init__(
         self,
@@ -118,6 +120,11 @@ class Attempts:
     def records(self) -> list[dict[str, Any]]:
         return [a.to_dict() for a in self.log]
 
+    @property
+    def calls(self) -> int:
+        """The attempts that reached an upstream (a retry the budget refused is listed, never made)."""
+        return sum(a.outcome != "budget_exhausted" for a in self.log)
+
     async def run(self, endpoint: str, body: dict[str, Any], *, stream: bool, request_id: str) -> tuple[str, Reply]:
         """The reply to relay and the upstream that gave it; raises the last ``UpstreamFailure`` if none."""
         last_reply: tuple[str, Reply] | None = None
@@ -127,8 +134,10 @@ class Attempts:
             conf = config.upstreams[upstream]
             wait = 0.0
             for retry in range(conf.retries + 1):
-                retrying = bool(self.log)  # every attempt but the request's first holds a budget slot
-                if retrying and not await self._admit(wait):
+                retrying = retry > 0  # a retry of this upstream holds a budget slot; a fallback's first does not
+                if self.log and not await self._admit(upstream, wait, budgeted=retrying):
+                    if retrying and self.stopped != "client_committed":
+                        break  # refused by the budget or the deadline: the next fallback may still be tried now
                     return self._give_up(last_reply, last_error)
                 started = time.monotonic()
                 timeout_s = min(conf.timeout_s, self.deadline - started)
@@ -163,18 +172,22 @@ class Attempts:
                     break  # the upstream asks for more time than the deadline leaves: try the next one
         return self._give_up(last_reply, last_error)
 
-    async def _admit(self, wait: float) -> bool:
-        """Wait before the next attempt if it can still happen; takes a retry-budget slot (released after)."""
+    async def _admit(self, upstream: str, wait: float, *, budgeted: bool) -> bool:
+        """Wait before the next attempt if it can still happen; a retry takes a budget slot (released after)."""
         if self.committed:
             self.stopped = "client_committed"
             return False
         if time.monotonic() + wait > self.deadline - MIN_ATTEMPT_S:
             self.stopped = "deadline"
             return False
+        if not budgeted:
+            return True
         if not self.guard.budget.acquire():
             self.stopped = "budget_exhausted"
+            now = time.monotonic()
+            self.log.append(Attempt(upstream, "budget_exhausted", None, (now - self.t0) * 1000, 0.0))
             metrics = self.guard.metrics
-            metrics.child(metrics.upstream_attempts, self.log[-1].upstream, "budget_exhausted").inc()
+            metrics.child(metrics.upstream_attempts, upstream, "budget_exhausted").inc()
             return False
         if wait > 0:
             try:
@@ -202,7 +215,7 @@ class Attempts:
         if last_reply is not None:
             return last_reply
         if last_error is not None:
-            if len(self.log) > 1:
-                last_error.message += f" (after {len(self.log)} attempts)"
+            if self.calls > 1:
+                last_error.message += f" (after {self.calls} attempts)"
             raise last_error
         raise UpstreamTimeout("no upstream could be tried within the route deadline")
