@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+from gateway import eval_cli
 from gateway.config import ConfigError, duration_seconds, load_config
 
 
@@ -159,6 +160,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dedupe", action="store_true", help="keep one line per identical conversation (the first)")
     p.add_argument("-o", "--output", help="output file (default: standard output)")
     p.set_defaults(run=export)
+    eval_cli.add_parser(sub)
     return top
 
 

@@ -90,9 +90,13 @@ class Upstream(_Model):
     retries: int = Field(2, ge=0, le=10)  # more attempts on connect errors, 429 and 5xx, before the first byte
     trained_at: Date | None = None
     dataset: str | None = None
+    answers: dict[str, str] = {}  # dummy only: the right answer to these prompts (others are echoed)
+    wrong_share: Share = 0.0  # dummy only: this share of prompts (the same ones on every upstream) answered wrong
 
     @model_validator(mode="after")
     def _needs_base_url(self) -> Upstream:
+        if self.provider != "dummy" and (self.answers or self.wrong_share):
+            raise ValueError("answers and wrong_share are for provider dummy only")
         if self.provider == "openai" and not self.base_url:
             raise ValueError("base_url is required for provider openai")
         if self.base_url and not re.match(r"^https?://", self.base_url):

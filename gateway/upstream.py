@@ -104,11 +104,19 @@ class OpenAIClient:
 
 
 class DummyClient:
-    """Deterministic OpenAI-shaped answers, plain and streamed, for demos and load tests."""
+    """Deterministic OpenAI-shaped answers, plain and streamed, for demos and load tests.
+
+    Quality knob: a prompt found in ``answers`` gets its answer, any other an echo; ``wrong_share`` of all
+    prompts (chosen by a hash of the prompt alone, so a larger share is wrong on a superset of prompts) get
+    ``WRONG`` instead. Two dummies differing only in ``wrong_share`` are a good and a bad model."""
+
+    WRONG = "Sorry, I am not sure about that."
 
     def __init__(self, name: str, conf: Upstream) -> None:
         self.name = name
         self.model = conf.model
+        self.answers = conf.answers
+        self.wrong_share = conf.wrong_share
 
     def _text(self, body: dict[str, Any]) -> str:
         prompt = body.get("prompt")
@@ -116,6 +124,10 @@ class DummyClient:
         if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
             prompt = messages[-1].get("content")
         said = prompt if isinstance(prompt, str) else orjson.dumps(prompt).decode()
+        if self.wrong_share and _unit(said) < self.wrong_share:
+            return self.WRONG
+        if said in self.answers:
+            return self.answers[said]
         return f"Hello from {self.name}. You said: {said[:200]}"
 
     async def call(
@@ -159,6 +171,11 @@ class DummyClient:
             return Reply(200, JSON, orjson.dumps(out))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         return Reply(200, SSE, stream=_dummy_stream(rid, created, self.model, words, chat, usage, include_usage))
+
+
+def _unit(text: str) -> float:
+    """A number in [0, 1) fixed by ``text``."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2**64
 
 
 def _vector(seed: bytes) -> list[float]:

@@ -1,0 +1,244 @@
+"""``turnout eval run|compare|list``: eval suites from a terminal or a training pipeline.
+
+- ``run SUITE -c FILE (--upstream NAME | --route NAME)``: exit 0 when every evaluated upstream reaches the
+  suite's ``threshold.pass_rate``, 1 when one does not, 2 on a bad suite, config or store.
+- ``compare SUITE -c FILE --baseline A --candidate B``: exit 0 only when B is not worse than A at
+  ``--confidence`` (paired tests on the same cases), 1 when it is worse, 2 on errors.
+- ``list -c FILE``: stored runs, newest first (``--json`` for scripts).
+
+Runs are stored when the store can be reached (a warning otherwise: the verdict and ``--json`` still stand).
+A progress bar is drawn on a terminal's stderr only.
+
+Usage: ``turnout eval compare evals/support.yaml -c turnout.yaml --baseline prod-v3 --candidate cand-v4``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from collectors.evals.runner import CaseResult
+from collectors.evals.store import list_runs
+from collectors.evals.suite import SuiteError, load_suite
+from collectors.store import UnknownStore, open_store
+from collectors.store.base import Store, StoreUnavailable
+from gateway.config import Config, ConfigError, Loaded, load_config
+from gateway.evals import Comparison, EvalError, SuiteRun, compare_upstreams, run_suite
+
+
+def _err(message: str) -> int:
+    print(f"turnout eval: {message}", file=sys.stderr)
+    return 2
+
+
+@contextlib.contextmanager
+def _progress(total: int) -> Iterator[Callable[[CaseResult], None] | None]:
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="case", file=sys.stderr, leave=False) as bar:
+        yield lambda _: bar.update(1)
+
+
+@contextlib.asynccontextmanager
+async def _store(loaded: Loaded, wanted: bool) -> AsyncIterator[Store | None]:
+    """The open store, or None (with a warning) when it is not wanted or cannot be reached."""
+    store = open_store(loaded.secrets.store_dsn) if wanted else None
+    try:
+        if store is not None:
+            try:
+                await store.open()
+            except StoreUnavailable as exc:
+                print(f"turnout eval: warning: results not stored ({exc})", file=sys.stderr)
+                await store.close()
+                store = None
+        yield store
+    finally:
+        if store is not None:
+            await store.close()
+
+
+def _write_json(path: str | None, data: Any) -> None:
+    if path is None:
+        return
+    blob = orjson.dumps(data, option=orjson.OPT_INDENT_2)
+    if path == "-":
+        sys.stdout.buffer.write(blob + b"\n")
+        sys.stdout.flush()
+    else:
+        Path(path).write_bytes(blob + b"\n")
+
+
+def _load(args: argparse.Namespace) -> Loaded:
+    return load_config(args.config, store_only=True)
+
+
+def targets(config: Config, route: str) -> list[str]:
+    """What ``--route`` (and a scheduled eval) evaluates: every serving variant and every shadow upstream."""
+    conf = config.routes[route]
+    serving = [name for name, weight in conf.variants.items() if weight > 0]
+    return list(dict.fromkeys([*serving, *(s.upstream for s in conf.shadows)]))
+
+
+def _print_run(run: SuiteRun) -> None:
+    h = run.header
+    for r in run.results:
+        if not r.passed:
+            why = r.error or "; ".join(f"{a.type}: {a.reason}" for a in r.assertions if a.counted and not a.passed)
+            print(f"  FAIL {r.case_id}: {why}")
+    verdict = "PASS" if run.passed else "FAIL"
+    print(
+        f"{verdict} {h.suite} on {h.upstream} ({h.model}): pass rate {run.pass_rate:.1%}"
+        f" ({sum(r.passed for r in run.results)}/{len(run.results)}), threshold {h.threshold:.0%},"
+        f" mean score {run.score:.3f}"
+    )
+    for note in run.notes:
+        print(f"  note: {note}")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        loaded = _load(args)
+        suite = load_suite(args.suite)
+    except ConfigError as exc:
+        return _err("; ".join(f"{exc.path}: {e}" for e in exc.errors))
+    except SuiteError as exc:
+        return _err(str(exc))
+    config = loaded.config
+    if args.route is not None and args.route not in config.routes:
+        return _err(f"unknown route {args.route!r}")
+    upstreams = [args.upstream] if args.upstream else targets(config, args.route)
+
+    async def go() -> list[SuiteRun]:
+        async with _store(loaded, not args.no_store) as store:
+            runs = []
+            for upstream in upstreams:
+                with _progress(len(suite.cases)) as on_done:
+                    runs.append(
+                        await run_suite(
+                            config, suite, upstream, store=store, route=args.route, concurrency=args.concurrency,
+                            on_done=on_done,
+                        )
+                    )  # fmt: skip
+            return runs
+
+    try:
+        runs = asyncio.run(go())
+    except (EvalError, StoreUnavailable, UnknownStore) as exc:
+        return _err(str(exc))
+    for one in runs:
+        _print_run(one)
+    _write_json(args.json, {"runs": [r.to_dict() for r in runs], "passed": all(r.passed for r in runs)})
+    return 0 if all(r.passed for r in runs) else 1
+
+
+def _print_comparison(cmp: Comparison) -> None:
+    d = cmp.decision
+    base, cand = cmp.baseline.header.upstream, cmp.candidate.header.upstream
+    width = max(len("case pass rate"), *(len(t) for t, *_ in cmp.by_assertion()))
+    print(f"{'assertion':<{width}}  {'n':>5}  {base:>12}  {cand:>12}")
+    for kind, n, b, c in cmp.by_assertion():
+        print(f"{kind:<{width}}  {n:>5}  {b:>12.1%}  {c:>12.1%}")
+    print(f"{'case pass rate':<{width}}  {d.cases:>5}  {d.baseline_pass_rate:>12.1%}  {d.candidate_pass_rate:>12.1%}")
+    flipped = cmp.flipped
+    if flipped:
+        print(f"flipped cases ({len(flipped)}):")
+        for case_id, change in flipped:
+            print(f"  {change:<9} {case_id}")
+    print(f"McNemar exact p={d.mcnemar_p:.3g} (two-sided), paired t on scores p(worse)={d.t_p_worse:.3g}")
+    print(("NOT WORSE: " if d.not_worse else "WORSE: ") + cmp.summary)
+
+
+def compare(args: argparse.Namespace) -> int:
+    try:
+        loaded = _load(args)
+    except ConfigError as exc:
+        return _err("; ".join(f"{exc.path}: {e}" for e in exc.errors))
+
+    async def go() -> Comparison:
+        async with _store(loaded, not args.no_store) as store:
+            return await compare_upstreams(
+                loaded.config, args.suite, args.baseline, args.candidate, store, confidence=args.confidence,
+                concurrency=args.concurrency, source="cli-compare",
+            )  # fmt: skip
+
+    try:
+        cmp = asyncio.run(go())
+    except SuiteError as exc:
+        return _err(str(exc))
+    except (EvalError, StoreUnavailable, UnknownStore, ValueError) as exc:
+        return _err(str(exc))
+    _print_comparison(cmp)
+    _write_json(args.json, cmp.to_dict())
+    return 0 if cmp.not_worse else 1
+
+
+def list_command(args: argparse.Namespace) -> int:
+    try:
+        loaded = _load(args)
+    except ConfigError as exc:
+        return _err("; ".join(f"{exc.path}: {e}" for e in exc.errors))
+
+    async def go() -> list[Any]:
+        async with _store(loaded, True) as store:
+            if store is None:
+                raise StoreUnavailable("the store cannot be reached")
+            return await list_runs(store, now=time.time(), suite=args.suite, upstream=args.upstream, limit=args.limit)
+
+    try:
+        runs = asyncio.run(go())
+    except (StoreUnavailable, UnknownStore) as exc:
+        return _err(str(exc))
+    if args.json:
+        _write_json("-", [r.to_dict() for r in runs])
+        return 0
+    print(f"{'started (UTC)':<20} {'suite':<20} {'upstream':<14} {'status':<9} {'pass rate':>9} {'cases':>6}  run id")
+    for r in runs:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.started))
+        rate = f"{r.pass_rate:.1%}" if r.pass_rate is not None else "-"
+        print(f"{started:<20} {r.suite:<20} {r.upstream:<14} {r.status:<9} {rate:>9} {r.cases:>6}  {r.run_id}")
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    """Add ``turnout eval ...`` to the top-level subcommands."""
+    top = sub.add_parser("eval", help="run, compare and list eval suites")
+    cmds = top.add_subparsers(dest="eval_command", required=True)
+    for name, helptext, handler in (
+        ("run", "run a suite against an upstream or a route's variants (exit 1 below the threshold)", run),
+        ("compare", "paired comparison of two upstreams (exit 0 only when the candidate is not worse)", compare),
+    ):
+        p = cmds.add_parser(name, help=helptext)
+        p.add_argument("suite", help="suite file (YAML)")
+        p.add_argument("-c", "--config", default="turnout.yaml", help="config file (upstreams, store)")
+        p.add_argument("--json", metavar="F", help="also write the results as JSON to F (- for stdout)")
+        p.add_argument("--concurrency", type=int, default=16, help="cases in flight per upstream (default: 16)")
+        p.add_argument("--no-store", action="store_true", help="do not store the run")
+        p.set_defaults(run=handler)
+        if name == "run":
+            target = p.add_mutually_exclusive_group(required=True)
+            target.add_argument("--upstream", help="the upstream to evaluate")
+            target.add_argument("--route", help="evaluate every serving variant and shadow of this route")
+        else:
+            p.add_argument("--baseline", required=True, help="the upstream serving now")
+            p.add_argument("--candidate", required=True, help="the upstream that must not be worse")
+            p.add_argument(
+                "--confidence", type=float, default=0.95, help="confidence of the 'worse' decision (default: 0.95)"
+            )
+    p = cmds.add_parser("list", help="stored eval runs, newest first")
+    p.add_argument("-c", "--config", default="turnout.yaml", help="config file naming the store")
+    p.add_argument("--suite", help="only this suite")
+    p.add_argument("--upstream", help="only this upstream")
+    p.add_argument("--limit", type=int, default=50, help="at most this many runs (default: 50)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=list_command)
