@@ -94,9 +94,50 @@ _JOBS = """CREATE TABLE job_state (
     runs_failed INTEGER NOT NULL DEFAULT 0
 )"""
 
+# eval runs (a row inserted as running, turned complete with its results in one transaction) and their cases
+_EVALS = [
+    """CREATE TABLE eval_runs (
+        run_id TEXT PRIMARY KEY,
+        suite TEXT NOT NULL,
+        suite_sha256 TEXT NOT NULL,
+        upstream TEXT NOT NULL,
+        model TEXT NOT NULL,
+        route TEXT,
+        dataset TEXT,
+        source TEXT NOT NULL,
+        status TEXT NOT NULL,
+        started {real} NOT NULL,
+        finished {real},
+        cases INTEGER NOT NULL,
+        passed INTEGER,
+        pass_rate {real},
+        score {real},
+        threshold {real} NOT NULL,
+        judge_kappa {real},
+        notes TEXT NOT NULL
+    )""",
+    "CREATE INDEX eval_runs_started ON eval_runs (started)",
+    "CREATE INDEX eval_runs_latest ON eval_runs (suite, upstream, status, finished)",
+    """CREATE TABLE eval_results (
+        run_id TEXT NOT NULL,
+        case_id TEXT NOT NULL,
+        passed INTEGER NOT NULL,
+        score {real} NOT NULL,
+        latency_ms {real},
+        error TEXT,
+        record TEXT NOT NULL,
+        PRIMARY KEY (run_id, case_id)
+    )""",
+]
+
 MIGRATIONS: list[tuple[int, str, dict[str, list[str]]]] = [
     (1, "interactions and feedback", {"sqlite": _SQLITE_V1, "postgres": _POSTGRES_V1}),
     (2, "job state and leases", {"sqlite": [_JOBS.format(real="REAL")], "postgres": [_JOBS.format(real="FLOAT8")]}),
+    (
+        3,
+        "eval runs and results",
+        {"sqlite": [q.format(real="REAL") for q in _EVALS], "postgres": [q.format(real="FLOAT8") for q in _EVALS]},
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -17,6 +17,7 @@ from jsonschema.exceptions import SchemaError
 from pydantic import Field, model_validator
 from referencing import Registry, Resource
 from referencing.exceptions import NoSuchResource
+from referencing.jsonschema import DRAFT202012
 
 from collectors.evals.answer import Answer
 from collectors.evals.assertions.base import Context, Result, Spec, clip, result
@@ -65,7 +66,7 @@ def _validator(schema_json: str, base: str) -> Draft202012Validator:
         if root not in target.parents and target != root:
             raise NoSuchResource(ref=uri)
         try:
-            return Resource.from_contents(orjson.loads(target.read_bytes()))
+            return Resource.from_contents(orjson.loads(target.read_bytes()), default_specification=DRAFT202012)
         except (OSError, orjson.JSONDecodeError):
             raise NoSuchResource(ref=uri) from None
 
