@@ -39,9 +39,9 @@ from collectors.store.base import Store
 from gateway.auth import Keys
 from gateway.config import Config, Loaded, resolve_secrets
 from gateway.errors import UpstreamFailure
+from gateway.generation import Generation
 from gateway.resilience import Resilience
 from gateway.retry import Attempts
-from gateway.runtime import Generation
 from gateway.upstream import Client, close_clients, make_client
 from policies.evals import Decision, cohen_kappa, compare
 

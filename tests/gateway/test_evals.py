@@ -16,6 +16,7 @@ from collectors.evals.suite import load_suite
 from collectors.store import open_store
 from gateway.config import Config, load_config
 from gateway.evals import EvalError, compare_upstreams, run_suite
+from gateway.upstream import make_client
 from tests.collectors.pg import pg_dsn, postgres_server  # noqa: F401
 from tests.fakes.openai_server import Behavior, FakeOpenAI
 
@@ -182,7 +183,9 @@ suite: calibrated
 judge: {upstream: judge}
 judge_check: {gold: gold.jsonl, min_kappa: 0.6}
 cases:
-  - {id: sum, messages: [{role: user, content: "2+2?"}], assert: [{type: equals, value: "4"}, {type: llm_judge, rubric: r}]}
+  - id: sum
+    messages: [{role: user, content: "2+2?"}]
+    assert: [{type: equals, value: "4"}, {type: llm_judge, rubric: r}]
 """,
         )
     )
@@ -269,3 +272,26 @@ async def test_runs_are_stored(tmp_path: Path, dsn: str) -> None:
         ]
     finally:
         await store.close()
+
+
+async def test_dummy_quality_knob(tmp_path: Path) -> None:
+    cfg, _ = quality_setup(tmp_path, cases=400)
+    async def wrong(name: str) -> set[str]:
+        client = make_client(name, cfg.upstreams[name], None, None)  # type: ignore[arg-type]
+        out = set()
+        for i in range(400):
+            body = {"messages": [{"role": "user", "content": f"What is {i} times 7?"}]}
+            reply = await client.call("chat.completions", body, stream=False, request_id="r")
+            if json.loads(reply.body)["choices"][0]["message"]["content"] != f"{i * 7}":
+                out.add(body["messages"][0]["content"])
+        return out
+
+    good, worse = await wrong("good"), await wrong("worse")
+    assert good < worse  # a larger share is wrong on a superset of prompts, the same on every run
+    assert abs(len(good) - 0.05 * 400) < 3.3 * (400 * 0.05 * 0.95) ** 0.5
+    assert abs(len(worse) - 0.15 * 400) < 3.3 * (400 * 0.15 * 0.85) ** 0.5
+    assert good == await wrong("same")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("upstreams: {x: {base_url: 'http://h/v1', wrong_share: 0.2}}\nroutes: {r: {variants: {x: 1}}}\n")
+    with pytest.raises(Exception, match="answers and wrong_share are for provider dummy only"):
+        load_config(bad)

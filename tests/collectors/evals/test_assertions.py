@@ -60,7 +60,9 @@ async def test_similarity_against_expected_or_value() -> None:
     far = await run({"type": "similarity", "threshold": 0.8, "value": "something else entirely"}, "30 days")
     assert not far.passed and far.score < 0.8 and "<" in far.reason
     tokens = await run(
-        {"type": "similarity", "threshold": 0.95, "method": "token_set_ratio"}, "days 30 within", expected="within 30 days"
+        {"type": "similarity", "threshold": 0.95, "method": "token_set_ratio"},
+        "days 30 within",
+        expected="within 30 days",
     )
     assert tokens.passed
 
@@ -88,9 +90,7 @@ async def test_is_json_and_json_schema_with_refs(tmp_path: Path) -> None:
         suite_dir=tmp_path,
     )
     assert not bad_item.passed and bad_item.reason.startswith("items/0/qty: 'two' is not of type 'integer'")
-    bad_ref = await run(
-        {"type": "json_schema", "schema": schema}, '{"items": [], "ship_to": {}}', suite_dir=tmp_path
-    )
+    bad_ref = await run({"type": "json_schema", "schema": schema}, '{"items": [], "ship_to": {}}', suite_dir=tmp_path)
     assert not bad_ref.passed and "'city' is a required property" in bad_ref.reason
     (tmp_path / "order.json").write_text(json.dumps(schema))
     by_file = await run({"type": "json_schema", "schema_file": "order.json"}, good, suite_dir=tmp_path)

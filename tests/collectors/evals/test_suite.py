@@ -117,7 +117,8 @@ def test_file_level_errors(tmp_path: Path) -> None:
     assert errors_of(tmp_path / "absent.yaml")[0].startswith("(file) cannot read")
     assert errors_of(write(tmp_path, "suite: [unclosed"))[0].startswith("(YAML) line 1")
     assert errors_of(write(tmp_path, "- a list"))[0].startswith("(top level)")
-    assert errors_of(write(tmp_path, "suite: s\n")) == ["(top level): give either cases (inline) or cases_file (JSONL), not both"]
+    only_one = "(top level): give either cases (inline) or cases_file (JSONL), not both"
+    assert errors_of(write(tmp_path, "suite: s\n")) == [only_one]
     (tmp_path / "bad.jsonl").write_text('{"id": "x"}\nnot json\n')
     errors = errors_of(write(tmp_path, "suite: s\ncases_file: bad.jsonl\n"))
     assert errors[0].startswith("cases_file line 1: ")
