@@ -13,14 +13,12 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from gateway.errors import Overloaded, error_body
+from gateway.errors import Overloaded, send_error
 
 if TYPE_CHECKING:
     from gateway.runtime import Gateway
 
 log = logging.getLogger(__name__)
-
-RETRY_AFTER_S = 1
 
 
 class Admission:
@@ -37,22 +35,11 @@ class Admission:
         limit = gw.generation.config.server.max_in_flight
         if guard.in_flight >= limit:
             guard.metrics.shed.inc()
-            await _shed(send, limit)
+            shed = Overloaded(f"the gateway is at its limit of {limit} requests in flight; retry shortly")
+            await send_error(send, shed, [(b"connection", b"close")])
             return
         guard.in_flight += 1
         try:
             await self.app(scope, receive, send)
         finally:
             guard.in_flight -= 1
-
-
-async def _shed(send: Any, limit: int) -> None:
-    body = error_body(Overloaded(f"the gateway is at its limit of {limit} requests in flight; retry shortly"))
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"retry-after", str(RETRY_AFTER_S).encode()),
-        (b"connection", b"close"),
-    ]
-    await send({"type": "http.response.start", "status": 503, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

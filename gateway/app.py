@@ -29,7 +29,7 @@ from collectors.sink import Sink
 from collectors.stored_metrics import StoredMetrics
 from gateway.admission import Admission
 from gateway.config import ConfigError, Loaded, load_config, redacted
-from gateway.errors import GatewayError, error_body, error_payload
+from gateway.errors import BadRequest, GatewayError, RouteError, error_response
 from gateway.feedback import feedback_endpoint
 from gateway.jobs_process import JobsProcess
 from gateway.openapi import openapi_endpoint
@@ -46,16 +46,12 @@ def _gateway(request: Request) -> Gateway:
     return request.state.gateway  # type: ignore[no-any-return]
 
 
-def _error(exc: GatewayError) -> Response:
-    return Response(error_body(exc), exc.status, media_type="application/json")
-
-
 async def models(request: Request) -> Response:
     gen = _gateway(request).generation
     try:
         gen.keys.client(request.headers.get("authorization", "").encode("latin-1") or None)
     except GatewayError as exc:
-        return _error(exc)
+        return error_response(exc)
     data = [{"id": name, "object": "model", "created": 0, "owned_by": "turnout"} for name in gen.config.routes]
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 
@@ -91,27 +87,26 @@ def _admin(request: Request) -> GatewayError | None:
 
 async def admin_config(request: Request) -> Response:
     if (denied := _admin(request)) is not None:
-        return _error(denied)
+        return error_response(denied)
     loaded = _gateway(request).generation.loaded
     return JSONResponse({"path": str(loaded.path), "sha256": loaded.sha256, "config": redacted(loaded.config)})
 
 
 async def admin_reload(request: Request) -> Response:
     if (denied := _admin(request)) is not None:
-        return _error(denied)
+        return error_response(denied)
     reloader: Reloader = request.state.reloader
     try:
         loaded = reloader.reload()
     except ConfigError as exc:
-        payload = error_payload(str(exc), "invalid_request_error", "invalid_config")
-        return JSONResponse(payload, status_code=400)
+        return error_response(BadRequest(str(exc), code="invalid_config"))
     return JSONResponse({"status": "applied", "sha256": loaded.sha256})
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
     status = getattr(exc, "status_code", 500)
     message = {404: f"no such path: {request.url.path}", 405: "method not allowed"}.get(status, "error")
-    return JSONResponse(error_payload(message, "invalid_request_error", None), status_code=status)
+    return error_response(RouteError(status, message))
 
 
 def create_app(

@@ -8,17 +8,30 @@
     ├── PayloadTooLarge     413 invalid_request_error
     ├── HeadersTooLarge     431 invalid_request_error
     ├── Overloaded          503 server_error (with Retry-After)
+    ├── RouteError          404/405 invalid_request_error (no such path, method not allowed)
     └── UpstreamFailure     502 upstream_error
         ├── UpstreamUnreachable 502 upstream_error (no connection: always safe to retry)
+        ├── StreamBroken    502 upstream_error (stream_broken: an upstream stream cut or invalid mid-way)
         └── UpstreamTimeout 504 upstream_error
 
-Usage: ``raise BadRequest("messages must be a list", param="messages")``; ``error_body(exc)`` renders the
-OpenAI body ``{"error": {"message", "type", "code", "param"}}``.
+Every error answer is built here, one way: ``error_response(exc)`` is the HTTP answer (the OpenAI body
+``{"error": {"message", "type", "code", "param"}}`` as JSON, and ``Retry-After: 1`` on every 503);
+``send_error(send, exc)`` sends it from a raw ASGI app; ``error_event(exc)`` is the same body as the terminal
+SSE event of a stream whose headers already went out.
+
+Usage: ``raise BadRequest("messages must be a list", param="messages")``; ``return error_response(exc)``;
+``await send_error(send, exc, [(b"connection", b"close")])``; ``await send(... error_event(exc) ...)``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import orjson
+from starlette.responses import Response
+
+RETRY_AFTER_S = 1  # what every 503 (shed, shutting down, capture unavailable) asks a client to wait
 
 
 class GatewayError(Exception):
@@ -75,6 +88,16 @@ class Overloaded(GatewayError):
     code = "overloaded"
 
 
+class RouteError(GatewayError):
+    """Starlette's own answers: no such path (404), method not allowed (405)."""
+
+    type = "invalid_request_error"
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class UpstreamFailure(GatewayError):
     status = 502
     type = "upstream_error"
@@ -83,6 +106,10 @@ class UpstreamFailure(GatewayError):
 
 class UpstreamUnreachable(UpstreamFailure):
     code = "upstream_unreachable"
+
+
+class StreamBroken(UpstreamFailure):
+    code = "stream_broken"
 
 
 class UpstreamTimeout(UpstreamFailure):
@@ -96,3 +123,24 @@ def error_payload(message: str, type_: str, code: str | None, param: str | None 
 
 def error_body(exc: GatewayError) -> bytes:
     return orjson.dumps(error_payload(exc.message, exc.type, exc.code, exc.param))
+
+
+def error_response(exc: GatewayError, headers: Iterable[tuple[bytes, bytes]] = ()) -> Response:
+    """The HTTP answer to ``exc`` (with ``headers`` added); a 503 always says ``Retry-After``."""
+    response = Response(error_body(exc), exc.status, media_type="application/json")
+    if exc.status == 503:
+        response.raw_headers.append((b"retry-after", str(RETRY_AFTER_S).encode()))
+    response.raw_headers.extend(headers)
+    return response
+
+
+async def send_error(send: Any, exc: GatewayError, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+    """Send ``error_response(exc, headers)`` through a raw ASGI ``send``."""
+    response = error_response(exc, headers)
+    await send({"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers})
+    await send({"type": "http.response.body", "body": response.body})
+
+
+def error_event(exc: GatewayError) -> bytes:
+    """``exc`` as the last SSE event of a stream that is already committed (status 200 went out)."""
+    return b"data: " + error_body(exc) + b"\n\n"

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from collectors.capture import CaptureUnavailable
-from gateway.errors import BadRequest, GatewayError, Overloaded, PayloadTooLarge, error_body
+from gateway.errors import BadRequest, GatewayError, Overloaded, PayloadTooLarge, error_response
 from gateway.runtime import Gateway
 
 MAX_BODY = 1 << 20
@@ -106,6 +106,5 @@ async def feedback_endpoint(request: Request) -> Response:
         except CaptureUnavailable as exc:
             raise Overloaded(f"feedback not accepted: {exc}", code="capture_unavailable") from None
     except GatewayError as exc:
-        headers = {"retry-after": "1"} if exc.status == 503 else None
-        return Response(error_body(exc), exc.status, headers=headers, media_type="application/json")
+        return error_response(exc)
     return JSONResponse({"id": feedback_id, "object": "feedback", "status": "accepted"}, status_code=202)

@@ -16,7 +16,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from gateway.errors import BadRequest, HeadersTooLarge, error_body
+from gateway.errors import BadRequest, HeadersTooLarge, error_response
 
 MAX_DEPTH = 64
 MAX_ITEMS = 100_000
@@ -88,13 +88,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head, self._head_bytes, self._tail = True, 0, b""
 
     def _refuse_head(self) -> None:
-        body = error_body(HeadersTooLarge(f"the request line and headers are larger than {MAX_HEADER_BYTES} bytes"))
-        head = (
-            b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-            b"content-type: application/json\r\n"
-            b"content-length: " + str(len(body)).encode() + b"\r\n"
-            b"connection: close\r\n\r\n"
-        )
+        refused = HeadersTooLarge(f"the request line and headers are larger than {MAX_HEADER_BYTES} bytes")
+        response = error_response(refused, [(b"connection", b"close")])
+        fields = b"".join(name + b": " + value + b"\r\n" for name, value in response.raw_headers)
         self._refused = True
-        self.transport.write(head + body)
+        self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\n" + fields + b"\r\n" + response.body)
         self.transport.close()

@@ -27,10 +27,11 @@ from gateway.errors import (
     Overloaded,
     PayloadTooLarge,
     RequestTimeout,
+    StreamBroken,
     UpstreamFailure,
     UpstreamTimeout,
-    error_body,
-    error_payload,
+    error_event,
+    send_error,
 )
 from gateway.generation import Generation
 from gateway.limits import check_shape
@@ -115,11 +116,6 @@ async def _send_whole(send: Any, status: int, body: bytes, headers: list[tuple[b
         }
     )
     await send({"type": "http.response.body", "body": body})
-
-
-async def send_error(send: Any, exc: GatewayError, headers: list[tuple[bytes, bytes]] = ()) -> None:  # type: ignore[assignment]
-    extra = [(b"retry-after", b"1")] if exc.status == 503 else []
-    await _send_whole(send, exc.status, error_body(exc), [*JSON_HEADERS, *extra, *headers])
 
 
 async def _cancel_on_disconnect(receive: Any, call: Call, task: asyncio.Task[Any]) -> None:
@@ -276,8 +272,7 @@ class Call:
         if self.committed:
             self.status = 200
             self._finish()
-            event = orjson.dumps(error_payload(exc.message, exc.type, exc.code))
-            await self.send({"type": "http.response.body", "body": b"data: " + event + b"\n\n", "more_body": False})
+            await self.send({"type": "http.response.body", "body": error_event(exc), "more_body": False})
             return
         self._finish()
         await send_error(self.send, exc, self.headers)
@@ -370,8 +365,7 @@ class Call:
             self.outcome, self.error = "upstream_error", failure
             self.gw.metrics.upstream_errors.labels(self.upstream, "protocol").inc()
             self._finish()
-            event = orjson.dumps(error_payload(failure, "upstream_error", "stream_broken"))
-            await send({"type": "http.response.body", "body": b"data: " + event + b"\n\n", "more_body": False})
+            await send({"type": "http.response.body", "body": error_event(StreamBroken(failure)), "more_body": False})
             return
         self._finish()
         await send({"type": "http.response.body", "body": out, "more_body": False})
