@@ -1,9 +1,12 @@
-"""Outlier ejection: an upstream that fails again and again is cooled down, never the last healthy one of a route.
+"""Outlier ejection: an upstream that fails again and again is skipped by the routes that have somewhere else to go.
 
-After ``threshold`` consecutive failures (connect errors, resets, timeouts, 5xx) an upstream is skipped by
-new requests for a cool-down that doubles with each ejection (jittered ±25 %, capped) and shrinks back with
-successes. An upstream is not ejected when some route using it (as a variant or a fallback) would be left
-with no healthy upstream. The gauge ``turnout_upstream_ejected{upstream}`` is 1 while it cools down.
+After ``threshold`` consecutive failures (connect errors, resets, timeouts, 5xx) an upstream is ejected for a
+cool-down that doubles with each ejection (jittered ±25 %, capped) and shrinks back with successes. While it
+cools down, a route skips it when the route has another upstream that is not ejected; a route left with only
+ejected upstreams (one whose only upstream it is, say) still tries them, in order: ejection never leaves a
+route with nothing to try. An upstream is ejected only if some route using it (as a variant or a fallback)
+would skip it. A success (from a route that still tries it) ends the ejection at once. The gauge
+``turnout_upstream_ejected{upstream}`` is 1 while it is ejected.
 
 Usage::
 
@@ -72,13 +75,16 @@ class Ejector:
         if state is not None:
             state.failures = 0
             state.ejections = max(0, state.ejections - 1)
+            if self.ejected(upstream):  # it answers again: the routes that skip it may use it now
+                state.until = 0.0
+                self._expire(upstream)
 
     def failure(self, upstream: str, config: Config) -> None:
         state = self.health.setdefault(upstream, _Health())
         state.failures += 1
         if state.failures < self.threshold or self.ejected(upstream):
             return
-        if self._last_healthy(upstream, config):
+        if not self._skippable(upstream, config):
             return
         state.failures = 0
         state.ejections += 1
@@ -91,14 +97,17 @@ class Ejector:
         log.warning("upstream %s ejected for %.1fs after %d failures in a row", upstream, cool, self.threshold)
 
     def _expire(self, upstream: str) -> None:
-        self.health[upstream].timer = None
+        state = self.health[upstream]
+        if state.timer is not None:
+            state.timer.cancel()
+            state.timer = None
         self.gauge.labels(upstream).set(0)
 
-    def _last_healthy(self, upstream: str, config: Config) -> bool:
-        """Whether some route using ``upstream`` has no other upstream that is not ejected."""
+    def _skippable(self, upstream: str, config: Config) -> bool:
+        """Whether some route using ``upstream`` has another upstream that is not ejected (it would skip it)."""
         for route in config.routes.values():
             members = {*route.variants, *route.fallbacks}
-            if upstream in members and all(self.ejected(other) for other in members - {upstream}):
+            if upstream in members and any(not self.ejected(other) for other in members - {upstream}):
                 return True
         return False
 

@@ -177,3 +177,28 @@ async def test_a_route_without_fallback_still_gets_a_fast_502_when_the_budget_is
     assert len(cut) >= 12 and refused >= len(cut)
     assert max(cut) < 2 * baseline  # no back-off, no waiting for a slot: the 502 follows the first failure
     print(f"\nno fallback: {len(cut)} of 20 cut by the budget, slowest {max(cut):.3f}s (one attempt {baseline:.3f}s)")
+
+
+def test_a_failing_upstream_is_skipped_where_a_fallback_is_healthy_and_still_tried_where_it_is_alone(
+    tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.set("down-model", Behavior(statuses=[503] * 1000))
+    with served(write_config(tmp_path, config_text(fake_openai.url, retries=0))) as gw:
+        seen = tap(gw)
+
+        def chat(route: str) -> tuple[int, list[tuple[str, str]]]:
+            body = {"model": route, "messages": MESSAGES}
+            status = httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=10).status_code
+            return status, [(a["upstream"], a["outcome"]) for a in seen[-1].extra["attempts"]]
+
+        for _ in range(5):
+            assert chat("fb") == (200, [("down", "server_error"), ("backup", "ok")])
+        # ejected although it is allbad's only upstream: fb has a healthy fallback to go to
+        assert gw.metric("turnout_upstream_ejected", upstream="down") == 1
+        assert chat("fb") == (200, [("backup", "ok")])
+        assert chat("allbad") == (502, [("down", "server_error")])  # its last upstream: still tried
+        assert chat("fb") == (200, [("backup", "ok")])
+        fake_openai.set("down-model", Behavior())  # it recovers: allbad's success ends the ejection at once
+        assert chat("allbad") == (200, [("down", "ok")])
+        assert gw.metric("turnout_upstream_ejected", upstream="down") == 0
+        assert chat("fb") == (200, [("down", "ok")])
