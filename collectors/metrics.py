@@ -98,6 +98,13 @@ class Metrics:
             registry=registry,
             multiprocess_mode="mostrecent",
         )
+        self.model_deprecated = Gauge(
+            p + "upstream_deprecated_timestamp_seconds",
+            "When the upstream's model is retired by its provider (upstreams.X.deprecated_at)",
+            ["upstream"],
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
         self.eval_score = Gauge(
             p + "eval_score",
             "Latest eval suite score",
@@ -175,9 +182,16 @@ class Metrics:
         routes: Mapping[str, tuple[str, Mapping[str, float]]],
         trained_at: Mapping[str, float],
         thresholds: Mapping[str, Mapping[str, float]],
+        deprecated_at: Mapping[str, float],
     ) -> None:
         """Export one config generation: ``routes`` maps route -> (experiment, {variant: weight})."""
-        for gauge in (self.config_info, self.experiment_weight, self.model_trained, self.threshold):
+        for gauge in (
+            self.config_info,
+            self.experiment_weight,
+            self.model_trained,
+            self.threshold,
+            self.model_deprecated,
+        ):
             gauge.clear()
         self.config_info.labels(sha256).set(1)
         for route, (experiment, weights) in routes.items():
@@ -190,6 +204,8 @@ class Metrics:
                 self.feedback_score.labels(route, variant)
         for upstream, ts in trained_at.items():
             self.model_trained.labels(upstream).set(ts)
+        for upstream, ts in deprecated_at.items():
+            self.model_deprecated.labels(upstream).set(ts)
         for route, signals in thresholds.items():
             for signal, value in signals.items():
                 self.threshold.labels(route, signal).set(value)

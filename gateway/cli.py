@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from gateway import eval_cli
+from gateway import drift_cli, eval_cli
 from gateway.config import ConfigError, duration_seconds, load_config
 
 
@@ -161,6 +161,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="output file (default: standard output)")
     p.set_defaults(run=export)
     eval_cli.add_parser(sub)
+    drift_cli.add_parser(sub)
     return top
 
 

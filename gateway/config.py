@@ -92,6 +92,7 @@ class Upstream(_Model):
     dataset: str | None = None
     answers: dict[str, str] = {}  # dummy only: the right answer to these prompts (others are echoed)
     wrong_share: Share = 0.0  # dummy only: this share of prompts (the same ones on every upstream) answered wrong
+    deprecated_at: Date | None = None  # the provider's announced retirement: TurnoutModelDeprecated 30 days ahead
 
     @model_validator(mode="after")
     def _needs_base_url(self) -> Upstream:
@@ -130,6 +131,32 @@ class Retraining(_Model):
     min_ratings: int = Field(20, ge=0)
 
 
+class Drift(_Model):
+    """Input and output drift checks of a route (``reference: window:30d`` or ``dataset``)."""
+
+    reference: str = "window:30d"
+    every: Duration = 3600.0
+    max_psi: float = Field(0.2, gt=0)
+
+    @field_validator("reference")
+    @classmethod
+    def _reference(cls, value: str) -> str:
+        if value != "dataset" and not (value.startswith("window:") and _DURATION.match(value[7:])):
+            raise ValueError(f"expected window:<duration> (e.g. window:30d) or dataset, got {value!r}")
+        return value
+
+    @field_validator("every")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be longer than 0s")
+        return value
+
+    def window_s(self) -> float | None:
+        """The reference window's span, None for ``reference: dataset``."""
+        return None if self.reference == "dataset" else _duration(self.reference[7:])
+
+
 class Route(_Model):
     variants: dict[str, Annotated[float, Field(ge=0)]]
     experiment: str | None = None
@@ -140,6 +167,7 @@ class Route(_Model):
     capture: Capture = Capture()
     store_retention: Duration | None = None
     retraining: Retraining | None = None
+    drift: Drift | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Route:
@@ -244,6 +272,15 @@ def _cross_errors(config: Config) -> list[str]:
         for i, shadow in enumerate(route.shadows):
             if shadow.upstream not in config.upstreams:
                 errors.append(f"routes.{name}.shadows.{i}.upstream: unknown upstream {shadow.upstream!r}")
+        if route.drift is not None and route.drift.reference == "dataset":
+            missing = [
+                v for v, w in route.variants.items() if w > 0 and not getattr(config.upstreams.get(v), "dataset", None)
+            ]
+            if missing:
+                errors.append(
+                    f"routes.{name}.drift.reference: dataset needs the dataset version of every serving variant "
+                    f"(upstreams.{missing[0]}.dataset is not set)"
+                )
     return errors
 
 

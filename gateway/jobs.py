@@ -18,18 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-
-from cronsim import CronSim, CronSimError
 
 from collectors import job_state
 from collectors.store.base import Store, StoreUnavailable
-from gateway.config import Config, Loaded, duration_seconds
+from gateway.config import Config, Loaded
+from gateway.drift import drift_jobs
+from gateway.schedule import Job, JobContext, Schedule
+
+__all__ = ["Job", "JobContext", "Schedule", "jobs_for", "run_jobs"]  # Job & co. live in gateway/schedule.py
 
 log = logging.getLogger(__name__)
 
@@ -37,62 +37,10 @@ LEASE_S = 30.0  # a holder that stops renewing (killed) loses its job this long 
 POLL_S = 1.0
 
 
-@dataclass(frozen=True)
-class Schedule:
-    """``every`` seconds after the last start, or the ticks of a five-field cron line (UTC)."""
-
-    every_s: float | None = None
-    cron: str | None = None
-
-    @classmethod
-    def parse(cls, text: str | float) -> Schedule:
-        """``Schedule.parse("6h")`` or ``Schedule.parse("0 */6 * * *")``; ValueError with the reason."""
-        if isinstance(text, int | float) or " " not in str(text).strip():
-            seconds = duration_seconds(str(text)) if not isinstance(text, int | float) else float(text)
-            if seconds <= 0:
-                raise ValueError("a schedule must be longer than 0s")
-            return cls(every_s=seconds)
-        try:
-            CronSim(str(text), dt.datetime.now(dt.UTC))
-        except CronSimError as exc:
-            raise ValueError(f"invalid cron line {text!r}: {exc}") from None
-        return cls(cron=str(text))
-
-    def next_after(self, t: float) -> float:
-        """The first tick strictly after ``t`` (unix seconds)."""
-        if self.every_s is not None:
-            return t + self.every_s
-        assert self.cron is not None
-        start = dt.datetime.fromtimestamp(t, dt.UTC).replace(microsecond=0)
-        return next(CronSim(self.cron, start)).timestamp()
-
-    def due(self, last_started: float | None, now: float) -> bool:
-        return last_started is None or self.next_after(last_started) <= now
-
-
-@dataclass(frozen=True)
-class JobContext:
-    """What a running job gets: the config generation it was started with, and the open store."""
-
-    config: Config
-    config_path: Path
-    store: Store
-    clock: Callable[[], float] = time.time
-
-    def now(self) -> float:
-        return self.clock()
-
-
-@dataclass(frozen=True)
-class Job:
-    name: str  # e.g. "eval:support-golden", "dataset:support", "rollout:support-bot"
-    schedule: Schedule
-    run: Callable[[JobContext], Awaitable[None]] = field(compare=False)
-
-
 def jobs_for(config: Config) -> list[Job]:
     """Every job the config asks for; each feature of the retraining loop adds its own here."""
     found: list[Job] = []
+    found += drift_jobs(config)
     return found
 
 

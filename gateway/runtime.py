@@ -80,19 +80,25 @@ def capture_policy(config: Config, secrets: list[str]) -> CapturePolicy:
     )
 
 
-def _exported(config: Config) -> tuple[dict[str, Any], dict[str, float], dict[str, dict[str, float]]]:
+def _exported(
+    config: Config,
+) -> tuple[dict[str, Any], dict[str, float], dict[str, dict[str, float]], dict[str, float]]:
     routes = {name: (config.experiment(name), dict(route.variants)) for name, route in config.routes.items()}
     trained = {name: up.trained_at.timestamp() for name, up in config.upstreams.items() if up.trained_at}
     thresholds: dict[str, dict[str, float]] = {}
     for name, route in config.routes.items():
         rt = route.retraining
-        if rt is None:
-            continue
-        signals = {
-            "max_model_age_seconds": rt.max_model_age,
-            "min_feedback_score": rt.min_feedback_score,
-            "min_eval_score": rt.min_eval_score,
-            "min_ratings": float(rt.min_ratings),
-        }
-        thresholds[name] = {k: v for k, v in signals.items() if v is not None}
-    return routes, trained, thresholds
+        signals: dict[str, float | None] = {}
+        if rt is not None:
+            signals = {
+                "max_model_age_seconds": rt.max_model_age,
+                "min_feedback_score": rt.min_feedback_score,
+                "min_eval_score": rt.min_eval_score,
+                "min_ratings": float(rt.min_ratings),
+            }
+        if route.drift is not None:
+            signals["max_psi"] = route.drift.max_psi
+        if signals:
+            thresholds[name] = {k: v for k, v in signals.items() if v is not None}
+    deprecated = {name: up.deprecated_at.timestamp() for name, up in config.upstreams.items() if up.deprecated_at}
+    return routes, trained, thresholds, deprecated

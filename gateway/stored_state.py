@@ -24,6 +24,7 @@ from collectors.store import open_store
 from collectors.store.base import Store, StoreUnavailable
 from collectors.stored_metrics import Snapshot, StoredMetrics
 from gateway.config import Config
+from gateway.drift import read_drift
 from gateway.jobs import jobs_for
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ async def read_jobs(ctx: ReadContext) -> None:
             )
 
 
-READERS: list[Callable[[ReadContext], Awaitable[None]]] = [read_jobs]
+READERS: list[Callable[[ReadContext], Awaitable[None]]] = [read_jobs, read_drift]
 
 
 def wanted(config: Config) -> bool:

@@ -2,13 +2,18 @@
 month 6 asks longer ones about subscriptions and plans (a different vocabulary and length), with answers.
 
 Usage: ``month1(random.Random(1), 200)`` -> list of ``{"request", "response", "usage"}`` dicts;
-``month6(...)`` the same shape; ``mixed(rng, n, share)`` draws month 6 with probability ``share``.
+``month6(...)`` the same shape; ``mixed(rng, n, share)`` draws month 6 with probability ``share``;
+``stored_rows(records, route=..., upstream=..., start=..., end=..., rng=...)`` -> store rows.
 """
 
 from __future__ import annotations
 
 import random
 from typing import Any
+
+import orjson
+
+from collectors.store.base import InteractionRow
 
 _COMMON = ["order", "account", "help", "support", "email", "today", "question", "website", "team", "number"]
 _MONTH1 = ["refund", "return", "shipping", "delivery", "package", "damaged", "tracking", "parcel", "courier",
@@ -60,3 +65,20 @@ def month6(rng: random.Random, n: int) -> list[dict[str, Any]]:
 def mixed(rng: random.Random, n: int, share: float) -> list[dict[str, Any]]:
     """Month-1 traffic where each interaction is a month-6 one with probability ``share``."""
     return [month6(rng, 1)[0] if rng.random() < share else month1(rng, 1)[0] for _ in range(n)]
+
+
+def stored_rows(
+    records: list[dict[str, Any]], *, route: str, upstream: str, start: float, end: float, rng: random.Random
+) -> list[InteractionRow]:
+    """Store rows of ``records`` (primaries of ``route`` answered by ``upstream``) at times spread over
+    [start, end), as the capture loader writes them."""
+    rows = []
+    for i, r in enumerate(records):
+        ts = start + (end - start) * i / max(len(records), 1)
+        request_id = f"{rng.getrandbits(128):032x}"
+        record = {"request_id": request_id, "ts": ts, "route": route, "variant": upstream, "role": "primary",
+                  "upstream": upstream, **r}  # fmt: skip
+        text = orjson.dumps(record).decode()
+        row = (request_id, ts, route, route, upstream, "primary", None, upstream, "chat.completions", 200, "ok")
+        rows.append(InteractionRow(*row, 10.0, None, False, None, text))
+    return rows

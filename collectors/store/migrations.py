@@ -130,6 +130,37 @@ _EVALS = [
     )""",
 ]
 
+# drift checks: descriptors cached per described interaction, each check's result, the upstreams' reported
+# models, and how far the model scan has read
+_DRIFT = [
+    """CREATE TABLE drift_descriptors (
+        request_id TEXT PRIMARY KEY,
+        route TEXT NOT NULL,
+        ts {real} NOT NULL,
+        descriptor TEXT NOT NULL
+    )""",
+    "CREATE INDEX drift_descriptors_route_ts ON drift_descriptors (route, ts)",
+    """CREATE TABLE drift_checks (
+        route TEXT NOT NULL,
+        checked_at {real} NOT NULL,
+        window_start {real} NOT NULL,
+        window_end {real} NOT NULL,
+        reference TEXT NOT NULL,
+        published INTEGER NOT NULL,
+        result TEXT NOT NULL,
+        PRIMARY KEY (route, checked_at)
+    )""",
+    """CREATE TABLE upstream_models (
+        upstream TEXT NOT NULL,
+        model TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        first_seen {real} NOT NULL,
+        last_seen {real} NOT NULL,
+        PRIMARY KEY (upstream, model, fingerprint)
+    )""",
+    "CREATE TABLE scan_positions (name TEXT PRIMARY KEY, position {real} NOT NULL)",
+]
+
 MIGRATIONS: list[tuple[int, str, dict[str, list[str]]]] = [
     (1, "interactions and feedback", {"sqlite": _SQLITE_V1, "postgres": _POSTGRES_V1}),
     (2, "job state and leases", {"sqlite": [_JOBS.format(real="REAL")], "postgres": [_JOBS.format(real="FLOAT8")]}),
@@ -137,6 +168,11 @@ MIGRATIONS: list[tuple[int, str, dict[str, list[str]]]] = [
         3,
         "eval runs and results",
         {"sqlite": [q.format(real="REAL") for q in _EVALS], "postgres": [q.format(real="FLOAT8") for q in _EVALS]},
+    ),
+    (
+        4,
+        "drift checks and upstream models",
+        {"sqlite": [t.format(real="REAL") for t in _DRIFT], "postgres": [t.format(real="FLOAT8") for t in _DRIFT]},
     ),
 ]
 

@@ -1,0 +1,111 @@
+"""``turnout drift check|report ROUTE -c FILE [--json F]`` and ``turnout drift models -c FILE``.
+
+``check`` runs a route's drift check now (what the ``drift:ROUTE`` job does on its schedule) and prints its
+report; ``report`` prints the route's latest stored check; ``models`` reads the answers stored since the last
+scan and prints the model and fingerprint each upstream answers with. Errors go to stderr, exit 1 (2 for a
+config file that does not validate).
+
+Usage: ``add_parser(subparsers)`` from ``gateway.cli.parser``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from collectors.drift import models
+from collectors.drift.store import Check, checks
+from collectors.store import UnknownStore, open_store
+from collectors.store.base import Store, StoreUnavailable
+from gateway.config import ConfigError, Loaded, load_config
+from gateway.drift import DriftError, check_route
+from gateway.drift_report import render
+
+T = TypeVar("T")
+
+
+def _with_store(loaded: Loaded, work: Callable[[Store], Awaitable[T]]) -> T:
+    async def run() -> T:
+        store = open_store(loaded.secrets.store_dsn)
+        try:
+            await store.open()
+            return await work(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def _route_check(args: argparse.Namespace, loaded: Loaded) -> Check | None:
+    config = loaded.config
+    if args.action == "check":
+        return _with_store(loaded, lambda s: check_route(s, config, loaded.path, args.route, time.time()))
+    found = _with_store(loaded, lambda s: checks(s, args.route))
+    return found[0] if found else None
+
+
+def _models(loaded: Loaded) -> list[models.UpstreamModel]:
+    async def work(store: Store) -> list[models.UpstreamModel]:
+        await models.scan(store, time.time())
+        return await models.current_models(store)
+
+    return _with_store(loaded, work)
+
+
+def drift(args: argparse.Namespace) -> int:
+    try:
+        loaded = load_config(args.config, store_only=True)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(f"{exc.path}: {line}", file=sys.stderr)
+        return 2
+    if args.action != "models":
+        route = loaded.config.routes.get(args.route)
+        if route is None or route.drift is None:
+            what = "no such route" if route is None else "no drift block"
+            print(f"turnout drift: routes.{args.route}: {what} in {args.config}", file=sys.stderr)
+            return 1
+    try:
+        if args.action == "models":
+            for m in _models(loaded):
+                since = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(m.since))
+                print(f"{m.upstream}: {m.model} fingerprint {m.fingerprint or '-'} since {since} ({m.changes} changes)")
+            return 0
+        check = _route_check(args, loaded)
+    except (UnknownStore, StoreUnavailable, DriftError, OSError) as exc:
+        print(f"turnout drift: {exc}", file=sys.stderr)
+        return 1
+    if check is None:
+        print(f"turnout drift: no check of route {args.route} stored yet; run `turnout drift check`", file=sys.stderr)
+        return 1
+    if args.json:
+        doc: dict[str, Any] = {
+            "route": check.route, "checked_at": check.checked_at, "window_start": check.window_start,
+            "window_end": check.window_end, "reference": check.reference, "published": check.published,
+            **check.data(),
+        }  # fmt: skip
+        Path(args.json).write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+    sys.stdout.write(render(check))
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("drift", help="input and output drift of a route; the models the upstreams report")
+    actions = p.add_subparsers(dest="action", required=True)
+    for action, text in (("check", "run a route's drift check now and print it"),
+                         ("report", "print a route's latest stored drift check")):  # fmt: skip
+        a = actions.add_parser(action, help=text)
+        a.add_argument("route", help="route name")
+        a.add_argument("-c", "--config", default="turnout.yaml", help="config file naming the store")
+        a.add_argument("--json", help="also write the check as JSON to this file")
+        a.set_defaults(run=drift)
+    a = actions.add_parser("models", help="the model and fingerprint each upstream answers with")
+    a.add_argument("-c", "--config", default="turnout.yaml", help="config file naming the store")
+    a.set_defaults(run=drift)
