@@ -6,17 +6,20 @@ Usage (in the app lifespan)::
     capture = Capture("sqlite:///turnout.db", state_dir, metrics=metrics)
     await capture.start()
     capture.configure(CapturePolicy(redact={"support-bot": frozenset({"email"})}, secrets=(...,)))
-    capture.record(interaction)            # synchronous, never raises: a failure is counted and logged
+    pending = capture.record(interaction)  # never raises: a failure is counted and logged
+    if pending is not None: await asyncio.shield(pending)  # a large record is encoded off the event loop
     feedback_id = capture.feedback({...})  # raises CaptureUnavailable when it could not be made durable
     await capture.close(timeout=10)
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,9 @@ from collectors.store.loader_process import LoaderProcess
 log = logging.getLogger(__name__)
 
 MAX_LINE = 24 << 20  # a record larger than this keeps its metadata and loses its bodies (marked)
+# a record larger than this is redacted and encoded in a worker thread: the event loop keeps serving (the
+# regex engine holds the GIL for one search at a time, and every pattern is linear, so it yields often)
+OFFLOAD_BYTES = 128 << 10
 RETENTION_INTERVAL_S = 600.0
 
 
@@ -48,29 +54,42 @@ class CapturePolicy:
     route_retention: Mapping[str, float] = field(default_factory=dict)
 
 
-def _bodies_too_large(payload: dict[str, Any], size: int) -> bytes:
+def _bodies_too_large(payload: dict[str, Any], size: int) -> dict[str, Any]:
     for key in ("request", "response", "correction"):
         if key in payload:
             payload[key] = {"turnout_removed": f"record was {size} bytes, over the {MAX_LINE} byte limit"}
-    payload.setdefault("sanitized", []).append("record: bodies removed (too large)")
-    return orjson.dumps(payload, default=str)
+    payload["sanitized"] = [*payload.get("sanitized", ()), "record: bodies removed (too large)"]
+    return payload
+
+
+def _dumps(value: Any) -> bytes | None:
+    try:
+        return orjson.dumps(value, default=str)
+    except (TypeError, orjson.JSONEncodeError):  # lone surrogates, huge integers, nesting past 255
+        return None
 
 
 def encode(payload: dict[str, Any], redactor: Redactor) -> bytes:
-    """One journal line: redacted, sanitised JSON of ``payload`` ending in a newline."""
-    redacted = redactor.optional(payload)
-    try:
-        line = orjson.dumps(redacted, default=str)
-    except (TypeError, orjson.JSONEncodeError):  # lone surrogates, huge integers, nesting past 255
-        line = None
+    """One journal line: sanitised, redacted JSON of ``payload`` ending in a newline.
+
+    Sanitising comes first, so no pattern ever scans more than ``MAX_LINE`` bytes of a record."""
+    return _encode(payload, _dumps(payload), redactor)
+
+
+def _encode(payload: dict[str, Any], line: bytes | None, redactor: Redactor) -> bytes:
+    value = payload
     # the common case: serialised as it is, nothing to sanitise (no NUL, no string over the limit)
     if line is None or len(line) > MAX_STRING or b"\\u0000" in line:
-        clean, notes = sanitize(redacted)
+        value, notes = sanitize(value)
         if notes:
-            clean = {**clean, "sanitized": notes}
-        line = orjson.dumps(clean, default=str)
+            value = {**value, "sanitized": notes}
+        line = orjson.dumps(value, default=str)
         if len(line) > MAX_LINE:
-            line = _bodies_too_large(dict(clean), len(line))
+            value = _bodies_too_large(dict(value), len(line))
+            line = orjson.dumps(value, default=str)
+    redacted = redactor.optional(value)
+    if redacted is not value:
+        line = orjson.dumps(redacted, default=str)
     return redactor.line(line) + b"\n"
 
 
@@ -123,6 +142,8 @@ class Capture:
         self._redactors: dict[str, Redactor] = {}
         self._default = Redactor()
         self._feedback_redactor = Redactor()
+        self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="turnout-redact")
+        self._pending: set[asyncio.Task[None]] = set()
 
     def configure(self, policy: CapturePolicy) -> None:
         """Take a new policy (each config generation); applies to what is captured from now on."""
@@ -152,21 +173,42 @@ class Capture:
         self.journal.append(line)
         self.metrics.capture_queue_depth.set(self.journal.pending_lines)
 
-    def record(self, it: Interaction) -> None:
-        """Make ``it`` durable in the journal; on failure count the drop and log its id (never raises)."""
+    def record(self, it: Interaction) -> Awaitable[None] | None:
+        """Make ``it`` durable in the journal; on failure count the drop and log its id (never raises).
+
+        A large record is encoded in a worker thread: the returned awaitable is done once it is journaled
+        (``asyncio.shield`` it: cancelling the waiter must not cancel the write)."""
+        payload = interaction_payload(it)
+        redactor = self._redactors.get(it.route, self._default)
+        line = _dumps(payload)
+        if line is not None and len(line) <= OFFLOAD_BYTES:
+            self._journal(lambda: _encode(payload, line, redactor), it.request_id)
+            return None
+        task = asyncio.get_running_loop().create_task(self._offload(payload, redactor, it.request_id))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        return task
+
+    async def _offload(self, payload: dict[str, Any], redactor: Redactor, request_id: str) -> None:
         try:
-            line = encode(interaction_payload(it), self._redactors.get(it.route, self._default))
-            self._append(line)
+            line = await asyncio.get_running_loop().run_in_executor(self._encoder, encode, payload, redactor)
+        except Exception:
+            self.metrics.capture_dropped.labels("journal_error").inc()
+            log.exception("encoding failed: dropped interaction %s", request_id)
+            return
+        self._journal(lambda: line, request_id)
+
+    def _journal(self, line: Callable[[], bytes], request_id: str) -> None:
+        try:
+            self._append(line())
         except SpoolFull:
             self.metrics.capture_dropped.labels("spool_full").inc()
             log.error(
-                "capture spool full (%d bytes pending): dropped interaction %s",
-                self.journal.pending_bytes,
-                it.request_id,
+                "capture spool full (%d bytes pending): dropped interaction %s", self.journal.pending_bytes, request_id
             )
         except Exception:
             self.metrics.capture_dropped.labels("journal_error").inc()
-            log.exception("journal append failed: dropped interaction %s", it.request_id)
+            log.exception("journal append failed: dropped interaction %s", request_id)
 
     def feedback(self, fields: Mapping[str, Any]) -> str:
         """Journal one feedback object (already validated); returns its id once durable."""
@@ -186,5 +228,8 @@ class Capture:
 
     async def close(self, drain_s: float = 10.0) -> None:
         """Drain to the store for up to ``drain_s``; what is left stays in the journal for the next start."""
+        if self._pending:
+            await asyncio.wait(set(self._pending), timeout=drain_s)
+        self._encoder.shutdown(wait=False, cancel_futures=True)
         await self.loader.close(drain_s)
         self.journal.close(remove=self.journal.pending_bytes == 0)

@@ -24,37 +24,46 @@ from typing import Any
 
 KINDS = ("email", "phone")
 
-_VALUE = rb"""\\?["']?\s*[:=]\s*\\?["']?(?P<v>[^\s"',;\\]{6,})"""
+# Every pattern runs in linear time: a match may only start where the token it belongs to starts (a
+# lookbehind), and every run of a character class is possessive (``++``, ``{n,}+``) or bounded, so a failed
+# attempt never re-scans what it consumed. The PEM body may not contain "-----", so it stops at the next
+# marker. Adversarial input of 1 MB takes milliseconds per pattern (tests/collectors/test_redos.py).
+_VALUE = rb"""\\?["']?\s*+[:=]\s*+\\?["']?(?P<v>[^\s"',;\\]{6,}+)"""
 # searched in the original bytes; the whole match is the secret
 _CASED = [
     re.compile(p)
     for p in (
-        rb"sk-[A-Za-z0-9_-]{16,}",
-        rb"AKIA[0-9A-Z]{16}",
-        rb"ASIA[0-9A-Z]{16}",
-        rb"gh[pousr]_[A-Za-z0-9]{30,}",
-        rb"github_pat_[A-Za-z0-9_]{30,}",
-        rb"xox[abprs]-[A-Za-z0-9-]{10,}",
-        rb"AIza[0-9A-Za-z_-]{35}",
-        rb"glpat-[A-Za-z0-9_-]{20,}",
-        rb"eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}",
-        rb"-----BEGIN[A-Z ]*PRIVATE KEY-----[^\"]*?-----END[A-Z ]*PRIVATE KEY-----",
+        rb"sk-(?<![A-Za-z0-9_-]sk-)[A-Za-z0-9_-]{16,}+",
+        rb"AKIA(?<![A-Za-z0-9_]AKIA)[0-9A-Z]{16}",
+        rb"ASIA(?<![A-Za-z0-9_]ASIA)[0-9A-Z]{16}",
+        rb"gh[pousr]_(?<![A-Za-z0-9_]gh._)[A-Za-z0-9]{30,}+",
+        rb"github_pat_(?<![A-Za-z0-9_]github_pat_)[A-Za-z0-9_]{30,}+",
+        rb"xox[abprs]-(?<![A-Za-z0-9_]xox.-)[A-Za-z0-9-]{10,}+",
+        rb"AIza(?<![A-Za-z0-9_]AIza)[0-9A-Za-z_-]{35}",
+        rb"glpat-(?<![A-Za-z0-9_]glpat-)[A-Za-z0-9_-]{20,}+",
+        rb"eyJ(?<![A-Za-z0-9_-]eyJ)[A-Za-z0-9_-]{10,}+\.eyJ[A-Za-z0-9_-]{10,}+\.[A-Za-z0-9_-]{10,}+",
+        rb"-----BEGIN[A-Z ]{0,40}PRIVATE KEY-----(?:[^\"-]++|-(?!----))*+-----END[A-Z ]{0,40}PRIVATE KEY-----",
     )
 ]
-# searched in the lower-cased bytes (same length); group "v" is the secret, the rest stays
+# searched in the lower-cased bytes (same length); group "v" is the secret, the rest stays. A keyword may
+# follow "_" (DB_PASSWORD=, MY_APP_SECRET=) but not a letter or digit.
 _UNCASED = [
     re.compile(p)
     for p in (
-        rb"bearer\s+(?P<v>[a-z0-9._~+/=-]{8,})",
-        rb"api[_-]?key" + _VALUE,
-        rb"secret" + _VALUE,
-        rb"passw(?:or)?d" + _VALUE,
-        rb"access[_-]?token" + _VALUE,
+        rb"bearer(?<![a-z0-9_]bearer)\s++(?P<v>[a-z0-9._~+/=-]{8,}+)",
+        rb"api(?<![a-z0-9]api)[_-]?key" + _VALUE,
+        rb"secret(?<![a-z0-9]secret)" + _VALUE,
+        rb"passw(?<![a-z0-9]passw)(?:or)?d" + _VALUE,
+        rb"access(?<![a-z0-9]access)[_-]?token" + _VALUE,
     )
 ]
-_EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
-# a run of digits with the usual separators; kept only when it holds 9 to 15 digits (E.164 length)
-_PHONE = re.compile(r"(?<![\w.])\+?\(?\d[\d\s().-]{6,}\d(?![\w.]|-\d)")
+# e-mail: found from its "@" (a literal, so the engine skips ahead), then the local part is looked for in the
+# 64 characters before it, starting where its run starts
+_EMAIL_DOMAIN = re.compile(r"@(?:[\w-]{1,63}+\.){1,8}[^\W\d_]{2,63}+(?![\w-])")
+_EMAIL_LOCAL = re.compile(r"(?<![\w.%+-])[\w.%+-]{1,64}+\Z")
+# phone: a whole run of digits and the usual separators, taken once from its first digit; masked when it
+# holds 9 to 15 digits (E.164), with a "+" or "(" just before it
+_PHONE = re.compile(r"\d(?<![\w.]\d)[\d\s().-]*+")
 
 SECRET_MARK = "[redacted:secret]"
 EMAIL_MARK = "[redacted:email]"
@@ -62,21 +71,10 @@ PHONE_MARK = "[redacted:phone]"
 _MARK = SECRET_MARK.encode()
 
 
-def _word_byte(b: int) -> bool:
-    return b == 0x5F or 0x30 <= b <= 0x39 or 0x41 <= b <= 0x5A or 0x61 <= b <= 0x7A
-
-
 def _spans(data: bytes) -> list[tuple[int, int]]:
-    spans = []
-    for rx in _CASED:
-        for m in rx.finditer(data):
-            if m.start() == 0 or not _word_byte(data[m.start() - 1]):
-                spans.append(m.span())
+    spans = [m.span() for rx in _CASED for m in rx.finditer(data)]
     lower = data.lower()
-    for rx in _UNCASED:
-        for m in rx.finditer(lower):
-            if m.start() == 0 or not _word_byte(lower[m.start() - 1]):
-                spans.append(m.span("v"))
+    spans += [m.span("v") for rx in _UNCASED for m in rx.finditer(lower)]
     return spans
 
 
@@ -95,10 +93,34 @@ def mask_secrets(data: bytes) -> bytes:
     return b"".join(out)
 
 
-def _phone(match: re.Match[str]) -> str:
-    text = match.group(0)
-    digits = sum(c.isdigit() for c in text)
-    return PHONE_MARK if 9 <= digits <= 15 else text
+def _emails(s: str) -> str:
+    out, last = [], 0
+    for m in _EMAIL_DOMAIN.finditer(s):
+        local = _EMAIL_LOCAL.search(s, max(last, m.start() - 64), m.start())
+        if local is not None:
+            out += [s[last : local.start()], EMAIL_MARK]
+            last = m.end()
+    return "".join([*out, s[last:]]) if out else s
+
+
+def _phones(s: str) -> str:
+    out, last = [], 0
+    for m in _PHONE.finditer(s):
+        text = m.group(0)
+        end = len(text)
+        while not text[end - 1].isdigit():
+            end -= 1
+        after = text[end : end + 1] or s[m.end() : m.end() + 1]
+        if after.isalnum() or after == "_" or end > 40:  # part of a word or code, or no single number
+            continue
+        if not 9 <= sum(c.isdigit() for c in text[:end]) <= 15:
+            continue
+        start = m.start()
+        while start > last and start > m.start() - 2 and s[start - 1] in "+(":
+            start -= 1
+        out += [s[last:start], PHONE_MARK]
+        last = m.start() + end
+    return "".join([*out, s[last:]]) if out else s
 
 
 class Redactor:
@@ -118,9 +140,9 @@ class Redactor:
 
     def _optional(self, s: str) -> str:
         if "email" in self.kinds and "@" in s:
-            s = _EMAIL.sub(EMAIL_MARK, s)
-        if "phone" in self.kinds and any(c in s for c in "0123456789"):
-            s = _PHONE.sub(_phone, s)
+            s = _emails(s)
+        if "phone" in self.kinds:
+            s = _phones(s)
         return s
 
     def text(self, s: str) -> str:

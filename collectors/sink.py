@@ -2,14 +2,15 @@
 them.
 
 Usage: ``sink = Sink(metrics, capture=Capture(...))``; ``sink.finish(interaction)`` once per finished call,
-before the client's last bytes are sent. It never raises into the request path. An interaction with
-``capture`` false (sampled out, or ``x-turnout-no-capture``) is counted in the metrics and not journaled.
+before the client's last bytes are sent (awaiting what it returns). It never raises into the request path.
+An interaction with ``capture`` false (sampled out, or ``x-turnout-no-capture``) is counted in the metrics and
+not journaled.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from collectors.capture import Capture, CapturePolicy
@@ -24,13 +25,16 @@ class Sink:
         self.metrics = metrics
         self.capture = capture
 
-    def finish(self, it: Interaction) -> None:
+    def finish(self, it: Interaction) -> Awaitable[None] | None:
+        """Count ``it`` and journal it; a large record is journaled from a worker thread, and the returned
+        awaitable is done once it is durable (``asyncio.shield`` it before the client's last bytes)."""
         try:
             self.metrics.observe(it)
         except Exception:
             log.exception("metrics failed for interaction %s", it.request_id)
         if it.capture and self.capture is not None:
-            self.capture.record(it)
+            return self.capture.record(it)
+        return None
 
     def feedback(self, fields: Mapping[str, Any]) -> str:
         """Journal validated feedback; returns its id once durable (raises ``CaptureUnavailable``)."""

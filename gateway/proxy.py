@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import aiohttp
@@ -183,6 +184,7 @@ class Call:
         self.outcome = "ok"
         self.first_token_at: float | None = None
         self.finished = False
+        self.journaled: Awaitable[None] | None = None  # a large record still being encoded off the loop
         self.answered: asyncio.Future[Interaction] | None = None  # shadows compare against it
         self.upstream = facts.variant  # the one that answered: the variant, or a fallback
         self.shutting = False
@@ -271,10 +273,10 @@ class Call:
         self.status, self.outcome, self.error = exc.status, outcome, exc.message
         if self.committed:
             self.status = 200
-            self._finish()
+            await self._finished()
             await self.send({"type": "http.response.body", "body": error_event(exc), "more_body": False})
             return
-        self._finish()
+        await self._finished()
         await send_error(self.send, exc, self.headers)
 
     async def _relay_whole(self, reply: Reply) -> None:
@@ -315,7 +317,7 @@ class Call:
         headers = [*JSON_HEADERS, *self.headers]
         if reply.retry_after and reply.status == 429:
             headers.append((b"retry-after", reply.retry_after.encode("latin-1")))
-        self._finish()
+        await self._finished()
         await _send_whole(self.send, reply.status, data, headers)
 
     async def _relay_stream(self, reply: Reply, withhold_usage: bool) -> None:
@@ -364,11 +366,17 @@ class Call:
         if failure is not None:
             self.outcome, self.error = "upstream_error", failure
             self.gw.metrics.upstream_errors.labels(self.upstream, "protocol").inc()
-            self._finish()
+            await self._finished()
             await send({"type": "http.response.body", "body": error_event(StreamBroken(failure)), "more_body": False})
             return
-        self._finish()
+        await self._finished()
         await send({"type": "http.response.body", "body": out, "more_body": False})
+
+    async def _finished(self) -> None:
+        """``_finish``, and wait until the interaction is journaled (before the client's last bytes)."""
+        self._finish()
+        if self.journaled is not None:
+            await asyncio.shield(self.journaled)
 
     def _finish(self) -> None:
         """Hand the one interaction of this call to the sink (idempotent)."""
@@ -400,6 +408,6 @@ class Call:
             response_id=self.response_id,
             extra={"attempts": self.attempts.records},
         )
-        self.gw.sink.finish(it)
+        self.journaled = self.gw.sink.finish(it)
         if self.answered is not None and not self.answered.done():
             self.answered.set_result(it)
