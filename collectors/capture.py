@@ -30,6 +30,7 @@ from collectors.journal import Journal, SpoolFull
 from collectors.metrics import Metrics
 from collectors.record import Interaction
 from collectors.redact import Redactor
+from collectors.review.queue import ReviewPolicy
 from collectors.sanitize import MAX_STRING, sanitize
 from collectors.store.loader_process import LoaderProcess
 
@@ -52,6 +53,7 @@ class CapturePolicy:
     secrets: tuple[str, ...] = ()  # configured key values, masked wherever they appear
     retention: float | None = None  # seconds, every route without its own
     route_retention: Mapping[str, float] = field(default_factory=dict)
+    review: ReviewPolicy = field(default_factory=ReviewPolicy)  # what the loader queues for a person
 
 
 def _bodies_too_large(payload: dict[str, Any], size: int) -> dict[str, Any]:
@@ -154,6 +156,7 @@ class Capture:
         union = frozenset().union(*policy.redact.values()) if policy.redact else frozenset()
         self._feedback_redactor = Redactor(union, policy.secrets)
         self.loader.retention(policy.route_retention, policy.retention)
+        self.loader.review(policy.review.to_json())
 
     @property
     def degraded(self) -> bool:

@@ -180,6 +180,46 @@ class Route(_Model):
         return self
 
 
+class ReviewFlag(_Model):
+    """What queues an interaction for a person besides the random sample (any one matching is enough)."""
+
+    label: Literal["good", "bad"] | None = None
+    max_score: Share | None = None
+    max_shadow_agreement: Share | None = None
+
+
+class Review(_Model):
+    sample: Share = 0.0  # share of captured primary chat interactions queued at random
+    flag: ReviewFlag = ReviewFlag()
+
+
+class DatasetInclude(_Model):
+    reviewed: Literal["approved"] | None = "approved"  # null: feedback filters alone (rejected items never)
+    label: Literal["good", "bad"] | None = None
+    min_score: Share | None = None
+    since: Duration | None = None
+
+
+class Dataset(_Model):
+    route: str
+    include: DatasetInclude = DatasetInclude()
+    every: str | None = None  # scheduled builds: a duration (7d) or a five-field cron line
+
+    @model_validator(mode="after")
+    def _check(self) -> Dataset:
+        inc = self.include
+        if inc.reviewed is None and inc.label is None and inc.min_score is None:
+            raise ValueError("include: needs reviewed, label or min_score (else every interaction would be in it)")
+        if self.every is not None and " " not in self.every.strip():
+            _duration(self.every)
+        elif self.every is not None and len(self.every.split()) != 5:
+            raise ValueError(f"every: expected a duration such as 7d or a five-field cron line, got {self.every!r}")
+        return self
+
+
+DatasetName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+
+
 class Config(_Model):
     server: Server = Server()
     auth: Auth = Auth()
@@ -189,6 +229,9 @@ class Config(_Model):
     shadow: ShadowLimits = ShadowLimits()
     upstreams: dict[str, Upstream]
     routes: dict[str, Route]
+    review: Review | None = None
+    datasets_dir: str = "./datasets"  # relative to the working directory, like server.state_dir
+    datasets: dict[DatasetName, Dataset] = {}
 
     @field_validator("store")
     @classmethod
@@ -281,6 +324,12 @@ def _cross_errors(config: Config) -> list[str]:
                     f"routes.{name}.drift.reference: dataset needs the dataset version of every serving variant "
                     f"(upstreams.{missing[0]}.dataset is not set)"
                 )
+    for name, dataset in config.datasets.items():
+        if dataset.route not in config.routes:
+            errors.append(f"datasets.{name}.route: unknown route {dataset.route!r}")
+    for name, up in config.upstreams.items():
+        if up.dataset is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}@v\d+$", up.dataset):
+            errors.append(f"upstreams.{name}.dataset: expected NAME@vN (e.g. support@v0003), got {up.dataset!r}")
     return errors
 
 

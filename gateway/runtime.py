@@ -16,6 +16,7 @@ import aiohttp
 
 from collectors.capture import CapturePolicy
 from collectors.metrics import Metrics
+from collectors.review.queue import ReviewPolicy
 from collectors.sink import Sink
 from gateway.auth import Keys
 from gateway.config import Config, Loaded
@@ -77,7 +78,16 @@ def capture_policy(config: Config, secrets: list[str]) -> CapturePolicy:
         secrets=tuple(secrets),
         retention=config.store_retention,
         route_retention={n: r.store_retention for n, r in config.routes.items() if r.store_retention is not None},
+        review=review_policy(config),
     )
+
+
+def review_policy(config: Config) -> ReviewPolicy:
+    review = config.review
+    if review is None:
+        return ReviewPolicy()
+    flag = review.flag
+    return ReviewPolicy(review.sample, flag.label, flag.max_score, flag.max_shadow_agreement)
 
 
 def _exported(

@@ -11,7 +11,9 @@ fall behind; the serving process then restarts it without ``--idle`` until it ha
 (``LoaderProcess._steer``).
 Each batch or change of state goes to the serving process as one ``Report`` line on the report pipe. Control
 lines come on the control pipe: ``{"retention": {"routes": {route: seconds}, "default": seconds}}`` and
-``{"drain": seconds}`` (drain that long, report, exit). End of file there means the serving process is gone:
+``{"review": {policy}}`` (which interactions it queues for review after each batch, ``collectors/review/queue.py``;
+batches wait for the first one, which comes with the config right after start) and ``{"drain": seconds}``
+(drain that long, report, exit). End of file there means the serving process is gone:
 stop now (at most the batch in flight is cut; the next start replays it, inserts are idempotent).
 
 Usage (``LoaderProcess`` in ``collectors/store/loader_process.py`` starts it)::
@@ -28,13 +30,16 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
 import orjson
 
 from collectors.journal import Cursor
+from collectors.review.queue import ReviewPolicy, enqueue
 from collectors.store import open_store
+from collectors.store.base import FeedbackRow, InteractionRow, Store
 from collectors.store.report import Report
 from collectors.store.retention import retention_loop
 from collectors.store.writer import Writer
@@ -42,6 +47,7 @@ from collectors.store.writer import Writer
 log = logging.getLogger("collectors.store.loader")
 
 DSN_ENV = "TURNOUT_STORE_DSN"
+POLICY_WAIT_S = 30.0  # a review policy that has not come by then: batches go on without review (logged)
 CLOSE_S = 2.0  # a store that does not close in this long is abandoned (the process exits anyway)
 
 
@@ -61,6 +67,20 @@ class Control:
         self.routes: Mapping[str, float] = {}
         self.default: float | None = None
         self.policy_known = asyncio.Event()
+        self.review = ReviewPolicy()
+        self.review_known = asyncio.Event()
+
+    async def queue_for_review(
+        self, store: Store, interactions: list[InteractionRow], feedback: list[FeedbackRow]
+    ) -> None:
+        """The writer's after-batch step: queue what the review policy flags or samples."""
+        if not self.review_known.is_set():
+            try:
+                await asyncio.wait_for(self.review_known.wait(), POLICY_WAIT_S)
+            except TimeoutError:
+                log.error("no review policy from the serving process after %.0fs: not queueing", POLICY_WAIT_S)
+                self.review_known.set()
+        await enqueue(store, interactions, feedback, self.review, now=time.time())
 
     def policy(self) -> tuple[Mapping[str, float], float | None]:
         return self.routes, self.default
@@ -77,6 +97,10 @@ class Control:
                 message = orjson.loads(line)
                 if "drain" in message:
                     return float(message["drain"])
+                if "review" in message:
+                    self.review = ReviewPolicy.from_json(message["review"])
+                    self.review_known.set()
+                    continue
                 retention = message["retention"]
                 self.routes, self.default = retention["routes"], retention["default"]
                 self.policy_known.set()
@@ -88,13 +112,14 @@ class Control:
 
 async def run(args: argparse.Namespace) -> None:
     store = open_store(os.environ.pop(DSN_ENV))
+    control = Control()
     writer = Writer(
         store,
         Cursor(Path(args.journal), owned=True),
         dead_letter=Path(args.dead_letter),
         publish=lambda report: _send(args.report_fd, report),
+        after=lambda interactions, feedback: control.queue_for_review(store, interactions, feedback),
     )
-    control = Control()
 
     async def retention() -> None:
         await control.policy_known.wait()  # the first policy comes with the config, right after start

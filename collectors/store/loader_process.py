@@ -66,6 +66,7 @@ class LoaderProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self._dsn = store_dsn
         self._policy: bytes | None = None
+        self._review: bytes | None = None
         self._control: int | None = None
         self._closing = asyncio.Event()
         self._reported = asyncio.Event()
@@ -90,6 +91,13 @@ class LoaderProcess:
         line = orjson.dumps({"retention": {"routes": dict(routes), "default": default}}) + b"\n"
         if line != self._policy:
             self._policy = line
+            self._tell(line)
+
+    def review(self, policy: dict[str, object]) -> None:
+        """The review policy of the config generation now serving (sent on change, and to each new loader)."""
+        line = orjson.dumps({"review": policy}) + b"\n"
+        if line != self._review:
+            self._review = line
             self._tell(line)
 
     async def _steer(self) -> None:
@@ -172,8 +180,9 @@ class LoaderProcess:
             os.close(control_r)
             os.close(report_w)
         log.info("capture loader started (pid %d)", self.proc.pid)
-        if self._policy is not None:
-            self._tell(self._policy)
+        for line in (self._policy, self._review):
+            if line is not None:
+                self._tell(line)
         return report_r
 
     async def _supervise(self) -> None:

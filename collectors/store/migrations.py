@@ -161,6 +161,37 @@ _DRIFT = [
     "CREATE TABLE scan_positions (name TEXT PRIMARY KEY, position {real} NOT NULL)",
 ]
 
+# the review queue (one item per primary interaction, its status the latest decision's) and every decision
+_REVIEW = [
+    """CREATE TABLE review_items (
+        id TEXT PRIMARY KEY,
+        route TEXT NOT NULL,
+        variant TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        ts {real} NOT NULL,
+        queued_at {real} NOT NULL,
+        status TEXT NOT NULL,
+        decided_at {real},
+        answer TEXT,
+        score {real},
+        reviewer TEXT
+    )""",
+    "CREATE INDEX review_items_status_ts ON review_items (status, ts, id)",
+    "CREATE INDEX review_items_route_status ON review_items (route, status, ts)",
+    """CREATE TABLE review_decisions (
+        decision_id TEXT PRIMARY KEY,
+        item_id TEXT NOT NULL,
+        action TEXT NOT NULL,
+        answer TEXT,
+        score {real},
+        reviewer TEXT NOT NULL,
+        ts {real} NOT NULL
+    )""",
+    "CREATE INDEX review_decisions_item ON review_decisions (item_id, ts)",
+    # a primary's shadows, shown beside it on the review page
+    "CREATE INDEX interactions_parent ON interactions (parent_id) WHERE parent_id IS NOT NULL",
+]
+
 MIGRATIONS: list[tuple[int, str, dict[str, list[str]]]] = [
     (1, "interactions and feedback", {"sqlite": _SQLITE_V1, "postgres": _POSTGRES_V1}),
     (2, "job state and leases", {"sqlite": [_JOBS.format(real="REAL")], "postgres": [_JOBS.format(real="FLOAT8")]}),
@@ -173,6 +204,14 @@ MIGRATIONS: list[tuple[int, str, dict[str, list[str]]]] = [
         4,
         "drift checks and upstream models",
         {"sqlite": [t.format(real="REAL") for t in _DRIFT], "postgres": [t.format(real="FLOAT8") for t in _DRIFT]},
+    ),
+    (
+        5,
+        "review queue and decisions",
+        {
+            "sqlite": [x.format(real="REAL") for x in _REVIEW],
+            "postgres": [x.format(real="DOUBLE PRECISION") for x in _REVIEW],
+        },
     ),
 ]
 

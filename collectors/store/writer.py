@@ -25,7 +25,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,8 @@ ADOPT_EVERY_S = 2.0  # a journal whose process (and loader) just died is picked 
 BACKOFF_S = (0.1, 5.0)
 
 Item = InteractionRow | FeedbackRow
+# runs after each committed batch, before the journal checkpoint moves (so a crash replays both): the review queue
+AfterBatch = Callable[[list[InteractionRow], list[FeedbackRow]], Awaitable[None]]
 
 
 def decode(line: bytes) -> Item:
@@ -98,6 +100,7 @@ class Writer:
         publish: Callable[[Report], None],
         batch_lines: int = BATCH_LINES,
         linger_s: float = LINGER_S,
+        after: AfterBatch | None = None,
     ) -> None:
         self.store = store
         self.own = own
@@ -105,6 +108,7 @@ class Writer:
         self.publish = publish
         self.batch_lines = batch_lines
         self.linger_s = linger_s
+        self.after = after
         self.degraded = True  # until the store was opened once
         self._report = Report(degraded=True, adopted=0)
         self._published: tuple[bool, int] | None = None
@@ -220,6 +224,7 @@ class Writer:
                 log.error("journal %s: unreadable line of %d bytes near %s", cursor.directory, len(line), end)
                 self._drop("journal_error")
         await self._write(items)
+        await self._after(items)
         cursor.commit(end)
         report = self._report
         if cursor is self.own:
@@ -249,6 +254,21 @@ class Writer:
             await self._write(items[half:])
             return
         self._report.claimed += claimed
+
+    async def _after(self, items: list[Item]) -> None:
+        """The ``after`` hook on a committed batch: a store outage retries the batch (both steps are idempotent);
+        any other failure is logged and counted, never a reason to hold up capture."""
+        if self.after is None:
+            return
+        interactions = [i for i in items if isinstance(i, InteractionRow)]
+        feedback = [i for i in items if isinstance(i, FeedbackRow)]
+        try:
+            await self.after(interactions, feedback)
+        except StoreUnavailable:
+            raise
+        except Exception:
+            log.exception("after-batch step failed for %d interactions", len(interactions))
+            self._drop("review_error")
 
     def _dead_letter(self, item: Item, exc: Exception) -> None:
         log.error("store rejected %s (%s); written to %s", _id(item), type(exc).__name__, self.dead_letter)

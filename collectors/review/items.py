@@ -1,0 +1,192 @@
+"""Reading the review queue: pages of items with filters, whole items (conversation, answer, feedback, shadow,
+decisions), what is left per route, and the stored records behind a list of ids (for the dataset build).
+
+Usage::
+
+    page = await list_items(store, Filters(status="pending", route="support-bot"), limit=50)
+    items = await load_items(store, [s.id for s in page])     # the JSON API's item objects
+    left = await backlog(store)                                # {"support-bot": 12}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from collectors.review.decisions import history
+from collectors.store.base import Store
+
+CHUNK = 500  # ids per IN (...) list
+STATUSES = ("pending", "done", "approved", "rejected", "scored")
+
+
+@dataclass(frozen=True)
+class Filters:
+    status: str = "pending"  # pending | done (anything decided) | approved | rejected | scored
+    route: str | None = None
+    variant: str | None = None
+    reason: str | None = None
+    since: float | None = None  # interaction time, unix seconds
+    until: float | None = None
+
+
+@dataclass(frozen=True)
+class Summary:
+    id: str
+    route: str
+    variant: str
+    reason: str
+    ts: float
+    status: str
+    answer: str | None
+    score: float | None
+    reviewer: str | None
+    decided_at: float | None
+
+
+_COLUMNS = "id, route, variant, reason, ts, status, answer, score, reviewer, decided_at"
+
+
+def _where(filters: Filters, after: tuple[float, str] | None) -> tuple[str, list[Any]]:
+    if filters.status not in STATUSES:
+        raise ValueError(f"status: expected one of {', '.join(STATUSES)}, got {filters.status!r}")
+    clauses, args = [], []
+
+    def add(sql: str, value: Any) -> None:
+        args.append(value)
+        clauses.append(sql.replace("?", f"${len(args)}"))
+
+    if filters.status == "done":
+        clauses.append("status <> 'pending'")
+    else:
+        add("status = ?", filters.status)
+    for column in ("route", "variant", "reason"):
+        if (value := getattr(filters, column)) is not None:
+            add(f"{column} = ?", value)
+    if filters.since is not None:
+        add("ts >= ?", filters.since)
+    if filters.until is not None:
+        add("ts < ?", filters.until)
+    if after is not None:
+        add("ts >= ?", after[0])
+        args.append(after[1])
+        clauses[-1] = f"(ts > ${len(args) - 1} OR (ts = ${len(args) - 1} AND id > ${len(args)}))"
+    return " AND ".join(clauses), args
+
+
+async def list_items(
+    store: Store, filters: Filters, *, after: tuple[float, str] | None = None, limit: int = 50
+) -> list[Summary]:
+    """Items matching ``filters``, oldest interaction first, strictly after ``after`` (ts, id)."""
+    where, args = _where(filters, after)
+    rows = await store.fetch(
+        f"SELECT {_COLUMNS} FROM review_items WHERE {where} ORDER BY ts, id LIMIT {int(limit)}", *args
+    )
+    return [Summary(*row[:4], float(row[4]), *row[5:]) for row in rows]
+
+
+async def count_items(store: Store, filters: Filters) -> int:
+    where, args = _where(filters, None)
+    rows = await store.fetch(f"SELECT COUNT(*) FROM review_items WHERE {where}", *args)
+    return int(rows[0][0])
+
+
+async def backlog(store: Store) -> dict[str, int]:
+    """Pending items per route."""
+    rows = await store.fetch("SELECT route, COUNT(*) FROM review_items WHERE status = 'pending' GROUP BY route")
+    return {str(route): int(n) for route, n in rows}
+
+
+def _marks(n: int, start: int = 1) -> str:
+    return ", ".join(f"${i}" for i in range(start, start + n))
+
+
+async def records_for(store: Store, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """request id -> the stored interaction with its ``feedback`` (oldest first), for primaries among ``ids``."""
+    found: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(ids), CHUNK):
+        chunk = list(ids[start : start + CHUNK])
+        rows = await store.fetch(
+            f"SELECT request_id, response_id, record FROM interactions WHERE request_id IN ({_marks(len(chunk))})",
+            *chunk,
+        )
+        response_ids = sorted({str(r[1]) for r in rows if r[1]})
+        feedback = await store.feedback_for([str(r[0]) for r in rows], response_ids) if rows else []
+        owners = await store.latest_for(response_ids) if response_ids else {}
+        attached: dict[str, list[Any]] = {}
+        for fb in feedback:
+            owner = fb.request_id if fb.request_id is not None else owners.get(fb.response_id or "")
+            if owner is not None:
+                attached.setdefault(owner, []).append(fb)
+        for request_id, _, record in rows:
+            data = orjson.loads(record)
+            mine = sorted(attached.get(str(request_id), ()), key=lambda fb: (fb.ts, fb.feedback_id))
+            data["feedback"] = [orjson.loads(fb.record) for fb in mine]
+            found[str(request_id)] = data
+    return found
+
+
+async def shadows_for(store: Store, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """primary request id -> its latest shadow's stored interaction."""
+    found: dict[str, dict[str, Any]] = {}
+    if not ids:
+        return found
+    rows = await store.fetch(
+        f"SELECT parent_id, record FROM interactions WHERE parent_id IN ({_marks(len(ids))}) ORDER BY ts, request_id",
+        *ids,
+    )
+    for parent_id, record in rows:
+        found[str(parent_id)] = orjson.loads(record)  # later rows overwrite: the latest shadow
+    return found
+
+
+async def load_items(store: Store, ids: Sequence[str]) -> list[dict[str, Any]]:
+    """The JSON API's item objects for ``ids`` (in that order; unknown ids are left out)."""
+    if not ids:
+        return []
+    rows = await store.fetch(f"SELECT {_COLUMNS} FROM review_items WHERE id IN ({_marks(len(ids))})", *ids)
+    summaries = {str(r[0]): Summary(*r[:4], float(r[4]), *r[5:]) for r in rows}
+    present = [i for i in ids if i in summaries]
+    records = await records_for(store, present)
+    shadows = await shadows_for(store, present)
+    decisions = await history(store, present)
+    items = []
+    for item_id in present:
+        s = summaries[item_id]
+        record = records.get(item_id, {})
+        shadow = shadows.get(item_id)
+        items.append(
+            {
+                "id": s.id,
+                "request_id": s.id,
+                "route": s.route,
+                "variant": s.variant,
+                "reason": s.reason,
+                "ts": s.ts,
+                "status": s.status,
+                "request": record.get("request"),
+                "response": record.get("response"),
+                "feedback": record.get("feedback", []),
+                "shadow": None
+                if shadow is None
+                else {
+                    "upstream": shadow.get("upstream"),
+                    "response": shadow.get("response"),
+                    "comparison": (shadow.get("extra") or {}).get("comparison"),
+                },
+                "decision": None
+                if s.status == "pending"
+                else {
+                    "status": s.status,
+                    "answer": s.answer,
+                    "score": s.score,
+                    "reviewer": s.reviewer,
+                    "ts": s.decided_at,
+                },
+                "history": decisions.get(item_id, []),
+            }
+        )
+    return items
