@@ -130,6 +130,7 @@ class Capture:
         metrics: Metrics,
         max_spool_bytes: int = 1 << 30,
         retention_interval: float = RETENTION_INTERVAL_S,
+        review: ReviewPolicy | None = None,
     ) -> None:
         self.metrics = metrics
         self.journal = Journal(state_dir / "journal", max_pending_bytes=max_spool_bytes)
@@ -139,6 +140,7 @@ class Capture:
             metrics=metrics,
             dead_letter=state_dir / "dead-letter.jsonl",
             retention_interval=retention_interval,
+            review=(review or ReviewPolicy()).to_json(),  # the loader's first batch (a replay) is queued under it
         )
         self.policy = CapturePolicy()
         self._redactors: dict[str, Redactor] = {}

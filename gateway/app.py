@@ -35,7 +35,7 @@ from gateway.jobs_process import JobsProcess
 from gateway.openapi import openapi_endpoint
 from gateway.proxy import Endpoint
 from gateway.reload import Reloader
-from gateway.runtime import Gateway
+from gateway.runtime import Gateway, review_policy
 from gateway.shutdown import hook_sigterm
 from gateway.stored_state import StoredState
 
@@ -123,6 +123,7 @@ def create_app(
         Path(server.state_dir),
         metrics=metrics,
         max_spool_bytes=int(server.capture_spool_mb * (1 << 20)),
+        review=review_policy(loaded.config),
     )
     sink = Sink(metrics, capture)
     gw = Gateway(loaded, metrics=metrics, sink=sink)

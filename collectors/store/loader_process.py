@@ -55,6 +55,7 @@ class LoaderProcess:
         metrics: Metrics,
         dead_letter: Path,
         retention_interval: float = 600.0,
+        review: dict[str, object] | None = None,
     ) -> None:
         self.journal = journal
         self.metrics = metrics
@@ -66,7 +67,7 @@ class LoaderProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self._dsn = store_dsn
         self._policy: bytes | None = None
-        self._review: bytes | None = None
+        self._review = orjson.dumps({"review": review or {}}) + b"\n"
         self._control: int | None = None
         self._closing = asyncio.Event()
         self._reported = asyncio.Event()
@@ -180,9 +181,9 @@ class LoaderProcess:
             os.close(control_r)
             os.close(report_w)
         log.info("capture loader started (pid %d)", self.proc.pid)
-        for line in (self._policy, self._review):
-            if line is not None:
-                self._tell(line)
+        self._tell(self._review)
+        if self._policy is not None:
+            self._tell(self._policy)
         return report_r
 
     async def _supervise(self) -> None:

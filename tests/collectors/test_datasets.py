@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import signal
@@ -29,7 +30,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 async def fill(store: Store, n: int, *, start: int = 0, text: str = "question {i}", approve: bool = True) -> list[str]:
-    rows = [row(f"q{i:05d}", ts=1000.0 + i, text=text.format(i=i), answer=f"answer {i}") for i in range(start, start + n)]
+    rows = [
+        row(f"q{i:05d}", ts=1000.0 + i, text=text.format(i=i), answer=f"answer {i}") for i in range(start, start + n)
+    ]
     for s in range(0, len(rows), 500):
         await store.write(rows[s : s + 500], [])
         await enqueue(store, rows[s : s + 500], [], ReviewPolicy(sample=1.0), now=1.0)
@@ -69,8 +72,10 @@ async def test_build_twice_with_nothing_new_writes_one_version(store: Store, tmp
     assert sorted(os.listdir(root / "support")) == ["v0001"]
 
 
-async def test_same_data_on_two_machines_gives_the_same_sha256(store: Store, tmp_path: Path, pg_dsn: str) -> None:
-    other = open_store(pg_dsn)
+async def test_same_data_on_two_machines_gives_the_same_sha256(
+    store: Store, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    other = open_store(str(request.getfixturevalue("pg_dsn")))
     await other.open()
     try:
         await fill(other, 30)
@@ -119,7 +124,12 @@ async def test_near_duplicates_collapse_to_the_latest(store: Store, tmp_path: Pa
     result = await build(store, tmp_path / "d", Spec("x", route="bot"), now=2e9)
     assert result.manifest["ids"] == ["q00002", "q00003"]
     assert result.manifest["counts"]["collapsed"] == 2
-    a = {"messages": [{"role": "user", "content": "Ｈｏｗ  do—I get"}, {"role": "assistant", "content": "x"}]}
+    a = {
+        "messages": [
+            {"role": "user", "content": "\uff28\uff4f\uff57  do\u2014I get"},
+            {"role": "assistant", "content": "x"},
+        ]
+    }
     b = {"messages": [{"role": "user", "content": "how do i get"}, {"role": "assistant", "content": "y"}]}
     assert prompt_key(a) == prompt_key(b)
 
@@ -147,9 +157,10 @@ async def test_redaction_and_feedback_filters(store: Store, tmp_path: Path) -> N
     assert "[redacted:secret]" in text and "[redacted:email]" in text
     await decide(store, "p3", Decision("approve", "ana"), now=7.0)
     result = await build(store, tmp_path / "d", spec, now=2e9)
-    assert result.manifest["ids"] == ["p1", "p3"] and list(read_rows(tmp_path / "d", "good@v2"))[1]["messages"][-1][
-        "content"
-    ] == "fixed"
+    assert (
+        result.manifest["ids"] == ["p1", "p3"]
+        and list(read_rows(tmp_path / "d", "good@v2"))[1]["messages"][-1]["content"] == "fixed"
+    )
 
 
 async def test_nothing_to_build_and_dry_run_write_nothing(store: Store, tmp_path: Path) -> None:
@@ -193,15 +204,27 @@ asyncio.run(main())
 """
 
 
-async def test_sigkill_during_a_build_leaves_the_previous_version_and_no_partial_directory(
-    store: Store, tmp_path: Path
-) -> None:
+def test_sigkill_during_a_build_leaves_the_previous_version_and_no_partial_directory(tmp_path: Path) -> None:
     root = tmp_path / "d"
-    await fill(store, 100)
-    await build(store, root, Spec("big", route="bot"), now=2e9)
-    await fill(store, 6000, start=100, text="a long question {i} " + "lorem ipsum " * 40)
-    before = (root / "big" / "v0001" / "train.jsonl").read_bytes()
     url = f"sqlite:///{tmp_path}/store.db"
+
+    async def prepare() -> None:
+        store = open_store(url)
+        await store.open()
+        await fill(store, 100)
+        await build(store, root, Spec("big", route="bot"), now=2e9)
+        await fill(store, 6000, start=100, text="a long question {i} " + "lorem ipsum " * 40)
+        await store.close()
+
+    async def finish() -> None:
+        store = open_store(url)
+        await store.open()
+        result = await build(store, root, Spec("big", route="bot"), now=2e9)  # clears what the dead builds left
+        await store.close()
+        assert versions(root, "big")[-1] == "v0002" and (result.version or "v0002") == "v0002"
+
+    asyncio.run(prepare())
+    before = (root / "big" / "v0001" / "train.jsonl").read_bytes()
     killed_in_flight = 0
     for delay in (0.3, 0.6, 0.9, 1.2, 1.5, 1.8):
         proc = subprocess.Popen(
@@ -223,6 +246,5 @@ async def test_sigkill_during_a_build_leaves_the_previous_version_and_no_partial
         else:
             break
     assert killed_in_flight >= 1  # at least one kill landed mid-build
-    result = await build(store, root, Spec("big", route="bot"), now=2e9)  # clears what the dead builds left
-    assert versions(root, "big")[-1] in ("v0002",) and (result.version or "v0002") == "v0002"
+    asyncio.run(finish())
     assert [p.name for p in (root / ".building").iterdir()] == ["big.lock"]

@@ -98,7 +98,13 @@ async def test_decisions_keep_history_and_the_latest_wins(store: Store) -> None:
     assert not await decide(store, "nope", Decision("approve", "ana"), now=15.0)
     assert await backlog(store) == {}
     [a, b, c] = await load_items(store, ["a", "b", "c"])
-    assert a["decision"] == {"status": "approved", "answer": "Within 30 days.", "score": 0.75, "reviewer": "ana", "ts": 12.0}
+    assert a["decision"] == {
+        "status": "approved",
+        "answer": "Within 30 days.",
+        "score": 0.75,
+        "reviewer": "ana",
+        "ts": 12.0,
+    }
     assert [(h["action"], h["reviewer"], h["ts"]) for h in a["history"]] == [
         ("approve", "ana", 10.0),
         ("edit", "bo", 11.0),
