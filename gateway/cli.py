@@ -20,6 +20,7 @@ from typing import BinaryIO
 
 from gateway import drift_cli, eval_cli
 from gateway.config import ConfigError, duration_seconds, load_config
+from gateway.deploy_cli import add_commands
 
 
 def _fail(exc: ConfigError) -> int:
@@ -162,6 +163,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(run=export)
     eval_cli.add_parser(sub)
     drift_cli.add_parser(sub)
+    add_commands(sub)
     return top
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import itertools
 import os
 import re
 from collections.abc import Mapping
@@ -157,6 +158,48 @@ class Drift(_Model):
         return None if self.reference == "dataset" else _duration(self.reference[7:])
 
 
+Metric = Literal["feedback_score", "thumbs_up", "task_completed", "error_rate", "latency", "eval_score"]
+Guardrail = Literal["feedback_score", "thumbs_up", "task_completed", "error_rate", "latency", "latency_p95"]
+
+
+class Analysis(_Model):
+    """How an A/B split is judged (``turnout experiment report``, rollout steps): see policies/experiments.py."""
+
+    control: str
+    primary: Metric = "feedback_score"
+    guardrails: dict[Guardrail, Annotated[float, Field(ge=0)]] = {}  # most harm tolerated (latency: relative)
+    alpha: float = Field(0.05, gt=0, lt=0.5)
+    min_users: int = Field(200, ge=2)  # per variant
+    min_duration: Duration = 7 * 86400.0
+    max_duration: Duration = 28 * 86400.0  # no decision by then: inconclusive
+
+
+class ShadowGate(_Model):
+    min_samples: int = Field(200, ge=1)
+    min_agreement: Share = 0.8
+    max_error_rate: Share = 0.05
+
+
+class Gates(_Model):
+    eval: str | None = None  # an eval suite file (relative to the config file): candidate vs control
+    shadow: ShadowGate | None = None
+
+
+class Rollout(_Model):
+    candidate: str
+    gates: Gates = Gates()
+    steps: list[Annotated[int, Field(ge=1, le=100)]] = [1, 10, 50, 100]
+    interval: Duration = 3600.0
+    on_failure: Literal["rollback", "pause"] = "rollback"
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing(cls, steps: list[int]) -> list[int]:
+        if not steps or any(b <= a for a, b in itertools.pairwise(steps)):
+            raise ValueError("steps: expected increasing percentages, e.g. [1, 10, 50, 100]")
+        return steps
+
+
 class Route(_Model):
     variants: dict[str, Annotated[float, Field(ge=0)]]
     experiment: str | None = None
@@ -168,6 +211,8 @@ class Route(_Model):
     store_retention: Duration | None = None
     retraining: Retraining | None = None
     drift: Drift | None = None
+    analysis: Analysis | None = None
+    rollout: Rollout | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Route:
@@ -330,6 +375,18 @@ def _cross_errors(config: Config) -> list[str]:
     for name, up in config.upstreams.items():
         if up.dataset is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}@v\d+$", up.dataset):
             errors.append(f"upstreams.{name}.dataset: expected NAME@vN (e.g. support@v0003), got {up.dataset!r}")
+        if route.analysis and route.analysis.control not in route.variants:
+            errors.append(f"routes.{name}.analysis.control: {route.analysis.control!r} is not a variant of the route")
+        if route.rollout:
+            if route.rollout.candidate not in route.variants:
+                errors.append(
+                    f"routes.{name}.rollout.candidate: {route.rollout.candidate!r} is not a variant of the "
+                    "route (add it to variants, at weight 0)"
+                )
+            if route.analysis is None:
+                errors.append(f"routes.{name}.rollout: needs routes.{name}.analysis (its control and guardrails)")
+            elif route.analysis.control == route.rollout.candidate:
+                errors.append(f"routes.{name}.rollout.candidate: the candidate cannot be the control")
     return errors
 
 

@@ -22,7 +22,7 @@ from gateway.auth import Caller
 from gateway.config import Config
 from gateway.errors import BadRequest, NotFound
 from policies.capture import should_capture
-from policies.routing import choose_variant
+from policies.routing import choose_variant, unit_id
 from policies.shadows import pick_shadows
 
 
@@ -41,6 +41,7 @@ class Facts:
     capture: bool
     shadows: list[str] = field(default_factory=list)  # sampled: mirror these
     skipped_shadows: list[str] = field(default_factory=list)  # not eligible (opted out, body over the cap)
+    unit: str | None = None  # the experiment's unit: a one-way hash of the sticky key
 
 
 def sticky_key(
@@ -81,12 +82,12 @@ def decide(
         raise NotFound(f"unknown model {route_name!r}: no route of that name", param="model")
     experiment = route.experiment or route_name
     forced = headers.get(b"x-turnout-variant") if caller.admin else None
+    key = sticky_key(route.sticky_by, headers, body, caller.key)
     if forced:
         variant = forced.decode("latin-1")
         if variant not in route.variants:
             raise BadRequest(f"x-turnout-variant: {variant!r} is not a variant of route {route_name!r}")
     else:
-        key = sticky_key(route.sticky_by, headers, body, caller.key)
         variant = choose_variant(experiment, key, route.variants, rng)
     opted_out = headers.get(b"x-turnout-no-capture", b"").strip() in (b"1", b"true")
     capture = should_capture(route.capture.sample, opted_out=opted_out, rng=rng)
@@ -104,4 +105,5 @@ def decide(
         capture=capture,
         shadows=shadows,
         skipped_shadows=skipped,
+        unit=None if key is None else unit_id(key),
     )

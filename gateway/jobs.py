@@ -27,6 +27,7 @@ from collectors import job_state
 from collectors.store.base import Store, StoreUnavailable
 from gateway.config import Config, Loaded
 from gateway.drift import drift_jobs
+from gateway.rollouts import rollout_jobs
 from gateway.schedule import Job, JobContext, Schedule
 
 __all__ = ["Job", "JobContext", "Schedule", "jobs_for", "run_jobs"]  # Job & co. live in gateway/schedule.py
@@ -41,6 +42,7 @@ def jobs_for(config: Config) -> list[Job]:
     """Every job the config asks for; each feature of the retraining loop adds its own here."""
     found: list[Job] = []
     found += drift_jobs(config)
+    found += rollout_jobs(config)
     return found
 
 

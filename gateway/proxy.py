@@ -406,7 +406,7 @@ class Call:
             stream=facts.stream,
             capture=facts.capture,
             response_id=self.response_id,
-            extra={"attempts": self.attempts.records},
+            extra={"attempts": self.attempts.records, "unit": facts.unit},
         )
         self.journaled = self.gw.sink.finish(it)
         if self.answered is not None and not self.answered.done():

@@ -8,6 +8,7 @@ Usage (in the app lifespan): ``gw = Gateway(loaded, metrics=..., sink=...)``; ``
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from typing import Any
@@ -17,11 +18,13 @@ import aiohttp
 from collectors.capture import CapturePolicy
 from collectors.metrics import Metrics
 from collectors.review.queue import ReviewPolicy
+from collectors.rollouts import RolloutRow
 from collectors.sink import Sink
 from gateway.auth import Keys
 from gateway.config import Config, Loaded
 from gateway.generation import Generation
 from gateway.resilience import Resilience
+from gateway.rollout_state import overlay
 from gateway.shadow import ShadowRunner
 from gateway.upstream import close_clients, make_client
 
@@ -38,6 +41,8 @@ class Gateway:
         self.shadows = ShadowRunner(metrics, sink)
         self.ready = False
         self._first = loaded
+        self.file = loaded  # the config file's generation, before rollout overrides
+        self.rollouts: tuple[RolloutRow, ...] = ()
         self.generation: Generation
 
     async def start(self) -> None:
@@ -48,8 +53,21 @@ class Gateway:
         self.ready = True
 
     def apply(self, loaded: Loaded) -> None:
-        """Make ``loaded`` the generation new requests see; export its weights and thresholds."""
+        """Make ``loaded`` (a config file) the generation new requests see, with the active rollouts' weights."""
+        self.file = loaded
+        self._install(loaded)
+        self.metrics.reload_result(True)
+
+    def set_overrides(self, rollouts: tuple[RolloutRow, ...]) -> None:
+        """The stored rollouts changed (the stored-state reader): serve their weights as a new generation."""
+        if rollouts != self.rollouts:
+            self.rollouts = rollouts
+            self._install(self.file)
+            log.info("rollout weights applied: %s", {r.route: (r.phase, r.step) for r in rollouts})
+
+    def _install(self, file: Loaded) -> None:
         assert self.session is not None
+        loaded = dataclasses.replace(file, config=overlay(file.config, self.rollouts)) if self.rollouts else file
         config, secrets = loaded.config, loaded.secrets
         clients = {
             name: make_client(name, up, secrets.upstream_keys.get(name), self.session)
@@ -60,7 +78,6 @@ class Gateway:
         keys = Keys(secrets.client_keys, secrets.admin_key)
         self.generation = Generation(loaded, keys, clients, values, shadow_clients)
         self.metrics.config_applied(loaded.sha256, *_exported(config))
-        self.metrics.reload_result(True)
         self.sink.configure(capture_policy(config, secrets.values()))
 
     async def close(self) -> None:

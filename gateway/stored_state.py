@@ -26,6 +26,7 @@ from collectors.stored_metrics import Snapshot, StoredMetrics
 from gateway.config import Config
 from gateway.drift import read_drift
 from gateway.jobs import jobs_for
+from gateway.rollout_state import read_rollouts
 
 if TYPE_CHECKING:
     from gateway.runtime import Gateway
@@ -59,7 +60,7 @@ async def read_jobs(ctx: ReadContext) -> None:
             )
 
 
-READERS: list[Callable[[ReadContext], Awaitable[None]]] = [read_jobs, read_drift]
+READERS: list[Callable[[ReadContext], Awaitable[None]]] = [read_jobs, read_drift, read_rollouts]
 
 
 def wanted(config: Config) -> bool:

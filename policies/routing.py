@@ -52,6 +52,11 @@ def unit_hash(experiment: str, key: str, variant: str) -> float:
     return ((int.from_bytes(digest, "big") >> 11) + 0.5) / _SCALE
 
 
+def unit_id(key: str) -> str:
+    """The experiment's unit for a sticky key, as stored: a one-way hash, so no key or user id is kept."""
+    return hashlib.blake2b(_part(key), digest_size=8, person=b"turnout-unit").hexdigest()
+
+
 def sticky_variant(experiment: str, key: str, weights: Mapping[str, float]) -> str:
     """The variant of ``key``: highest ``ln(u) / weight`` over the variants with a positive weight."""
     best, best_score = "", -math.inf

@@ -42,6 +42,10 @@ class InteractionRow(NamedTuple):
     stream: bool
     response_id: str | None
     record: str  # the whole interaction as JSON text
+    # read out of the record by the writer, for the experiment analysis's SQL (migration 6)
+    unit: str | None = None  # the experiment unit: a hash of the sticky key
+    tokens: float | None = None  # usage.total_tokens
+    similarity: float | None = None  # a shadow's agreement with its primary
 
 
 class FeedbackRow(NamedTuple):
@@ -52,6 +56,7 @@ class FeedbackRow(NamedTuple):
     score: float | None
     label: str | None
     record: str  # the whole feedback object as JSON text
+    task_completed: int | None = None  # 1, 0 or not said
 
 
 class Claimed(NamedTuple):

@@ -192,6 +192,41 @@ _REVIEW = [
     "CREATE INDEX interactions_parent ON interactions (parent_id) WHERE parent_id IS NOT NULL",
 ]
 
+# the experiment analysis: columns the writer reads out of each record (so the analysis aggregates in SQL
+# without parsing JSON), its index, and the rollouts' state (one row per route) and audit trail
+_EXPERIMENTS = [
+    "ALTER TABLE interactions ADD COLUMN unit TEXT",
+    "ALTER TABLE interactions ADD COLUMN tokens {real}",
+    "ALTER TABLE interactions ADD COLUMN similarity {real}",
+    "ALTER TABLE feedback ADD COLUMN task_completed INTEGER",
+    "CREATE INDEX interactions_experiment ON interactions (route, experiment, role, ts)",
+    "CREATE INDEX interactions_shadow ON interactions (route, upstream, role, ts)",
+    """CREATE TABLE rollout_state (
+        route TEXT PRIMARY KEY,
+        plan TEXT NOT NULL,
+        phase TEXT NOT NULL,
+        step INTEGER NOT NULL,
+        since {real} NOT NULL,
+        started_at {real} NOT NULL,
+        resume TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        updated_at {real} NOT NULL
+    )""",
+    """CREATE TABLE rollout_audit (
+        id {serial},
+        route TEXT NOT NULL,
+        ts {real} NOT NULL,
+        actor TEXT NOT NULL,
+        from_phase TEXT NOT NULL,
+        from_percent INTEGER,
+        to_phase TEXT NOT NULL,
+        to_percent INTEGER,
+        reason TEXT NOT NULL,
+        figures TEXT NOT NULL
+    )""",
+    "CREATE INDEX rollout_audit_route ON rollout_audit (route, ts)",
+]
+
 MIGRATIONS: list[tuple[int, str, dict[str, list[str]]]] = [
     (1, "interactions and feedback", {"sqlite": _SQLITE_V1, "postgres": _POSTGRES_V1}),
     (2, "job state and leases", {"sqlite": [_JOBS.format(real="REAL")], "postgres": [_JOBS.format(real="FLOAT8")]}),
@@ -211,6 +246,14 @@ MIGRATIONS: list[tuple[int, str, dict[str, list[str]]]] = [
         {
             "sqlite": [x.format(real="REAL") for x in _REVIEW],
             "postgres": [x.format(real="DOUBLE PRECISION") for x in _REVIEW],
+        },
+    ),
+    (
+        6,
+        "experiment columns, rollout state and audit",
+        {
+            "sqlite": [q.format(real="REAL", serial="INTEGER PRIMARY KEY") for q in _EXPERIMENTS],
+            "postgres": [q.format(real="FLOAT8", serial="BIGSERIAL PRIMARY KEY") for q in _EXPERIMENTS],
         },
     ),
 ]

@@ -23,8 +23,8 @@ from collectors.store.migrations import MIGRATIONS, TRACKING
 
 _MIGRATION_LOCK = 0x7475726E  # "turn"
 _TYPES_I = ("text", "float8", "text", "text", "text", "text", "text", "text", "text", "int4", "text", "float8",
-            "float8", "bool", "text", "text")  # fmt: skip
-_TYPES_F = ("text", "float8", "text", "text", "float8", "text", "text")
+            "float8", "bool", "text", "text", "text", "float8", "float8")  # fmt: skip
+_TYPES_F = ("text", "float8", "text", "text", "float8", "text", "text", "int4")
 _INSERT_INTERACTIONS = (
     f"INSERT INTO interactions ({', '.join(InteractionRow._fields)}) SELECT * FROM unnest("
     + ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_TYPES_I))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -54,6 +55,7 @@ def decode(line: bytes) -> Item:
     data = orjson.loads(line)
     record = line.decode()
     if data["k"] == "i":
+        extra = data.get("extra") or {}
         return InteractionRow(
             str(data["request_id"]),
             float(data["ts"]),
@@ -71,6 +73,9 @@ def decode(line: bytes) -> Item:
             bool(data.get("stream")),
             data.get("response_id"),
             record,
+            _text(extra.get("unit")),
+            _number((data.get("usage") or {}).get("total_tokens")),
+            _number((extra.get("comparison") or {}).get("similarity")),
         )
     if data["k"] == "f":
         score = data.get("score")
@@ -82,8 +87,18 @@ def decode(line: bytes) -> Item:
             None if score is None else float(score),
             data.get("label"),
             record,
+            int(done) if isinstance(done := data.get("task_completed"), bool) else None,
         )
     raise ValueError(f"unknown journal record kind {data['k']!r}")
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _number(value: Any) -> float | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
 
 
 def _id(item: Item) -> str:

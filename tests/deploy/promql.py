@@ -18,6 +18,7 @@ COUNTERS = {
     "turnout_interactions_captured_total",
     "turnout_capture_dropped_total",
     "turnout_config_reloads_total",
+    "turnout_rollout_transitions_total",
 }
 HISTOGRAMS = {
     "turnout_request_duration_seconds",
@@ -34,6 +35,11 @@ GAUGES = {
     "turnout_config_last_reload_success_timestamp_seconds",
     "turnout_config_info",
     "turnout_experiment_weight",
+    "turnout_rollout_step",
+    "turnout_rollout_active",
+    "turnout_rollout_rolled_back",
+    "turnout_rollout_last_transition_timestamp_seconds",
+    "turnout_rollout_interval_seconds",
 }
 # The series names a scrape of /metrics shows (histograms as their _bucket/_sum/_count series).
 EXPORTED = (

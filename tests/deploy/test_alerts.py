@@ -20,7 +20,8 @@ UNIT_TESTS = sorted(Path(__file__).parent.glob("alerts*_test.yaml"))
 RETRAINING = {
     "TurnoutModelStale", "TurnoutFeedbackDegraded", "TurnoutShadowDisagreement", "TurnoutEvalScoreLow",
 }
-OPERATIONS = {"TurnoutHighErrorRate", "TurnoutCaptureDropping", "TurnoutConfigReloadFailing"}
+OPERATIONS = {"TurnoutHighErrorRate", "TurnoutCaptureDropping", "TurnoutConfigReloadFailing",
+              "TurnoutRolloutRolledBack", "TurnoutRolloutStalled"}
 
 
 def _promtool() -> str:

@@ -1,0 +1,154 @@
+"""What the experiment analysis reads from the store, aggregated in SQL: per variant, the per-user sums of
+every metric (users, and for each metric sum x, sum y, sum x^2, sum y^2, sum xy over users) at ``BUCKETS``
+points in time, so the report can draw each difference over time from one query.
+
+The user is the unit: rows are first summed per (variant, user, time bucket), then running sums per user are
+taken with a window, and each user's running sums count in every snapshot from their bucket until their next
+active one. A request without a sticky key is its own unit. Feedback joins by request id, or by the upstream
+response id for feedback that carries only that; several ratings of one answer are averaged.
+
+Usage::
+
+    rows = await variant_sums(store, "support-bot", "v4-ab", since=t0, until=time.time())
+    rows.snapshots[-1]["cand"]["error_rate"]   # (users, x, y, xx, yy, xy)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from collectors.store.base import Store
+
+BUCKETS = 12
+METRICS = ("requests", "error_rate", "latency", "feedback_score", "thumbs_up", "task_completed", "tokens")
+
+_SQL = """
+WITH fk AS (
+    SELECT f.request_id AS rid, f.score, f.label, f.task_completed FROM feedback f
+      JOIN interactions i ON i.request_id = f.request_id
+     WHERE i.route = $1 AND i.experiment = $2 AND i.role = 'primary' AND i.ts >= $3 AND i.ts < $4
+    UNION ALL
+    SELECT i.request_id, f.score, f.label, f.task_completed FROM feedback f
+      JOIN interactions i ON i.response_id = f.response_id
+     WHERE f.request_id IS NULL AND i.route = $1 AND i.experiment = $2 AND i.role = 'primary'
+       AND i.ts >= $3 AND i.ts < $4
+),
+fb AS (
+    SELECT rid, AVG(score) AS score,
+           AVG(CASE WHEN label = 'good' THEN 1.0 WHEN label = 'bad' THEN 0.0 END) AS up,
+           AVG(task_completed * 1.0) AS done
+      FROM fk GROUP BY rid
+),
+per_request AS (
+    SELECT i.variant AS v, COALESCE(i.unit, i.request_id) AS u,
+           CAST(FLOOR((i.ts - $3) / $5) AS INTEGER) AS b,
+           CASE WHEN i.outcome IN ('upstream_error', 'timeout') OR i.status >= 500 THEN 1 ELSE 0 END AS err,
+           LN(CASE WHEN i.latency_ms > 0.01 THEN i.latency_ms ELSE 0.01 END) AS lat,
+           COALESCE(i.tokens, 0) AS tok, fb.score, fb.up, fb.done
+      FROM interactions i LEFT JOIN fb ON fb.rid = i.request_id
+     WHERE i.route = $1 AND i.experiment = $2 AND i.role = 'primary' AND i.ts >= $3 AND i.ts < $4
+),
+per_bucket AS (
+    SELECT v, u, b, COUNT(*) AS n, SUM(err) AS err, SUM(lat) AS lat, SUM(tok) AS tok,
+           COALESCE(SUM(score), 0) AS sc, COUNT(score) AS nsc, COALESCE(SUM(up), 0) AS up, COUNT(up) AS nup,
+           COALESCE(SUM(done), 0) AS dn, COUNT(done) AS ndn
+      FROM per_request GROUP BY v, u, b
+),
+running AS (
+    SELECT v, u, b, LEAD(b) OVER (PARTITION BY v, u ORDER BY b) AS nb,
+           SUM(n) OVER w AS n, SUM(err) OVER w AS err, SUM(lat) OVER w AS lat, SUM(tok) OVER w AS tok,
+           SUM(sc) OVER w AS sc, SUM(nsc) OVER w AS nsc, SUM(up) OVER w AS up, SUM(nup) OVER w AS nup,
+           SUM(dn) OVER w AS dn, SUM(ndn) OVER w AS ndn
+      FROM per_bucket WINDOW w AS (PARTITION BY v, u ORDER BY b ROWS UNBOUNDED PRECEDING)
+)
+SELECT v, b, COALESCE(nb, $6) AS nb, COUNT(*),
+       SUM(n), SUM(n * n),
+       SUM(err), SUM(err * err), SUM(err * n),
+       SUM(lat), SUM(lat * lat), SUM(lat * n),
+       SUM(sc), SUM(nsc), SUM(sc * sc), SUM(nsc * nsc), SUM(sc * nsc),
+       SUM(up), SUM(nup), SUM(up * up), SUM(nup * nup), SUM(up * nup),
+       SUM(dn), SUM(ndn), SUM(dn * dn), SUM(ndn * ndn), SUM(dn * ndn),
+       SUM(tok), SUM(tok * tok), SUM(tok * n)
+  FROM running GROUP BY v, b, COALESCE(nb, $6)
+"""
+
+_LATENCY_SQL = """
+SELECT variant, CAST(FLOOR(LN(CASE WHEN latency_ms > 0.01 THEN latency_ms ELSE 0.01 END) * 20) AS INTEGER) AS k,
+       COUNT(*)
+  FROM interactions WHERE route = $1 AND experiment = $2 AND role = 'primary' AND ts >= $3 AND ts < $4
+ GROUP BY variant, CAST(FLOOR(LN(CASE WHEN latency_ms > 0.01 THEN latency_ms ELSE 0.01 END) * 20) AS INTEGER)
+"""
+
+Sums = tuple[int, float, float, float, float, float]  # users, x, y, xx, yy, xy
+
+
+@dataclass
+class VariantData:
+    since: float
+    until: float
+    times: list[float]  # the end of each snapshot's bucket
+    snapshots: list[dict[str, dict[str, Sums]]]  # per bucket: variant -> metric -> Sums (cumulative)
+    latency_quantiles: dict[str, dict[str, float]] = field(default_factory=dict)  # variant -> p50/p95 ms
+
+
+def _metric_sums(users: int, r: tuple[float, ...]) -> dict[str, Sums]:
+    n, nn = r[0], r[1]
+    out: dict[str, Sums] = {"requests": (users, n, float(users), nn, float(users), n)}
+    # error_rate, latency and tokens are per request: y = requests (n); the rest have their own y
+    out["error_rate"] = (users, r[2], n, r[3], nn, r[4])
+    out["latency"] = (users, r[5], n, r[6], nn, r[7])
+    for i, name in enumerate(("feedback_score", "thumbs_up", "task_completed")):
+        x, y, xx, yy, xy = r[8 + 5 * i : 13 + 5 * i]
+        out[name] = (users, x, y, xx, yy, xy)
+    out["tokens"] = (users, r[23], n, r[24], nn, r[25])
+    return out
+
+
+async def variant_sums(store: Store, route: str, experiment: str, *, since: float, until: float) -> VariantData:
+    width = max((until - since) / BUCKETS, 1e-6)
+    rows = await store.fetch(_SQL, route, experiment, since, until, width, BUCKETS)
+    acc: list[dict[str, list[float]]] = [{} for _ in range(BUCKETS)]
+    for v, b, nb, users, *figures in rows:
+        start, end = min(int(b), BUCKETS - 1), min(int(nb), BUCKETS)
+        for k in range(start, max(end, start + 1)):
+            cur = acc[k].setdefault(v, [0.0] * 27)
+            cur[0] += users
+            for i, value in enumerate(figures):
+                cur[i + 1] += float(value or 0)
+    snapshots = [{v: _metric_sums(int(vals[0]), tuple(vals[1:])) for v, vals in bucket.items()} for bucket in acc]
+    times = [since + width * (k + 1) for k in range(BUCKETS)]
+    data = VariantData(since, until, times, snapshots)
+    hist: dict[str, dict[int, int]] = {}
+    for v, k, count in await store.fetch(_LATENCY_SQL, route, experiment, since, until):
+        hist.setdefault(v, {})[int(k)] = int(count)
+    data.latency_quantiles = {v: _quantiles(h) for v, h in hist.items()}
+    return data
+
+
+def _quantiles(hist: dict[int, int]) -> dict[str, float]:
+    """p50 and p95 from a histogram of ln(latency) in bins of 1/20 (about 5 % wide; the bin's middle)."""
+    total = sum(hist.values())
+    out, seen = {}, 0
+    wanted = [("p50", 0.5), ("p95", 0.95)]
+    for k in sorted(hist):
+        seen += hist[k]
+        while wanted and seen >= wanted[0][1] * total:
+            name, _ = wanted.pop(0)
+            out[name] = round(math.exp((k + 0.5) / 20), 3)
+    return out
+
+
+_SHADOW_SQL = """
+SELECT COUNT(*), AVG(similarity),
+       AVG(CASE WHEN outcome IN ('upstream_error', 'timeout') OR status >= 500 THEN 1.0 ELSE 0.0 END)
+  FROM interactions WHERE route = $1 AND upstream = $2 AND role = 'shadow' AND ts >= $3
+   AND outcome NOT IN ('dropped', 'client_cancelled', 'shutdown_aborted')
+"""
+
+
+async def shadow_stats(store: Store, route: str, upstream: str, since: float) -> tuple[int, float, float]:
+    """(comparisons, mean agreement, error rate) of ``upstream`` mirrored on ``route`` since ``since``."""
+    rows = await store.fetch(_SHADOW_SQL, route, upstream, since)
+    n, agreement, errors = rows[0] if rows else (0, None, None)
+    return int(n or 0), float(agreement or 0.0), float(errors or 0.0)

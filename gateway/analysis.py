@@ -1,0 +1,167 @@
+"""The experiment report: reads the per-user sums from the store, runs the analysis in ``policies.experiments``
+and shapes the result for the terminal, ``--json`` and ``--html``.
+
+The window is the whole experiment (its ``experiment`` name on the route) unless a rollout is on a step, whose
+weights are then the ones in force since the step began; that step's start opens the window (weights must
+be constant over the window for the sample-ratio check to mean anything).
+
+Usage::
+
+    report = await build_report(store, config, "support-bot", now=time.time())
+    report["decision"], report["reasons"]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from collectors import rollouts
+from collectors.experiment_data import VariantData, variant_sums
+from collectors.store.base import Store
+from gateway.config import Config
+from gateway.rollout_state import plan_of, state_of
+from policies.experiments import METRICS, Decision, Settings, Sums, decide, metric_of
+from policies.rollout import candidate_percent, effective_weights
+
+
+def settings_for(config: Config, route: str) -> Settings:
+    r = config.routes[route]
+    a = r.analysis
+    if a is None:
+        control = max(r.variants, key=lambda v: r.variants[v])
+        return Settings(control=control)
+    primary = a.primary if a.primary in METRICS else "feedback_score"
+    return Settings(a.control, primary, dict(a.guardrails), a.alpha, a.min_users, a.min_duration, a.max_duration)
+
+
+def _sums(raw: Mapping[str, Mapping[str, tuple[int, float, float, float, float, float]]]) -> dict[str, dict[str, Sums]]:
+    return {v: {m: Sums(*t) for m, t in metrics.items()} for v, metrics in raw.items()}
+
+
+async def window(store: Store, config: Config, route: str, now: float) -> tuple[float, dict[str, float], str]:
+    """(since, weights in force, what the window is) for the route now."""
+    weights = dict(config.routes[route].variants)
+    row = await rollouts.load(store, route)
+    if row is not None and row.phase in ("step", "paused"):
+        plan, state = plan_of(row), state_of(row)
+        if candidate_percent(plan, state) is not None and plan.candidate in weights:
+            weights = effective_weights(weights, plan, state)
+            return row.since, weights, f"rollout step {candidate_percent(plan, state)} % since {row.since:.0f}"
+    first = await store.fetch(
+        "SELECT MIN(ts) FROM interactions WHERE route = $1 AND experiment = $2 AND role = 'primary'",
+        route,
+        config.experiment(route),
+    )
+    since = float(first[0][0]) if first and first[0][0] is not None else now
+    return since, weights, "the whole experiment"
+
+
+def _figures(sums: Mapping[str, Sums], quantiles: Mapping[str, float]) -> dict[str, Any]:
+    def mean(m: str) -> float | None:
+        s = sums.get(m)
+        return None if s is None else s.mean
+
+    lat = mean("latency")
+    users = sums["requests"].users if "requests" in sums else 0
+    return {
+        "users": users,
+        "requests": int(sums["requests"].x) if "requests" in sums else 0,
+        "error_rate": mean("error_rate"),
+        "latency_geomean_ms": None if lat is None else math.exp(lat),
+        "latency_p50_ms": quantiles.get("p50"),
+        "latency_p95_ms": quantiles.get("p95"),
+        "feedback_score": mean("feedback_score"),
+        "ratings": int(sums["feedback_score"].y) if "feedback_score" in sums else 0,
+        "thumbs_up": mean("thumbs_up"),
+        "task_completed": mean("task_completed"),
+        "tokens_per_request": mean("tokens"),
+    }
+
+
+def _comparison(c: Any) -> dict[str, Any]:
+    iv = c.interval
+    out = {"variant": c.variant, "metric": c.metric, "role": c.role, "verdict": c.verdict, "tolerance": c.tolerance}
+    if iv is not None:
+        out |= {"difference": iv.estimate, "low": iv.low, "high": iv.high, "alpha": iv.alpha}
+    return out
+
+
+def _series(data: VariantData, settings: Settings, weights: Mapping[str, float], since: float) -> list[dict[str, Any]]:
+    """The decision's comparisons at each snapshot in time (for the report's charts)."""
+    points = []
+    for t, raw in zip(data.times, data.snapshots, strict=True):
+        if not raw:
+            continue
+        d = decide(settings, _sums(raw), weights, t - since)
+        users = {v: m["requests"][0] for v, m in raw.items()}
+        points.append({"t": t, "users": users, "comparisons": [_comparison(c) for c in d.comparisons]})
+    return points
+
+
+async def build_report(store: Store, config: Config, route: str, *, now: float) -> dict[str, Any]:
+    settings = settings_for(config, route)
+    since, weights, what = await window(store, config, route, now)
+    data = await variant_sums(store, route, config.experiment(route), since=since, until=now + 1e-3)
+    final = _sums(data.snapshots[-1])
+    decision: Decision = decide(settings, final, weights, now - since)
+    reasons = list(decision.reasons)
+    a = config.routes[route].analysis
+    if a is not None and a.primary == "eval_score":
+        reasons.insert(0, "eval_score is measured by the eval suite, not by traffic: the A/B analysis judges "
+                          "feedback_score instead")  # fmt: skip
+    return {
+        "route": route,
+        "experiment": config.experiment(route),
+        "window": {"since": since, "until": now, "what": what},
+        "weights": weights,
+        "settings": {
+            "control": settings.control,
+            "primary": settings.primary,
+            "guardrails": {metric_of(k): v for k, v in settings.guardrails.items()},
+            "alpha": settings.alpha,
+            "min_users": settings.min_users,
+            "min_duration_s": settings.min_duration_s,
+            "max_duration_s": settings.max_duration_s,
+        },
+        "variants": {v: _figures(final[v], data.latency_quantiles.get(v, {})) for v in sorted(final)},
+        "srm_p": decision.srm_p,
+        "comparisons": [_comparison(c) for c in decision.comparisons],
+        "decision": decision.decision,
+        "winner": decision.winner,
+        "reasons": reasons,
+        "series": _series(data, settings, weights, since),
+    }
+
+
+def render_table(report: Mapping[str, Any]) -> str:
+    """The report for a terminal."""
+    lines = [f"experiment {report['experiment']} on route {report['route']} ({report['window']['what']})", ""]
+    head = f"{'variant':<16}{'weight':>8}{'users':>9}{'requests':>10}{'errors':>9}{'p50 ms':>9}{'p95 ms':>9}"
+    head += f"{'score':>8}{'thumbs':>8}{'done':>8}{'tokens':>8}"
+    lines.append(head)
+
+    def f(x: Any, spec: str) -> str:
+        return "-" if x is None else format(x, spec)
+
+    for v, m in report["variants"].items():
+        lines.append(
+            f"{v:<16}{report['weights'].get(v, 0):>8.1f}{m['users']:>9}{m['requests']:>10}"
+            f"{f(m['error_rate'], '.2%'):>9}{f(m['latency_p50_ms'], '.0f'):>9}{f(m['latency_p95_ms'], '.0f'):>9}"
+            f"{f(m['feedback_score'], '.3f'):>8}{f(m['thumbs_up'], '.1%'):>8}{f(m['task_completed'], '.1%'):>8}"
+            f"{f(m['tokens_per_request'], '.0f'):>8}"
+        )
+    lines += ["", f"sample ratio check: p = {report['srm_p']:.3g}", ""]
+    for c in report["comparisons"]:
+        if "difference" not in c:
+            lines.append(f"{c['variant']} vs control, {c['metric']} ({c['role']}): no data yet")
+            continue
+        scale = (lambda x: f"{math.expm1(x):+.1%}") if c["metric"] == "latency" else (lambda x: f"{x:+.4f}")
+        lines.append(
+            f"{c['variant']} vs control, {c['metric']} ({c['role']}): {scale(c['difference'])} "
+            f"[{scale(c['low'])}, {scale(c['high'])}] -> {c['verdict']}"
+        )
+    lines += ["", f"decision: {report['decision'].upper()}" + (f" {report['winner']}" if report["winner"] else "")]
+    lines += [f"  - {r}" for r in report["reasons"]]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,192 @@
+"""The deployment workflow's commands: ``turnout experiment report``, ``turnout rollout
+status|start|approve|pause|abort``, ``turnout promote`` and ``turnout rollback``.
+
+Usage: ``turnout experiment report support-bot -c turnout.yaml --json r.json --html r.html``;
+``turnout rollout start support-bot -c turnout.yaml``; ``turnout promote support-bot cand-v4 -c turnout.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import math
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from collectors import rollouts as stored
+from collectors.store import UnknownStore, open_store
+from collectors.store.base import Store, StoreUnavailable
+from gateway.analysis import build_report, render_table
+from gateway.config import ConfigError, Loaded, load_config
+from gateway.config_edit import set_weights
+from gateway.report_html import render_html
+from gateway.rollout_state import plan_of, state_of
+from gateway.rollouts import RolloutError, act, end, start
+from policies.rollout import candidate_percent
+
+
+def _fail(exc: ConfigError) -> int:
+    for line in exc.errors:
+        print(f"{exc.path}: {line}", file=sys.stderr)
+    return 2
+
+
+def _with_store(args: argparse.Namespace, body: Callable[[Store, Loaded], Awaitable[int]]) -> int:
+    try:
+        loaded = load_config(args.config, store_only=True)
+    except ConfigError as exc:
+        return _fail(exc)
+    if getattr(args, "route", None) and args.route not in loaded.config.routes:
+        print(f"turnout: {args.config}: no route {args.route!r}", file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        store = open_store(loaded.secrets.store_dsn)
+        try:
+            await store.open()
+            return await body(store, loaded)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except (UnknownStore, StoreUnavailable, OSError) as exc:
+        print(f"turnout {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except (RolloutError, ValueError) as exc:
+        print(f"turnout {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+def report(args: argparse.Namespace) -> int:
+    found: dict[str, Any] = {}
+
+    async def body(store: Store, loaded: Loaded) -> int:
+        found["report"] = await build_report(store, loaded.config, args.route, now=time.time())
+        return 0
+
+    code = _with_store(args, body)
+    if code != 0:
+        return code
+    data = found["report"]
+    if args.json:
+        Path(args.json).write_text(json.dumps(_finite(data), indent=2, allow_nan=False) + "\n")
+    if args.html:
+        Path(args.html).write_text(render_html(data), encoding="utf-8")
+    sys.stdout.write(render_table(data))
+    return 0
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no infinity: an interval not yet bounded is written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _actor(args: argparse.Namespace) -> str:
+    return args.actor or getpass.getuser()
+
+
+def rollout(args: argparse.Namespace) -> int:
+    async def body(store: Store, loaded: Loaded) -> int:
+        now = time.time()
+        if args.action == "start":
+            await start(store, loaded.config, args.route, actor=_actor(args), now=now)
+        elif args.action != "status":
+            await act(store, args.route, args.action, actor=_actor(args), now=now, reason=args.reason or "")
+        row = await stored.load(store, args.route)
+        if row is None:
+            print(f"route {args.route}: no rollout")
+            return 0
+        plan, state = plan_of(row), state_of(row)
+        print(f"route {args.route}: candidate {plan.candidate}, {state.phase}, {candidate_percent(plan, state)} % "
+              f"of users; steps {list(plan.steps)} every {plan.interval_s:.0f} s; {state.reason}")  # fmt: skip
+        for a in await stored.audit_log(store, args.route, limit=args.history):
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(a.ts))
+            print(f"  {stamp} {a.actor}: {a.from_phase} {a.from_percent} -> {a.to_phase} {a.to_percent}: {a.reason}")
+        return 0
+
+    return _with_store(args, body)
+
+
+def _rewrite(args: argparse.Namespace, weights_of: Callable[[Loaded], dict[str, float]], why: str) -> int:
+    try:
+        loaded = load_config(args.config, store_only=True)
+    except ConfigError as exc:
+        return _fail(exc)
+    if args.route not in loaded.config.routes:
+        print(f"turnout: {args.config}: no route {args.route!r}", file=sys.stderr)
+        return 2
+    try:
+        weights = weights_of(loaded)
+        set_weights(Path(args.config), args.route, weights)
+    except ConfigError as exc:
+        return _fail(exc)
+    except ValueError as exc:
+        print(f"turnout {args.command}: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.config}: routes.{args.route}.variants = {weights}")
+
+    async def body(store: Store, _: Loaded) -> int:
+        await end(store, args.route, actor=_actor(args), now=time.time(), reason=why)
+        return 0
+
+    return _with_store(args, body)
+
+
+def promote(args: argparse.Namespace) -> int:
+    def weights(loaded: Loaded) -> dict[str, float]:
+        variants = loaded.config.routes[args.route].variants
+        if args.variant not in variants:
+            raise ValueError(f"{args.variant!r} is not a variant of route {args.route!r}")
+        return {v: (100.0 if v == args.variant else 0.0) for v in variants}
+
+    return _rewrite(args, weights, f"promoted {args.variant} to 100 % by {_actor(args)}")
+
+
+def rollback(args: argparse.Namespace) -> int:
+    def weights(loaded: Loaded) -> dict[str, float]:
+        route = loaded.config.routes[args.route]
+        if route.analysis is None:
+            raise ValueError(f"routes.{args.route}.analysis.control is needed to know what to roll back to")
+        return {v: (100.0 if v == route.analysis.control else 0.0) for v in route.variants}
+
+    return _rewrite(args, weights, f"rolled back to the control by {_actor(args)}")
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser("experiment", help="A/B analysis of a route's split")
+    ex = p.add_subparsers(dest="experiment_command", required=True)
+    r = ex.add_parser("report", help="per-variant figures, always-valid intervals, the decision")
+    r.add_argument("route")
+    r.add_argument("-c", "--config", default="turnout.yaml", help="config file (default: turnout.yaml)")
+    r.add_argument("--json", help="also write the report as JSON to this file")
+    r.add_argument("--html", help="also write a self-contained HTML page to this file")
+    r.set_defaults(run=report)
+    p = sub.add_parser("rollout", help="a route's guarded rollout: status, start, approve, pause, abort")
+    p.add_argument("action", choices=("status", "start", "approve", "pause", "abort"))
+    p.add_argument("route")
+    p.add_argument("-c", "--config", default="turnout.yaml", help="config file (default: turnout.yaml)")
+    p.add_argument("--actor", help="who acts, for the audit trail (default: the login name)")
+    p.add_argument("--reason", help="why, for the audit trail")
+    p.add_argument("--history", type=int, default=10, help="audit rows shown (default: 10)")
+    p.set_defaults(run=rollout)
+    for name, func, text in (("promote", promote, "send every user to VARIANT"),
+                             ("rollback", rollback, "send every user to analysis.control")):  # fmt: skip
+        p = sub.add_parser(name, help=f"{text}: rewrite the config file (comments kept) and end any rollout")
+        p.add_argument("route")
+        if name == "promote":
+            p.add_argument("variant")
+        p.add_argument("-c", "--config", default="turnout.yaml", help="config file (default: turnout.yaml)")
+        p.add_argument("--actor", help="who acts, for the audit trail (default: the login name)")
+        p.set_defaults(run=func)

@@ -1,0 +1,176 @@
+"""The rollout controller (a job: one runner across replicas) and the actions people take from the CLI.
+
+Each check reads the route's stored state, measures what the current phase needs (the eval gate's
+comparison, the shadow comparisons since the gate began, the A/B analysis over the current step) and feeds
+it to ``policies.rollout.advance``; a transition is stored with its audit row (who, when, from, to, why, the
+figures) in one transaction, so the serving processes pick up the new weights at their next read (2 s) and a
+controller killed at any point resumes from the stored state on whichever replica runs the next check. The
+check runs every ``min(interval, 10 s)``.
+
+Usage::
+
+    rollout_jobs(config)   # the controller jobs, for gateway/jobs.py
+    await start(store, config, "support-bot", actor="alice", now=time.time())
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from collectors import rollouts
+from collectors.experiment_data import shadow_stats
+from collectors.store.base import Store
+from gateway.analysis import build_report
+from gateway.config import Config
+from gateway.rollout_state import plan_from_config, plan_of, row_of, state_of
+from gateway.schedule import Job, JobContext, Schedule
+from policies.rollout import (
+    ACTIVE,
+    Observation,
+    Plan,
+    ShadowStats,
+    State,
+    Verdict,
+    abort,
+    advance,
+    approve,
+    candidate_percent,
+    pause,
+)
+from policies.rollout import (
+    start as start_state,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_CHECK_S = 10.0
+
+
+class RolloutError(Exception):
+    """A rollout action that cannot be taken (nothing to approve, no rollout configured, a race lost)."""
+
+
+def rollout_jobs(config: Config) -> list[Job]:
+    """One controller job per route with a ``rollout``, every ``min(interval, 10 s)``."""
+    out = []
+    for name, route in config.routes.items():
+        if route.rollout is not None and route.analysis is not None:
+            every = min(route.rollout.interval, MAX_CHECK_S)
+            out.append(Job(f"rollout:{name}", Schedule(every_s=every), _checker(name)))
+    return out
+
+
+def _checker(route: str) -> Callable[[JobContext], Awaitable[None]]:
+    async def run(ctx: JobContext) -> None:
+        await check(ctx.store, ctx.config, route, now=ctx.now(), config_path=ctx.config_path)
+
+    return run
+
+
+async def _observe(store: Store, config: Config, route: str, plan: Plan, state: State, now: float) -> Observation:
+    if state.phase == "eval":
+        return Observation(now, eval="skip", eval_reason=_eval_gate_note(config, route))
+    if state.phase == "shadow":
+        n, agreement, errors = await shadow_stats(store, route, plan.candidate, state.since)
+        return Observation(now, shadow=ShadowStats(n, agreement, errors))
+    report = await build_report(store, config, route, now=now)
+    cand = report["variants"].get(plan.candidate, {"users": 0})
+    ctrl = report["variants"].get(plan.control, {"users": 0})
+    a = config.routes[route].analysis
+    enough = a is not None and min(cand["users"], ctrl["users"]) >= a.min_users
+    safe = all(
+        c["verdict"] in ("safe", "better", "unclear") if c["role"] == "primary" else c["verdict"] == "safe"
+        for c in report["comparisons"]
+        if c["variant"] == plan.candidate
+    )
+    srm_ok = report["srm_p"] >= 0.001
+    breach = report["decision"] == "rollback"
+    return Observation(
+        now, analysis=Verdict(breach, enough and safe and srm_ok and not breach, tuple(report["reasons"]))
+    )
+
+
+def _eval_gate_note(config: Config, route: str) -> str:
+    ro = config.routes[route].rollout
+    suite = ro.gates.eval if ro else None
+    log.warning(
+        "rollout %s: the eval gate (%s) is skipped: no eval comparison is available in this build", route, suite
+    )
+    return f"no eval comparison available for {suite}; gate skipped"
+
+
+def _figures(obs: Observation) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if obs.shadow is not None:
+        out["shadow"] = {"samples": obs.shadow.samples, "agreement": obs.shadow.agreement,
+                         "error_rate": obs.shadow.error_rate}  # fmt: skip
+    if obs.analysis is not None:
+        out["analysis"] = {"breach": obs.analysis.breach, "advance": obs.analysis.advance,
+                           "reasons": list(obs.analysis.reasons)}  # fmt: skip
+    if obs.eval is not None:
+        out["eval"] = {"result": obs.eval, "reason": obs.eval_reason}
+    return out
+
+
+async def _store(store: Store, route: str, row: rollouts.RolloutRow | None, plan: Plan, new: State, *,
+                 actor: str, now: float, figures: dict[str, Any]) -> State:  # fmt: skip
+    old_phase = row.phase if row else "none"
+    old_pct = candidate_percent(plan, state_of(row)) if row else None
+    audit = rollouts.Audit(route, now, actor, old_phase, old_pct, new.phase, candidate_percent(plan, new),
+                           new.reason, figures)  # fmt: skip
+    if not await rollouts.save(store, row_of(route, plan, new, now), expect=row, audit=audit):
+        raise RolloutError(f"rollout {route}: the stored state changed meanwhile; look again")
+    log.info("rollout %s: %s %s -> %s %s by %s: %s", route, old_phase, old_pct, new.phase,
+             candidate_percent(plan, new), actor, new.reason)  # fmt: skip
+    return new
+
+
+async def check(store: Store, config: Config, route: str, *, now: float) -> State | None:
+    """One controller check of ``route``: the stored state after it (None when there is no rollout)."""
+    row = await rollouts.load(store, route)
+    if row is None or row.phase not in ACTIVE or row.phase == "paused":
+        return None if row is None else state_of(row)
+    plan, state = plan_of(row), state_of(row)
+    obs = await _observe(store, config, route, plan, state, now)
+    new, why = advance(plan, state, obs)
+    if why is None:
+        return state
+    return await _store(store, route, row, plan, new, actor="controller", now=now, figures=_figures(obs))
+
+
+async def start(store: Store, config: Config, route: str, *, actor: str, now: float) -> State:
+    plan = plan_from_config(config, route)
+    row = await rollouts.load(store, route)
+    if row is not None and row.phase in ACTIVE:
+        raise RolloutError(f"rollout {route} is already {row.phase}; abort it first")
+    new = start_state(plan, now)
+    new = State(new.phase, new.step, new.since, new.started_at, reason=f"started by {actor}")
+    if row is not None:
+        await rollouts.delete(store, route)
+    return await _store(store, route, None, plan, new, actor=actor, now=now, figures={})
+
+
+async def act(store: Store, route: str, action: str, *, actor: str, now: float, reason: str = "") -> State:
+    """``approve``, ``pause`` or ``abort`` the route's rollout."""
+    row = await rollouts.load(store, route)
+    if row is None:
+        raise RolloutError(f"route {route} has no rollout; start one with `turnout rollout start {route}`")
+    plan, state = plan_of(row), state_of(row)
+    why = reason or f"{action} by {actor}"
+    new = {"approve": lambda: approve(plan, state, now, why), "pause": lambda: pause(state, now, why),
+           "abort": lambda: abort(state, now, why)}[action]()  # fmt: skip
+    if new == state:
+        raise RolloutError(f"rollout {route} is {state.phase}: nothing to {action}")
+    return await _store(store, route, row, plan, new, actor=actor, now=now, figures={})
+
+
+async def end(store: Store, route: str, *, actor: str, now: float, reason: str) -> None:
+    """End any rollout of ``route`` (promote / rollback wrote the file): the file's weights apply again."""
+    row = await rollouts.load(store, route)
+    if row is None or row.phase == "aborted":
+        return
+    plan, state = plan_of(row), state_of(row)
+    ended = State("aborted", state.step, now, state.started_at, reason=reason)
+    await _store(store, route, row, plan, ended, actor=actor, now=now, figures={})

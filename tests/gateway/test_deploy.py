@@ -1,0 +1,179 @@
+"""The deployment workflow against real stores: the SQL aggregation against a per-user computation in Python
+(SQLite and PostgreSQL), the controller's steps and rollback with the overlay every replica serves, and
+promote/rollback rewriting the config with every other byte kept."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import orjson
+import pytest
+
+from collectors import rollouts as stored
+from collectors.experiment_data import variant_sums
+from collectors.store import open_store
+from collectors.store.base import FeedbackRow, InteractionRow, Store
+from gateway.cli import main
+from gateway.config import ConfigError, load_config, parse_config
+from gateway.config_edit import rewrite, set_weights
+from gateway.rollout_state import overlay
+from gateway.rollouts import act, check, start
+from policies.routing import sticky_variant, unit_id
+from tests.collectors.pg import pg_dsn, postgres_server  # noqa: F401
+
+CONFIG = """# the support bot's split
+server: {state_dir: STATE}
+store: STORE
+upstreams:
+  prod: {provider: dummy}   # production
+  cand: {provider: dummy}
+routes:
+  bot:
+    # weights: percent of users
+    variants: {prod: 100, cand: 0}   # keep this comment
+    analysis:
+      control: prod
+      primary: thumbs_up
+      guardrails: {error_rate: 0.05}
+      min_users: 30
+      min_duration: 0s
+    rollout:
+      candidate: cand
+      steps: [20, 50, 100]
+      interval: 2s
+"""
+
+
+def write_config(tmp_path: Path, store: str) -> Path:
+    path = tmp_path / "turnout.yaml"
+    path.write_text(CONFIG.replace("STATE", str(tmp_path / "state")).replace("STORE", store))
+    return path
+
+
+async def traffic(store: Store, *, users: int, weights: dict[str, float], since: float, error: dict[str, float],
+                  up: dict[str, float], seed: int) -> list[tuple[str, str, int, int, list[float]]]:  # fmt: skip
+    """Store ``users`` users' requests (1-3 each) with feedback; returns (user, variant, errors, n, thumbs)."""
+    rng = random.Random(seed)
+    rows, fb, truth = [], [], []
+    for u in range(users):
+        user = f"user-{seed}-{u}"
+        variant = sticky_variant("bot", user, weights)
+        n = rng.randint(1, 3)
+        errs, thumbs = 0, []
+        for k in range(n):
+            rid = f"{seed}-{u}-{k}"
+            failed = rng.random() < error[variant]
+            errs += failed
+            record = {"k": "i", "request_id": rid, "extra": {"unit": unit_id(user)}}
+            rows.append(InteractionRow(rid, since + rng.random() * 10, "bot", "bot", variant, "primary", None,
+                                       variant, "chat.completions", 502 if failed else 200,
+                                       "upstream_error" if failed else "ok", 100 + rng.random() * 50, None, False,
+                                       None, orjson.dumps(record).decode(), unit_id(user), 30.0, None))  # fmt: skip
+            if not failed and rng.random() < 0.7:
+                label = "good" if rng.random() < up[variant] else "bad"
+                thumbs.append(1.0 if label == "good" else 0.0)
+                fb.append(FeedbackRow(f"f{rid}", since + 11, rid, None, None, label, "{}", None))
+        truth.append((user, variant, errs, n, thumbs))
+    await store.write(rows, fb)
+    return truth
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def dsn(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 't.db'}"
+    return request.getfixturevalue("pg_dsn")
+
+
+async def test_sql_sums_match_a_per_user_computation(dsn: str) -> None:
+    store = open_store(dsn)
+    await store.open()
+    try:
+        truth = await traffic(store, users=300, weights={"prod": 50, "cand": 50}, since=1000.0,
+                              error={"prod": 0.05, "cand": 0.2}, up={"prod": 0.6, "cand": 0.7}, seed=1)  # fmt: skip
+        data = await variant_sums(store, "bot", "bot", since=1000.0, until=1020.0)
+    finally:
+        await store.close()
+    final = data.snapshots[-1]
+    for variant in ("prod", "cand"):
+        mine = [t for t in truth if t[1] == variant]
+        users, x, y, xx, yy, xy = final[variant]["error_rate"]
+        assert users == len(mine)
+        assert x == sum(t[2] for t in mine) and y == sum(t[3] for t in mine)
+        assert xx == sum(t[2] ** 2 for t in mine) and xy == sum(t[2] * t[3] for t in mine)
+        assert yy == sum(t[3] ** 2 for t in mine)
+        users, x, y, xx, yy, xy = final[variant]["thumbs_up"]
+        assert x == pytest.approx(sum(sum(t[4]) for t in mine)) and y == sum(len(t[4]) for t in mine)
+        assert xx == pytest.approx(sum(sum(t[4]) ** 2 for t in mine))
+        assert yy == sum(len(t[4]) ** 2 for t in mine)
+    # snapshots are cumulative: users only grow, and the last one holds everyone
+    counts = [sum(s[v]["requests"][0] for v in s) for s in data.snapshots if s]
+    assert counts == sorted(counts) and counts[-1] == len(truth)
+    assert 100 < data.latency_quantiles["prod"]["p50"] < 160
+
+
+async def test_controller_steps_then_rolls_back_a_breach_and_the_overlay_follows(tmp_path: Path) -> None:
+    path = write_config(tmp_path, f"sqlite:///{tmp_path / 't.db'}")
+    config = load_config(path).config
+    store = open_store(f"sqlite:///{tmp_path / 't.db'}")
+    await store.open()
+    try:
+        t0 = 10_000.0
+        state = await start(store, config, "bot", actor="alice", now=t0)
+        assert (state.phase, state.step) == ("step", 0)
+        served = overlay(config, await stored.load_all(store)).routes["bot"].variants
+        assert served == {"prod": 80.0, "cand": 20.0}
+        await traffic(store, users=400, weights=dict(served), since=t0 + 0.1, error={"prod": 0.0, "cand": 0.0},
+                      up={"prod": 0.6, "cand": 0.6}, seed=2)  # fmt: skip
+        held = await check(store, config, "bot", now=t0 + 1)  # inside the interval: held
+        assert held is not None and held.step == 0
+        moved = await check(store, config, "bot", now=t0 + 12)
+        assert moved is not None and (moved.phase, moved.step) == ("step", 1), moved.reason
+        served = overlay(config, await stored.load_all(store)).routes["bot"].variants
+        assert served == {"prod": 50.0, "cand": 50.0}
+        # the candidate starts failing a third of its requests: rolled back at the next check
+        await traffic(store, users=200, weights=dict(served), since=t0 + 13, error={"prod": 0.0, "cand": 0.35},
+                      up={"prod": 0.6, "cand": 0.6}, seed=3)  # fmt: skip
+        back = await check(store, config, "bot", now=t0 + 24)
+        assert back is not None and back.phase == "rolled_back", back.reason
+        assert "error_rate" in back.reason
+        served = overlay(config, await stored.load_all(store)).routes["bot"].variants
+        assert served == {"prod": 100.0, "cand": 0.0}
+        log = await stored.audit_log(store, "bot")
+        assert [(a.to_phase, a.to_percent) for a in reversed(log)] == [("step", 20), ("step", 50), ("rolled_back", 0)]
+        assert log[0].actor == "controller" and log[0].figures["analysis"]["breach"] is True
+        assert log[-1].actor == "alice"
+        with pytest.raises(Exception, match="nothing to approve"):
+            await act(store, "bot", "approve", actor="bob", now=t0 + 30)
+    finally:
+        await store.close()
+
+
+def test_promote_and_rollback_keep_every_other_byte(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_config(tmp_path, f"sqlite:///{tmp_path / 't.db'}")
+    before = path.read_text()
+    assert main(["promote", "bot", "cand", "-c", str(path), "--actor", "alice"]) == 0
+    after = path.read_text()
+    changed = [(a, b) for a, b in zip(before.splitlines(), after.splitlines(), strict=True) if a != b]
+    assert changed == [("    variants: {prod: 100, cand: 0}   # keep this comment",
+                        "    variants: {prod: 0, cand: 100}   # keep this comment")]  # fmt: skip
+    assert load_config(path).config.routes["bot"].variants == {"prod": 0, "cand": 100}
+    assert main(["rollback", "bot", "-c", str(path)]) == 0
+    assert path.read_text() == before
+    assert main(["promote", "bot", "nope", "-c", str(path)]) == 2
+    assert "not a variant" in capsys.readouterr().err
+    assert path.read_text() == before
+
+
+def test_rewrite_handles_block_style_and_refuses_an_invalid_result(tmp_path: Path) -> None:
+    text = "upstreams:\n  a: {provider: dummy}\n  b: {provider: dummy}\nroutes:\n  r:\n    variants:\n" \
+           "      a: 90   # control\n      b: 10.5\n"  # fmt: skip
+    new = rewrite(text, "r", {"a": 0, "b": 100}, "f.yaml")
+    assert new == text.replace("a: 90", "a: 0").replace("b: 10.5", "b: 100")
+    assert parse_config(new.encode(), "f.yaml", store_only=True).config.routes["r"].variants == {"a": 0, "b": 100}
+    bad = tmp_path / "t.yaml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError, match="must not all be 0"):
+        set_weights(bad, "r", {"a": 0, "b": 0})
+    assert bad.read_text() == text
