@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from collectors import rollouts
@@ -24,6 +25,7 @@ from collectors.experiment_data import shadow_stats
 from collectors.store.base import Store
 from gateway.analysis import build_report
 from gateway.config import Config
+from gateway.evals import compare_upstreams
 from gateway.rollout_state import plan_from_config, plan_of, row_of, state_of
 from gateway.schedule import Job, JobContext, Schedule
 from policies.rollout import (
@@ -69,9 +71,16 @@ def _checker(route: str) -> Callable[[JobContext], Awaitable[None]]:
     return run
 
 
-async def _observe(store: Store, config: Config, route: str, plan: Plan, state: State, now: float) -> Observation:
+async def _observe(
+    store: Store, config: Config, route: str, plan: Plan, state: State, now: float, config_path: Path | None
+) -> Observation:
     if state.phase == "eval":
-        return Observation(now, eval="skip", eval_reason=_eval_gate_note(config, route))
+        ro = config.routes[route].rollout
+        if ro is None or ro.gates.eval is None or config_path is None:
+            return Observation(now, eval="skip", eval_reason="no eval suite to run")
+        suite = config_path.parent / ro.gates.eval
+        cmp = await compare_upstreams(config, suite, plan.control, plan.candidate, store, source="rollout")
+        return Observation(now, eval="pass" if cmp.not_worse else "fail", eval_reason=cmp.summary)
     if state.phase == "shadow":
         n, agreement, errors = await shadow_stats(store, route, plan.candidate, state.since)
         return Observation(now, shadow=ShadowStats(n, agreement, errors))
@@ -90,15 +99,6 @@ async def _observe(store: Store, config: Config, route: str, plan: Plan, state: 
     return Observation(
         now, analysis=Verdict(breach, enough and safe and srm_ok and not breach, tuple(report["reasons"]))
     )
-
-
-def _eval_gate_note(config: Config, route: str) -> str:
-    ro = config.routes[route].rollout
-    suite = ro.gates.eval if ro else None
-    log.warning(
-        "rollout %s: the eval gate (%s) is skipped: no eval comparison is available in this build", route, suite
-    )
-    return f"no eval comparison available for {suite}; gate skipped"
 
 
 def _figures(obs: Observation) -> dict[str, Any]:
@@ -127,13 +127,15 @@ async def _store(store: Store, route: str, row: rollouts.RolloutRow | None, plan
     return new
 
 
-async def check(store: Store, config: Config, route: str, *, now: float) -> State | None:
+async def check(
+    store: Store, config: Config, route: str, *, now: float, config_path: Path | None = None
+) -> State | None:
     """One controller check of ``route``: the stored state after it (None when there is no rollout)."""
     row = await rollouts.load(store, route)
     if row is None or row.phase not in ACTIVE or row.phase == "paused":
         return None if row is None else state_of(row)
     plan, state = plan_of(row), state_of(row)
-    obs = await _observe(store, config, route, plan, state, now)
+    obs = await _observe(store, config, route, plan, state, now, config_path)
     new, why = advance(plan, state, obs)
     if why is None:
         return state

@@ -177,3 +177,30 @@ def test_rewrite_handles_block_style_and_refuses_an_invalid_result(tmp_path: Pat
     with pytest.raises(ConfigError, match="must not all be 0"):
         set_weights(bad, "r", {"a": 0, "b": 0})
     assert bad.read_text() == text
+
+
+@pytest.mark.parametrize(("wrong", "phase"), [(0.0, "step"), (0.5, "rolled_back")])
+async def test_eval_gate_runs_the_suite_comparison_first(tmp_path: Path, wrong: float, phase: str) -> None:
+    answers = {f"q{i}": f"a{i}" for i in range(60)}
+    suite = {"suite": "gate", "cases": [{"id": q, "messages": [{"role": "user", "content": q}], "expected": a,
+                                          "assert": [{"type": "equals"}]} for q, a in answers.items()]}  # fmt: skip
+    (tmp_path / "suite.yaml").write_text(orjson.dumps(suite).decode())
+    text = CONFIG.replace("  prod: {provider: dummy}   # production\n  cand: {provider: dummy}\n",
+                          f"  prod: {{provider: dummy, answers: {orjson.dumps(answers).decode()}}}\n"
+                          f"  cand: {{provider: dummy, answers: {orjson.dumps(answers).decode()}, "
+                          f"wrong_share: {wrong}}}\n")  # fmt: skip
+    text = text.replace("      interval: 2s\n", "      interval: 2s\n      gates: {eval: suite.yaml}\n")
+    path = write_config(tmp_path, f"sqlite:///{tmp_path / 't.db'}")
+    path.write_text(text.replace("STATE", str(tmp_path / "state")).replace("STORE", f"sqlite:///{tmp_path / 't.db'}"))
+    config = load_config(path).config
+    store = open_store(f"sqlite:///{tmp_path / 't.db'}")
+    await store.open()
+    try:
+        first = await start(store, config, "bot", actor="alice", now=100.0)
+        assert first.phase == "eval"
+        assert overlay(config, await stored.load_all(store)).routes["bot"].variants == {"prod": 100.0, "cand": 0.0}
+        after = await check(store, config, "bot", now=101.0, config_path=path)
+        assert after is not None and after.phase == phase, after.reason
+        assert ("eval gate passed" if phase == "step" else "eval gate failed") in after.reason
+    finally:
+        await store.close()
