@@ -4,7 +4,8 @@ work, and the reader that publishes their stored results as metrics in every ser
 A route with a ``drift:`` block gets a job ``drift:ROUTE`` every ``drift.every``: it compares the route's
 current window (interactions since the last published check) with its reference (``window:D``, the span D
 before that, or ``dataset``, the serving variant's dataset version) and stores the result. Any drift block
-also starts ``upstream-models`` every minute, which records the model and fingerprint each answer reports.
+also starts ``upstream-models`` every minute (or as often as the most frequent check), which records the model
+and fingerprint each answer reports.
 
 Usage: ``jobs_for`` calls ``drift_jobs(config)``; ``await check_route(store, config, path, "support-bot", now)``;
 ``stored_state.READERS`` holds ``read_drift``.
@@ -39,7 +40,7 @@ from policies.drift import ALPHA, MIN_SAMPLES
 from policies.drift_signals import compare
 
 KEEP_CHECKS_S = 90 * 86400.0
-MODEL_SCAN = Schedule(every_s=60.0)
+MODEL_SCAN_S = 60.0  # the upstream-models job: this often, or as often as the most frequent drift check
 
 
 class Reading(Protocol):
@@ -72,7 +73,7 @@ def drift_jobs(config: Config) -> list[Job]:
         return run
 
     return [
-        Job("upstream-models", MODEL_SCAN, scan),
+        Job("upstream-models", Schedule(every_s=min(MODEL_SCAN_S, *(d.every for d in routes.values()))), scan),
         *(Job(f"drift:{name}", Schedule(every_s=d.every), check(name)) for name, d in routes.items()),
     ]
 

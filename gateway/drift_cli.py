@@ -1,7 +1,8 @@
 """``turnout drift check|report ROUTE -c FILE [--json F]`` and ``turnout drift models -c FILE``.
 
 ``check`` runs a route's drift check now (what the ``drift:ROUTE`` job does on its schedule) and prints its
-report; ``report`` prints the route's latest stored check; ``models`` reads the answers stored since the last
+report; ``report`` prints the route's latest published check (what ``turnout_drift_score`` shows; the latest
+check of any kind when none was published yet); ``models`` reads the answers stored since the last
 scan and prints the model and fingerprint each upstream answers with. Errors go to stderr, exit 1 (2 for a
 config file that does not validate).
 
@@ -21,7 +22,7 @@ from typing import Any, TypeVar
 import orjson
 
 from collectors.drift import models
-from collectors.drift.store import Check, checks
+from collectors.drift.store import Check, checks, last_published
 from collectors.store import UnknownStore, open_store
 from collectors.store.base import Store, StoreUnavailable
 from gateway.config import ConfigError, Loaded, load_config
@@ -47,8 +48,11 @@ def _route_check(args: argparse.Namespace, loaded: Loaded) -> Check | None:
     config = loaded.config
     if args.action == "check":
         return _with_store(loaded, lambda s: check_route(s, config, loaded.path, args.route, time.time()))
-    found = _with_store(loaded, lambda s: checks(s, args.route))
-    return found[0] if found else None
+
+    async def latest(store: Store) -> Check | None:
+        return await last_published(store, args.route) or next(iter(await checks(store, args.route)), None)
+
+    return _with_store(loaded, latest)
 
 
 def _models(loaded: Loaded) -> list[models.UpstreamModel]:

@@ -117,6 +117,15 @@ async def window_start(store: Store, route: str) -> float | None:
     return None if found is None else float(found)
 
 
+async def last_published(store: Store, route: str) -> Check | None:
+    rows = await store.fetch(
+        f"SELECT {_CHECK_COLUMNS} FROM drift_checks WHERE route = $1 AND published = 1 ORDER BY checked_at DESC "
+        "LIMIT 1",
+        route,
+    )
+    return _check(rows[0]) if rows else None
+
+
 async def latest_published(store: Store) -> dict[str, Check]:
     """Each route's latest published check."""
     rows = await store.fetch(

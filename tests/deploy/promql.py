@@ -19,6 +19,7 @@ COUNTERS = {
     "turnout_capture_dropped_total",
     "turnout_config_reloads_total",
     "turnout_rollout_transitions_total",
+    "turnout_upstream_model_changes_total",
 }
 HISTOGRAMS = {
     "turnout_request_duration_seconds",
@@ -40,6 +41,10 @@ GAUGES = {
     "turnout_rollout_rolled_back",
     "turnout_rollout_last_transition_timestamp_seconds",
     "turnout_rollout_interval_seconds",
+    "turnout_drift_score",
+    "turnout_drift_last_check_timestamp_seconds",
+    "turnout_upstream_model_info",
+    "turnout_upstream_deprecated_timestamp_seconds",
 }
 # The series names a scrape of /metrics shows (histograms as their _bucket/_sum/_count series).
 EXPORTED = (

@@ -19,7 +19,9 @@ UNIT_TESTS = sorted(Path(__file__).parent.glob("alerts*_test.yaml"))
 
 RETRAINING = {
     "TurnoutModelStale", "TurnoutFeedbackDegraded", "TurnoutShadowDisagreement", "TurnoutEvalScoreLow",
+    "TurnoutInputDrift", "TurnoutOutputDrift", "TurnoutUpstreamModelChanged", "TurnoutModelDeprecated",
 }
+UPSTREAM_ALERTS = {"TurnoutUpstreamModelChanged", "TurnoutModelDeprecated"}  # about an upstream, not a route
 OPERATIONS = {"TurnoutHighErrorRate", "TurnoutCaptureDropping", "TurnoutConfigReloadFailing",
               "TurnoutRolloutRolledBack", "TurnoutRolloutStalled"}
 
@@ -81,9 +83,12 @@ def test_alert_is_labelled_and_annotated(name: str) -> None:
 
 def test_route_alerts_report_the_route() -> None:
     for case in _cases():
-        if case["alertname"] in RETRAINING | {"TurnoutHighErrorRate"}:
+        if case["alertname"] in (RETRAINING - UPSTREAM_ALERTS) | {"TurnoutHighErrorRate"}:
             for alert in case.get("exp_alerts") or []:
                 assert "route" in alert["exp_labels"], case["alertname"]
+        if case["alertname"] in UPSTREAM_ALERTS:
+            for alert in case.get("exp_alerts") or []:
+                assert "upstream" in alert["exp_labels"], case["alertname"]
 
 
 def test_rules_read_only_exported_metrics() -> None:

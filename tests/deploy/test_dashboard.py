@@ -19,7 +19,7 @@ DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 ROUTE_LABELLED = {
     "turnout_requests_total", "turnout_tokens_total", "turnout_shadow_requests_total", "turnout_feedback_total",
     "turnout_interactions_captured_total", "turnout_eval_score", "turnout_retraining_threshold",
-    "turnout_experiment_weight",
+    "turnout_experiment_weight", "turnout_drift_score", "turnout_drift_last_check_timestamp_seconds",
 } | {f"{h}{s}" for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
 
 
@@ -83,7 +83,7 @@ def test_panel_ids_unique_and_layout_fits_the_grid() -> None:
 
 def test_rows_cover_the_issue() -> None:
     rows = " | ".join(p["title"] for p in _dashboard()["panels"] if p["type"] == "row").lower()
-    for topic in ("traffic", "errors", "latency", "tokens", "shadows", "feedback", "model age", "capture", "config"):
+    for topic in ("traffic", "errors", "latency", "tokens", "shadows", "feedback", "model age", "capture", "config", "drift"):
         assert topic in rows
 
 

@@ -48,6 +48,7 @@ class Behavior:
     response_id: str | None = None  # fixed `id` for every answer
     text: str | None = None  # answer text; default "echo: <last user message>"
     tool_call: dict[str, str] | None = None  # {"name": ..., "arguments": "<json string>"}
+    fingerprint: str = "fp_fake"  # the answers' system_fingerprint (a provider updating its model changes it)
 
 
 @dataclass(eq=False)

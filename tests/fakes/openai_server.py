@@ -92,7 +92,7 @@ class FakeOpenAI(FakeServer):
                     "object": "chat.completion",
                     "created": created,
                     "model": model,
-                    "system_fingerprint": "fp_fake",
+                    "system_fingerprint": b.fingerprint,
                     "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
                     "usage": usage,
                 }
@@ -106,7 +106,7 @@ class FakeOpenAI(FakeServer):
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": model,
-                "system_fingerprint": "fp_fake",
+                "system_fingerprint": b.fingerprint,
                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
             }
             if include_usage:
