@@ -83,7 +83,9 @@ def test_panel_ids_unique_and_layout_fits_the_grid() -> None:
 
 def test_rows_cover_the_issue() -> None:
     rows = " | ".join(p["title"] for p in _dashboard()["panels"] if p["type"] == "row").lower()
-    for topic in ("traffic", "errors", "latency", "tokens", "shadows", "feedback", "model age", "capture", "config", "drift"):
+    for topic in ("traffic", "errors", "latency", "tokens", "shadows", "feedback", "model age", "capture", "config"):
+        assert topic in rows
+    for topic in ("drift",):
         assert topic in rows
 
 
