@@ -109,8 +109,10 @@ def rollout(args: argparse.Namespace) -> int:
             print(f"route {args.route}: no rollout")
             return 0
         plan, state = plan_of(row), state_of(row)
-        print(f"route {args.route}: candidate {plan.candidate}, {state.phase}, {candidate_percent(plan, state)} % "
-              f"of users; steps {list(plan.steps)} every {plan.interval_s:.0f} s; {state.reason}")  # fmt: skip
+        pct = candidate_percent(plan, state)
+        share = "the file's weights" if pct is None else f"{pct} % of users"
+        steps = f"steps {list(plan.steps)} every {plan.interval_s:.0f} s"
+        print(f"route {args.route}: candidate {plan.candidate}, {state.phase}, {share}; {steps}; {state.reason}")
         for a in await stored.audit_log(store, args.route, limit=args.history):
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(a.ts))
             print(f"  {stamp} {a.actor}: {a.from_phase} {a.from_percent} -> {a.to_phase} {a.to_percent}: {a.reason}")

@@ -16,6 +16,8 @@ Usage::
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -139,7 +141,8 @@ async def check(
     new, why = advance(plan, state, obs)
     if why is None:
         return state
-    return await _store(store, route, row, plan, new, actor="controller", now=now, figures=_figures(obs))
+    actor = f"controller@{socket.gethostname()}:{os.getpid()}"  # which replica's job runner moved it
+    return await _store(store, route, row, plan, new, actor=actor, now=now, figures=_figures(obs))
 
 
 async def start(store: Store, config: Config, route: str, *, actor: str, now: float) -> State:
