@@ -51,8 +51,11 @@ def write_config(tmp_path: Path, store: str) -> Path:
     return path
 
 
+Truth = list[tuple[str, str, int, int, list[float]]]
+
+
 async def traffic(store: Store, *, users: int, weights: dict[str, float], since: float, error: dict[str, float],
-                  up: dict[str, float], seed: int) -> list[tuple[str, str, int, int, list[float]]]:  # fmt: skip
+                  up: dict[str, float], seed: int, span: float = 10.0) -> Truth:  # fmt: skip
     """Store ``users`` users' requests (1-3 each) with feedback; returns (user, variant, errors, n, thumbs)."""
     rng = random.Random(seed)
     rows, fb, truth = [], [], []
@@ -66,14 +69,14 @@ async def traffic(store: Store, *, users: int, weights: dict[str, float], since:
             failed = rng.random() < error[variant]
             errs += failed
             record = {"k": "i", "request_id": rid, "extra": {"unit": unit_id(user)}}
-            rows.append(InteractionRow(rid, since + rng.random() * 10, "bot", "bot", variant, "primary", None,
+            rows.append(InteractionRow(rid, since + rng.random() * span, "bot", "bot", variant, "primary", None,
                                        variant, "chat.completions", 502 if failed else 200,
                                        "upstream_error" if failed else "ok", 100 + rng.random() * 50, None, False,
                                        None, orjson.dumps(record).decode(), unit_id(user), 30.0, None))  # fmt: skip
             if not failed and rng.random() < 0.7:
                 label = "good" if rng.random() < up[variant] else "bad"
                 thumbs.append(1.0 if label == "good" else 0.0)
-                fb.append(FeedbackRow(f"f{rid}", since + 11, rid, None, None, label, "{}", None))
+                fb.append(FeedbackRow(f"f{rid}", since + span + 1, rid, None, None, label, "{}", None))
         truth.append((user, variant, errs, n, thumbs))
     await store.write(rows, fb)
     return truth
