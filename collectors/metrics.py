@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 from collectors.record import Interaction
 
@@ -32,6 +32,7 @@ def code_class(status: int) -> str:
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
+        disable_created_metrics()  # a `_created` line beside every series doubles /metrics for nothing we query
         p = "turnout_"
         self._children: dict[tuple[Counter | Histogram, tuple[str, ...]], Any] = {}
         rvr = ["route", "variant", "role"]

@@ -29,7 +29,7 @@ from collectors.sink import Sink
 from collectors.stored_metrics import StoredMetrics
 from gateway.admission import Admission
 from gateway.config import ConfigError, Loaded, load_config, redacted
-from gateway.errors import BadRequest, GatewayError, RouteError, error_response
+from gateway.errors import BadRequest, GatewayError, NotFound, RouteError, error_response
 from gateway.feedback import feedback_endpoint
 from gateway.jobs_process import JobsProcess
 from gateway.openapi import openapi_endpoint
@@ -46,14 +46,30 @@ def _gateway(request: Request) -> Gateway:
     return request.state.gateway  # type: ignore[no-any-return]
 
 
+def _model(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "turnout"}
+
+
 async def models(request: Request) -> Response:
     gen = _gateway(request).generation
     try:
         gen.keys.client(request.headers.get("authorization", "").encode("latin-1") or None)
     except GatewayError as exc:
         return error_response(exc)
-    data = [{"id": name, "object": "model", "created": 0, "owned_by": "turnout"} for name in gen.config.routes]
+    data = [_model(name) for name in gen.config.routes]
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
+
+
+async def model(request: Request) -> Response:
+    gen = _gateway(request).generation
+    name = request.path_params["model"]
+    try:
+        gen.keys.client(request.headers.get("authorization", "").encode("latin-1") or None)
+        if name not in gen.config.routes:
+            raise NotFound(f"unknown model {name!r}: no route of that name", param="model")
+    except GatewayError as exc:
+        return error_response(exc)
+    return Response(orjson.dumps(_model(name)), media_type="application/json")
 
 
 async def healthz(request: Request) -> Response:
@@ -163,6 +179,7 @@ def create_app(
         Route("/v1/completions", Endpoint("completions"), methods=["POST"]),
         Route("/v1/embeddings", Endpoint("embeddings"), methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/models/{model:path}", model, methods=["GET"]),
         Route("/v1/feedback", feedback_endpoint, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),

@@ -68,7 +68,7 @@ def serve(args: argparse.Namespace) -> int:
 
 def check(args: argparse.Namespace) -> int:
     try:
-        loaded = load_config(args.file)
+        loaded = load_config(args.file, check_env=not args.no_env)
     except ConfigError as exc:
         return _fail(exc)
     config = loaded.config
@@ -147,6 +147,9 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(run=serve)
     p = sub.add_parser("check", help="validate a config file without connecting to anything")
     p.add_argument("file", help="config file")
+    p.add_argument(
+        "--no-env", action="store_true", help="do not require the *_env variables (e.g. in CI, without secrets)"
+    )
     p.set_defaults(run=check)
     p = sub.add_parser("export", help="write stored interactions as JSON lines (training data)")
     p.add_argument("-c", "--config", default="turnout.yaml", help="config file naming the store")

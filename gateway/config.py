@@ -348,18 +348,34 @@ def _pydantic_errors(exc: ValidationError) -> list[str]:
     return lines
 
 
-def _cross_errors(config: Config) -> list[str]:
+def _cross_errors(data: dict[Any, Any]) -> list[str]:
+    """Names that must refer to an upstream, checked on the raw file so they are listed beside schema errors."""
+    upstreams = data.get("upstreams")
+    routes = data.get("routes")
+    if not isinstance(upstreams, dict) or not isinstance(routes, dict):
+        return []
+    known = {str(name) for name in upstreams}
+    errors = []
+    for name, route in routes.items():
+        if not isinstance(route, dict):
+            continue
+        variants, fallbacks, shadows = route.get("variants"), route.get("fallbacks"), route.get("shadows")
+        for variant in variants if isinstance(variants, dict) else ():
+            if str(variant) not in known:
+                errors.append(f"routes.{name}.variants: unknown upstream {variant!r}")
+        for i, fallback in enumerate(fallbacks if isinstance(fallbacks, list) else ()):
+            if isinstance(fallback, str) and fallback not in known:
+                errors.append(f"routes.{name}.fallbacks.{i}: unknown upstream {fallback!r}")
+        for i, shadow in enumerate(shadows if isinstance(shadows, list) else ()):
+            upstream = shadow.get("upstream") if isinstance(shadow, dict) else None
+            if isinstance(upstream, str) and upstream not in known:
+                errors.append(f"routes.{name}.shadows.{i}.upstream: unknown upstream {upstream!r}")
+    return errors
+
+
+def _drift_errors(config: Config) -> list[str]:
     errors = []
     for name, route in config.routes.items():
-        for variant in route.variants:
-            if variant not in config.upstreams:
-                errors.append(f"routes.{name}.variants: unknown upstream {variant!r}")
-        for i, fallback in enumerate(route.fallbacks):
-            if fallback not in config.upstreams:
-                errors.append(f"routes.{name}.fallbacks.{i}: unknown upstream {fallback!r}")
-        for i, shadow in enumerate(route.shadows):
-            if shadow.upstream not in config.upstreams:
-                errors.append(f"routes.{name}.shadows.{i}.upstream: unknown upstream {shadow.upstream!r}")
         if route.drift is not None and route.drift.reference == "dataset":
             missing = [
                 v for v, w in route.variants.items() if w > 0 and not getattr(config.upstreams.get(v), "dataset", None)
@@ -390,6 +406,23 @@ def _cross_errors(config: Config) -> list[str]:
     return errors
 
 
+def _env_errors(data: Any, environ: Mapping[str, str], path: str = "") -> list[str]:
+    """Every ``*_env`` key of the file whose variable is unset or empty, with its key path."""
+    errors = []
+    if isinstance(data, dict):
+        for key, value in data.items():
+            where = f"{path}.{key}" if path else str(key)
+            if str(key).endswith("_env") and isinstance(value, str):
+                if not environ.get(value):
+                    errors.append(f"{where}: environment variable {value} is not set")
+            else:
+                errors.extend(_env_errors(value, environ, where))
+    elif isinstance(data, list):
+        for i, item in enumerate(data):
+            errors.extend(_env_errors(item, environ, f"{path}.{i}"))
+    return errors
+
+
 def resolve_secrets(config: Config, environ: Mapping[str, str]) -> tuple[Secrets, list[str]]:
     """Read every ``*_env`` variable; returns the secrets and an error line per missing variable."""
     errors: list[str] = []
@@ -413,12 +446,17 @@ def resolve_secrets(config: Config, environ: Mapping[str, str]) -> tuple[Secrets
 
 
 def parse_config(
-    text: bytes, path: Path | str, environ: Mapping[str, str] | None = None, *, store_only: bool = False
+    text: bytes,
+    path: Path | str,
+    environ: Mapping[str, str] | None = None,
+    *,
+    store_only: bool = False,
+    check_env: bool = True,
 ) -> Loaded:
     """Validate a whole file; raise ``ConfigError`` with every independent problem at once.
 
     ``store_only`` (offline commands such as ``turnout export``) requires no environment variable but the
-    store's."""
+    store's; ``check_env=False`` (``turnout check --no-env``, for CI without the secrets) requires none."""
     try:
         data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
@@ -430,24 +468,31 @@ def parse_config(
     if not isinstance(data, dict):
         kind = "empty" if data is None else f"a {type(data).__name__}"
         raise ConfigError(path, [f"(top level): expected a mapping with upstreams and routes, the file is {kind}"])
+    env = os.environ if environ is None else environ
+    errors: list[str] = []
+    config: Config | None = None
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(path, _pydantic_errors(exc)) from None
-    errors = _cross_errors(config)
-    secrets, secret_errors = resolve_secrets(config, os.environ if environ is None else environ)
-    errors += [e for e in secret_errors if e.startswith("store_env:")] if store_only else secret_errors
-    if errors:
+        errors += _pydantic_errors(exc)
+    errors += _cross_errors(data) + (_drift_errors(config) if config is not None else [])
+    if check_env:
+        env_errors = _env_errors(data, env)
+        errors += [e for e in env_errors if e.startswith("store_env:")] if store_only else env_errors
+    if errors or config is None:
         raise ConfigError(path, errors)
+    secrets, _ = resolve_secrets(config, env)  # its missing variables are in env_errors (unless check_env is off)
     return Loaded(config, secrets, hashlib.sha256(text).hexdigest(), Path(path))
 
 
-def load_config(path: Path | str, environ: Mapping[str, str] | None = None, *, store_only: bool = False) -> Loaded:
+def load_config(
+    path: Path | str, environ: Mapping[str, str] | None = None, *, store_only: bool = False, check_env: bool = True
+) -> Loaded:
     try:
         text = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(path, [f"(file) cannot read: {exc.strerror}"]) from None
-    return parse_config(text, path, environ, store_only=store_only)
+    return parse_config(text, path, environ, store_only=store_only, check_env=check_env)
 
 
 def redacted(config: Config) -> dict[str, Any]:

@@ -42,6 +42,7 @@ class Facts:
     shadows: list[str] = field(default_factory=list)  # sampled: mirror these
     skipped_shadows: list[str] = field(default_factory=list)  # not eligible (opted out, body over the cap)
     unit: str | None = None  # the experiment's unit: a one-way hash of the sticky key
+    override_ignored: bool = False  # x-turnout-variant came without the admin key
 
 
 def sticky_key(
@@ -106,4 +107,5 @@ def decide(
         shadows=shadows,
         skipped_shadows=skipped,
         unit=None if key is None else unit_id(key),
+        override_ignored=not caller.admin and b"x-turnout-variant" in headers,
     )

@@ -117,7 +117,9 @@ def _schemas(routes: list[str]) -> dict[str, Any]:
             "required": ["model", "prompt"],
             "properties": {
                 "model": model,
-                "prompt": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+                "prompt": {
+                    "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}, {"type": "null"}]
+                },
                 **sampling,
             },
         },
@@ -154,7 +156,12 @@ def _schemas(routes: list[str]) -> dict[str, Any]:
         "ModelList": {
             "type": "object",
             "required": ["object", "data"],
-            "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": {"type": "object"}}},
+            "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": _ref("Model")}},
+        },
+        "Model": {
+            "type": "object",
+            "required": ["id", "object", "created", "owned_by"],
+            "properties": {"id": {"type": "string"}, "object": {"const": "model"}, "owned_by": {"type": "string"}},
         },
         "Feedback": {
             "type": "object",
@@ -184,6 +191,16 @@ def document(routes: list[str]) -> dict[str, Any]:
             "get": {
                 "summary": "The routes clients may name as model",
                 "responses": {"200": {"description": "OK", "content": _json(_ref("ModelList"))}, **_errors("401")},
+            }
+        },
+        "/v1/models/{model}": {
+            "get": {
+                "summary": "One route clients may name as model",
+                "parameters": [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {
+                    "200": {"description": "OK", "content": _json(_ref("Model"))},
+                    **_errors("401", "404"),
+                },
             }
         },
         "/v1/feedback": {

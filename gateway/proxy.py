@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 Scope = dict[str, Any]
 REQUIRED = {"chat.completions": "messages", "completions": "prompt", "embeddings": "input"}
+NULLABLE = {"prompt"}  # OpenAI's schema: present but null means the default prompt
 JSON_HEADERS = [(b"content-type", b"application/json")]
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
@@ -84,11 +85,15 @@ def parse_body(raw: bytes, endpoint: str) -> dict[str, Any]:
         raise BadRequest(f"request body must be a JSON object, got {type(body).__name__}")
     check_shape(body, raw)
     model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise BadRequest("'model' is required and must be a string", param="model")
+    if model is None:
+        raise BadRequest("'model' is required: the name of a route (GET /v1/models lists them)", param="model")
+    if not isinstance(model, str):
+        raise BadRequest(f"'model' must be a string, got {type(model).__name__}", param="model")
+    if not model:
+        raise BadRequest("'model' is empty: name a route (GET /v1/models lists them)", param="model")
     field = REQUIRED[endpoint]
     value = body.get(field)
-    if value is None:
+    if field not in body or (value is None and field not in NULLABLE):
         raise BadRequest(f"'{field}' is required", param=field)
     if endpoint == "chat.completions" and (not isinstance(value, list) or not value):
         raise BadRequest("'messages' must be a non-empty array", param="messages")
@@ -101,11 +106,14 @@ def parse_body(raw: bytes, endpoint: str) -> dict[str, Any]:
 
 
 def _response_headers(facts: Facts) -> list[tuple[bytes, bytes]]:
-    return [
+    headers = [
         (b"x-turnout-request-id", facts.request_id.encode()),
         (b"x-turnout-route", facts.route.encode()),
         (b"x-turnout-variant", facts.variant.encode()),
     ]
+    if facts.override_ignored:
+        headers.append((b"x-turnout-variant-ignored", b"the admin key is required to force a variant"))
+    return headers
 
 
 async def _send_whole(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:

@@ -10,36 +10,22 @@ Usage: ``client = make_client("prod-v3", conf, api_key, session)``; ``reply = aw
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, Protocol
 
 import aiohttp
 import orjson
 
 from gateway.config import Upstream
+from gateway.dummy import DummyClient
 from gateway.errors import UpstreamFailure, UpstreamTimeout, UpstreamUnreachable
+from gateway.reply import JSON, SSE, Reply, sse_event
 
 log = logging.getLogger(__name__)
 PATHS = {"chat.completions": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
-JSON = "application/json"
-SSE = "text/event-stream"
-
-
-@dataclass
-class Reply:
-    status: int
-    content_type: str
-    body: bytes = b""
-    stream: AsyncIterator[bytes] | None = None
-    retry_after: str | None = None
-    release: Callable[[], None] = field(default=lambda: None)  # the answer was read to its end
-    close: Callable[[], None] = field(default=lambda: None)  # abort: the connection is not reused
 
 
 class Client(Protocol):
@@ -103,115 +89,10 @@ class OpenAIClient:
         return Reply(resp.status, content_type, data, retry_after=retry_after)
 
 
-class DummyClient:
-    """Deterministic OpenAI-shaped answers, plain and streamed, for demos and load tests.
-
-    Quality knob: a prompt found in ``answers`` gets its answer, any other an echo; ``wrong_share`` of all
-    prompts (chosen by a hash of the prompt alone, so a larger share is wrong on a superset of prompts) get
-    ``WRONG`` instead. Two dummies differing only in ``wrong_share`` are a good and a bad model."""
-
-    WRONG = "Sorry, I am not sure about that."
-
-    def __init__(self, name: str, conf: Upstream) -> None:
-        self.name = name
-        self.model = conf.model
-        self.answers = conf.answers
-        self.wrong_share = conf.wrong_share
-
-    def _text(self, body: dict[str, Any]) -> str:
-        prompt = body.get("prompt")
-        messages = body.get("messages")
-        if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
-            prompt = messages[-1].get("content")
-        said = prompt if isinstance(prompt, str) else orjson.dumps(prompt).decode()
-        if self.wrong_share and _unit(said) < self.wrong_share:
-            return self.WRONG
-        if said in self.answers:
-            return self.answers[said]
-        return f"Hello from {self.name}. You said: {said[:200]}"
-
-    async def call(
-        self, endpoint: str, body: dict[str, Any], *, stream: bool, request_id: str, timeout_s: float | None = None
-    ) -> Reply:
-        created = int(time.time())
-        rid = "dummy-" + request_id
-        if endpoint == "embeddings":
-            inputs = body.get("input")
-            items = inputs if isinstance(inputs, list) else [inputs]
-            data = [
-                {"object": "embedding", "index": i, "embedding": _vector(orjson.dumps(item))}
-                for i, item in enumerate(items)
-            ]
-            usage = {"prompt_tokens": len(items), "total_tokens": len(items)}
-            out = {"object": "list", "data": data, "model": self.model, "usage": usage}
-            return Reply(200, JSON, orjson.dumps(out))
-        text = self._text(body)
-        words = text.split(" ")
-        usage = {"prompt_tokens": 8, "completion_tokens": len(words), "total_tokens": 8 + len(words)}
-        chat = endpoint == "chat.completions"
-        if not stream:
-            if chat:
-                choice: dict[str, Any] = {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": "stop",
-                }
-                obj = "chat.completion"
-            else:
-                choice = {"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}
-                obj = "text_completion"
-            out = {
-                "id": rid,
-                "object": obj,
-                "created": created,
-                "model": self.model,
-                "choices": [choice],
-                "usage": usage,
-            }
-            return Reply(200, JSON, orjson.dumps(out))
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return Reply(200, SSE, stream=_dummy_stream(rid, created, self.model, words, chat, usage, include_usage))
-
-
-def _unit(text: str) -> float:
-    """A number in [0, 1) fixed by ``text``."""
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2**64
-
-
-def _vector(seed: bytes) -> list[float]:
-    digest = hashlib.sha256(seed).digest()
-    return [round(b / 255.0 - 0.5, 6) for b in digest[:8]]
-
-
-async def _dummy_stream(
-    rid: str, created: int, model: str, words: list[str], chat: bool, usage: dict[str, int], include_usage: bool
-) -> AsyncIterator[bytes]:
-    obj = "chat.completion.chunk" if chat else "text_completion"
-    for i, word in enumerate(words):
-        piece = word if i == 0 else " " + word
-        if chat:
-            delta: dict[str, Any] = {"content": piece}
-            if i == 0:
-                delta["role"] = "assistant"
-            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": None}
-        else:
-            choice = {"index": 0, "text": piece, "finish_reason": None}
-        yield _event({"id": rid, "object": obj, "created": created, "model": model, "choices": [choice]})
-        await asyncio.sleep(0)
-    last: dict[str, Any] = {"index": 0, "finish_reason": "stop"}
-    last.update({"delta": {}} if chat else {"text": ""})
-    yield _event({"id": rid, "object": obj, "created": created, "model": model, "choices": [last]})
-    if include_usage:
-        yield _event({"id": rid, "object": obj, "created": created, "model": model, "choices": [], "usage": usage})
-    yield b"data: [DONE]\n\n"
-
-
-def _event(obj: Any) -> bytes:
-    return b"data: " + orjson.dumps(obj) + b"\n\n"
-
-
 # litellm: arguments come from this allow-list only, so a client can never redirect a call (api_base,
-# base_url, api_key, extra_headers, ...).
+# base_url, api_key, extra_headers, ...). Any other field is dropped and logged once per upstream and field.
+NOT_FORWARDED = frozenset(("model", "stream"))  # set by the gateway itself
+MAX_WARNED = 256  # field names are the client's: a bounded set of them is remembered
 LITELLM_FIELDS = {
     "chat.completions": (
         "messages",
@@ -233,6 +114,19 @@ LITELLM_FIELDS = {
         "top_logprobs",
         "parallel_tool_calls",
         "stream_options",
+        "metadata",
+        "reasoning_effort",
+        "verbosity",
+        "service_tier",
+        "store",
+        "modalities",
+        "audio",
+        "prediction",
+        "web_search_options",
+        "safety_identifier",
+        "prompt_cache_key",
+        "functions",
+        "function_call",
     ),
     "completions": (
         "prompt",
@@ -249,6 +143,8 @@ LITELLM_FIELDS = {
         "logprobs",
         "echo",
         "suffix",
+        "best_of",
+        "stream_options",
     ),
     "embeddings": ("input", "user", "dimensions", "encoding_format"),
 }
@@ -260,6 +156,12 @@ def _litellm() -> Any:
 
     litellm.suppress_debug_info = True
     litellm.telemetry = False
+    for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
+        # litellm adds its own stderr handler and logs each call at INFO: that doubled our one line per call
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.setLevel(logging.ERROR)  # its per-call notes (e.g. a parameter the provider lacks) would flood
     return litellm
 
 
@@ -274,19 +176,42 @@ class LitellmClient:
         self.api_key = api_key
         self.headers = dict(headers or {})
         self.litellm = _litellm()
+        self.warned: set[str] = set()  # request fields this upstream drops, each logged once
+
+    def _arguments(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+        """The allowed fields of ``body`` (null means the provider's default, so it is left out)."""
+        allowed = LITELLM_FIELDS[endpoint]
+        dropped = [k for k in body if k not in allowed and k not in NOT_FORWARDED and k not in self.warned]
+        for key in dropped[: max(0, MAX_WARNED - len(self.warned))]:
+            self.warned.add(key)
+            log.warning("upstream %r (litellm) does not pass the request field %r on; it is dropped", self.name, key)
+        return {k: body[k] for k in allowed if body.get(k) is not None}
 
     async def call(
         self, endpoint: str, body: dict[str, Any], *, stream: bool, request_id: str, timeout_s: float | None = None
     ) -> Reply:
-        kwargs: dict[str, Any] = {k: body[k] for k in LITELLM_FIELDS[endpoint] if k in body}
+        kwargs = self._arguments(endpoint, body)
         total = self.conf.timeout_s if timeout_s is None else timeout_s
-        kwargs.update(model=self.conf.model, timeout=total, num_retries=0, max_retries=0)
+        kwargs.update(model=self.conf.model, timeout=total, num_retries=0, max_retries=0, drop_params=True)
         if self.api_key:
             kwargs["api_key"] = self.api_key
         if self.conf.base_url:
             kwargs["api_base"] = self.conf.base_url
-        if self.headers:
-            kwargs["extra_headers"] = {**self.headers, "x-turnout-request-id": request_id}
+        kwargs["extra_headers"] = {**self.headers, "x-turnout-request-id": request_id}
+        started = time.perf_counter()
+        try:
+            return await self._call(endpoint, kwargs, stream, total)
+        finally:
+            log.info(
+                "litellm call: upstream %r model %r %s%s in %.0f ms",
+                self.name,
+                self.conf.model,
+                endpoint,
+                " (stream opened)" if stream else "",
+                (time.perf_counter() - started) * 1000.0,
+            )
+
+    async def _call(self, endpoint: str, kwargs: dict[str, Any], stream: bool, total: float) -> Reply:
         call = {
             "chat.completions": self.litellm.acompletion,
             "completions": self.litellm.atext_completion,
@@ -318,7 +243,7 @@ class LitellmClient:
     async def _relay(self, chunks: Any) -> AsyncIterator[bytes]:
         try:
             async for chunk in chunks:
-                yield _event(chunk.model_dump(exclude_none=True))
+                yield sse_event(chunk.model_dump(exclude_none=True))
         except Exception as exc:
             log.warning("upstream %r stream failed: %r", self.name, exc)
             raise UpstreamFailure(f"upstream {self.name!r} broke off its stream ({type(exc).__name__})") from None

@@ -142,7 +142,7 @@ class FakeOpenAI(FakeServer):
         rid = b.response_id or f"cmpl-fake-{self.next_id()}"
         created = int(time.time())
         prompt = body.get("prompt", "")
-        prompt_text = prompt if isinstance(prompt, str) else " ".join(str(p) for p in prompt)
+        prompt_text = prompt if isinstance(prompt, str) else " ".join(str(p) for p in prompt or ())
         text = b.text if b.text is not None else "echo: " + prompt_text
         usage = _usage(words(prompt_text), words(text))
 

@@ -136,6 +136,24 @@ def test_check_command_prints_every_error_with_path_and_fails(tmp_path: Path) ->
     assert result.stdout == ""
 
 
+def test_check_lists_schema_reference_and_env_errors_at_once_and_no_env_skips_the_env(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    bad = GOOD.replace("{prod: 90, cand: 10}", "{prod: 90, x: 10}\n    sticky_by: cookie")
+    path.write_text(bad.replace("{upstream: cand,", "{upstream: nope,"))
+    lines = run_cli("check", str(path), env={**ENV, "T_UP": ""}).stderr.strip().splitlines()
+    assert f"{path}: routes.bot: sticky_by: expected user, api_key, header:<name> or none, got 'cookie'" in lines
+    assert f"{path}: routes.bot.variants: unknown upstream 'x'" in lines
+    assert f"{path}: routes.bot.shadows.0.upstream: unknown upstream 'nope'" in lines
+    assert f"{path}: upstreams.prod.api_key_env: environment variable T_UP is not set" in lines
+    assert len(lines) == 4
+    offline = run_cli("check", "--no-env", str(path)).stderr.strip().splitlines()
+    assert len(offline) == 3 and not any("environment variable" in line for line in offline)
+    path.write_text(GOOD)
+    assert run_cli("check", str(path)).returncode != 0
+    result = run_cli("check", "--no-env", str(path))
+    assert result.returncode == 0 and "ok (2 upstreams, 1 routes)" in result.stdout
+
+
 def test_check_missing_file_and_help(tmp_path: Path) -> None:
     result = run_cli("check", str(tmp_path / "nope.yaml"))
     assert result.returncode != 0 and "cannot read" in result.stderr

@@ -18,8 +18,10 @@ CONFIG = """
 upstreams:
   claude: {{provider: litellm, model: anthropic/claude-test, base_url: "{url}", api_key_env: T_ANTHROPIC,
            timeout_s: 5}}
+  gpt: {{provider: litellm, model: openai/gpt-test, base_url: "{oai}", api_key_env: T_ANTHROPIC, timeout_s: 5}}
 routes:
   assistant: {{variants: {{claude: 100}}}}
+  chat: {{variants: {{gpt: 100}}}}
 """
 KEY = "sk-ant-canary-9999"
 MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello claude"}]
@@ -32,11 +34,24 @@ def anthropic() -> Iterator[FakeAnthropic]:
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory, anthropic: FakeAnthropic) -> Iterator[GatewayProcess]:
+def oai() -> Iterator[FakeOpenAI]:
+    fake = FakeOpenAI()
+    try:
+        yield fake
+    finally:
+        fake.close()
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory, anthropic: FakeAnthropic, oai: FakeOpenAI) -> Iterator[GatewayProcess]:
     """One gateway process for the module: litellm keeps connection pools that only process exit tidies."""
-    cfg = write_config(tmp_path_factory.mktemp("litellm"), CONFIG.format(url=anthropic.url))
-    with GatewayProcess(cfg, env={"T_ANTHROPIC": KEY}) as proc:
+    cfg = write_config(tmp_path_factory.mktemp("litellm"), CONFIG.format(url=anthropic.url, oai=oai.url))
+    proc = GatewayProcess(cfg, env={"T_ANTHROPIC": KEY})
+    try:
+        proc.wait_ready(60)  # importing litellm takes seconds, more on a busy machine
         yield proc
+    finally:
+        proc.stop()
     assert KEY not in proc.output()
 
 
@@ -97,3 +112,30 @@ def test_body_cannot_redirect_a_litellm_call(gw: GatewayProcess, fake_anthropic:
         assert "api_base" not in seen.body and "sk-evil" not in str(seen.body)
     finally:
         other.close()
+
+
+def test_request_id_sent_dropped_fields_warned_once_one_log_line_per_call(
+    gw: GatewayProcess, fake_anthropic: FakeAnthropic
+) -> None:
+    body = {"model": "assistant", "messages": MESSAGES, "x_custom": 1, "metadata": {"app": "t"}, "temperature": None}
+    calls_before = gw.output().count("litellm call: upstream 'claude'")
+    for _ in range(3):
+        resp = httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=20)
+        assert resp.status_code == 200, resp.text
+        assert fake_anthropic.requests[-1].headers["x-turnout-request-id"] == resp.headers["x-turnout-request-id"]
+        assert "temperature" not in fake_anthropic.requests[-1].body  # null means the provider's default
+    out = gw.output()
+    assert out.count("does not pass the request field 'x_custom' on") == 1
+    assert "'metadata'" not in out and "'temperature'" not in out
+    assert out.count("litellm call: upstream 'claude'") - calls_before == 3
+    assert "LiteLLM completion()" not in out
+
+
+def test_openai_fields_litellm_accepts_are_passed_on(gw: GatewayProcess, oai: FakeOpenAI) -> None:
+    extra = {"reasoning_effort": "low", "service_tier": "auto", "store": False, "seed": 7}
+    body = {"model": "chat", "messages": MESSAGES, **extra}
+    resp = httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=20)
+    assert resp.status_code == 200, resp.text
+    seen = oai.requests[-1]
+    assert {k: seen.body.get(k) for k in extra} == extra
+    assert seen.headers["x-turnout-request-id"] == resp.headers["x-turnout-request-id"]

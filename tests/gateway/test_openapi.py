@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def test_fuzzed_requests_never_get_a_5xx(case: schemathesis.Case) -> None:
 def test_the_document_covers_every_served_endpoint_and_names_the_routes(tmp_path: Path) -> None:
     cfg = config(tmp_path)
     app = create_app(load_config(cfg), registry=CollectorRegistry())
-    served_paths = {r.path for r in app.routes if isinstance(r, Route)}
+    served_paths = {re.sub(r":\w+}", "}", r.path) for r in app.routes if isinstance(r, Route)}
     with served(cfg) as gw:
         doc = httpx.get(gw.url + "/openapi.json").json()
     assert doc["openapi"].startswith("3.1")
