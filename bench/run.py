@@ -38,12 +38,20 @@ from bench.subjects import (
 
 PROXY_CPU = 0
 LOAD_CPU = 1
-ALL_SUBJECTS = ["direct", "passthrough", "turnout-plain", "turnout", "turnout-shadow", "nginx", "litellm"]
-TURNOUT_SUBJECTS = {"turnout-plain": (False, False), "turnout": (True, False), "turnout-shadow": (True, True)}
+ALL_SUBJECTS = ["direct", "passthrough", "turnout-plain", "turnout", "turnout-shadow", "turnout-drift", "nginx",
+                "litellm"]  # fmt: skip
+# name -> (capture, shadow, drift): turnout-drift is turnout with a drift check every 10s (its jobs child included)
+TURNOUT_SUBJECTS = {
+    "turnout-plain": (False, False, False),
+    "turnout": (True, False, False),
+    "turnout-shadow": (True, True, False),
+    "turnout-drift": (True, False, True),
+}
 RATIOS = [
     ("turnout", "passthrough"),
     ("turnout-plain", "passthrough"),
     ("turnout-shadow", "turnout"),
+    ("turnout-drift", "turnout"),
     ("turnout", "nginx"),
     ("turnout", "litellm"),
 ]
@@ -60,9 +68,11 @@ def start_subjects(args: argparse.Namespace, workdir: Path, mock_url: str) -> li
         elif name == "passthrough":
             subjects.append(start_passthrough(workdir, PROXY_CPU, mock_url))
         elif name in TURNOUT_SUBJECTS:
-            capture, shadow = TURNOUT_SUBJECTS[name]
+            capture, shadow, drift = TURNOUT_SUBJECTS[name]
             subjects.append(
-                start_turnout(workdir, PROXY_CPU, mock_url, args.gateway_root, name, capture=capture, shadow=shadow)
+                start_turnout(
+                    workdir, PROXY_CPU, mock_url, args.gateway_root, name, capture=capture, shadow=shadow, drift=drift
+                )
             )
         elif name == "nginx":
             nginx = start_nginx(workdir, PROXY_CPU, mock_url)
@@ -229,7 +239,7 @@ def main() -> None:
             rate_phase(subjects, args, results)
             add_differences(results, rep)
             print(f"repetition {rep + 1}/{args.reps} took {time.monotonic() - started:.0f} s", file=sys.stderr)
-        capturing = [s for s in subjects if TURNOUT_SUBJECTS.get(s.name, (False, False))[0]]
+        capturing = [s for s in subjects if TURNOUT_SUBJECTS.get(s.name, (False, False, False))[0]]
         ledger_lines = [ledger.check(s, workdir / s.name / "turnout.db") for s in capturing]
     finally:
         for subject in subjects:

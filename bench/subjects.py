@@ -107,8 +107,11 @@ def start_passthrough(workdir: Path, cpu: int, mock_url: str) -> Subject:
     return Subject("passthrough", url, process)
 
 
-def turnout_config(workdir: Path, name: str, mock_url: str, port: int, *, capture: bool, shadow: bool) -> Path:
-    """Write a Turnout config: route `bench` -> upstream `mock`; capture at the default or off; one shadow."""
+def turnout_config(
+    workdir: Path, name: str, mock_url: str, port: int, *, capture: bool, shadow: bool, drift: bool = False
+) -> Path:
+    """Write a Turnout config: route `bench` -> upstream `mock`; capture at the default or off; one shadow; a
+    drift check every 10s."""
     home = workdir / name
     home.mkdir(exist_ok=True)
     route = ["  bench:", "    variants: {mock: 100}"]
@@ -116,6 +119,8 @@ def turnout_config(workdir: Path, name: str, mock_url: str, port: int, *, captur
         route.append("    capture: {sample: 0}")
     if shadow:
         route.append("    shadows: [{upstream: mock-shadow, sample: 1.0}]")
+    if drift:
+        route.append("    drift: {reference: window:30d, every: 10s}")
     lines = [
         f"server: {{host: 127.0.0.1, port: {port}, state_dir: {home / 'state'}}}",
         f"store: sqlite:///{home / 'turnout.db'}",
@@ -150,10 +155,18 @@ def turnout_env(gateway_root: Path) -> dict[str, str]:
 
 
 def start_turnout(
-    workdir: Path, cpu: int, mock_url: str, gateway_root: Path, name: str, *, capture: bool, shadow: bool
+    workdir: Path,
+    cpu: int,
+    mock_url: str,
+    gateway_root: Path,
+    name: str,
+    *,
+    capture: bool,
+    shadow: bool,
+    drift: bool = False,
 ) -> Subject:
     port = free_port()
-    config = turnout_config(workdir, name, mock_url, port, capture=capture, shadow=shadow)
+    config = turnout_config(workdir, name, mock_url, port, capture=capture, shadow=shadow, drift=drift)
     command = turnout_command(config, port)
     process = spawn(command, cpu, workdir / f"{name}.log", cwd=config.parent, env=turnout_env(gateway_root))
     url = f"http://127.0.0.1:{port}"

@@ -7,7 +7,7 @@ before that, or ``dataset``, the serving variant's dataset version) and stores t
 also starts ``upstream-models`` every minute (or as often as the most frequent check), which records the model
 and fingerprint each answer reports.
 
-Usage: ``jobs_for`` calls ``drift_jobs(config)``; ``await check_route(store, config, path, "support-bot", now)``;
+Usage: ``jobs_for`` calls ``drift_jobs(config)``; ``await check_route(store, config, "support-bot", now)``;
 ``stored_state.READERS`` holds ``read_drift``.
 """
 
@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from collectors.datasets.manifest import UnknownVersion, read_rows
 from collectors.drift import models
 from collectors.drift.store import (
     SAMPLE,
@@ -68,7 +69,7 @@ def drift_jobs(config: Config) -> list[Job]:
 
     def check(route: str) -> Callable[[JobContext], Awaitable[None]]:
         async def run(ctx: JobContext) -> None:
-            await check_route(ctx.store, ctx.config, ctx.config_path, route, ctx.now())
+            await check_route(ctx.store, ctx.config, route, ctx.now())
 
         return run
 
@@ -87,27 +88,18 @@ def _serving_dataset(config: Config, route: str) -> str:
     return dataset
 
 
-def dataset_file(config: Config, config_path: Path, version: str) -> Path:
-    """``NAME@vN`` -> ``datasets_dir/NAME/vNNNN/train.jsonl`` (datasets_dir relative to the config file)."""
-    name, _, number = version.partition("@")
-    if not name or not number.lstrip("v").isdigit():
-        raise DriftError(f"dataset version {version!r}: expected NAME@vN")
-    root = Path(str(getattr(config, "datasets_dir", None) or "./datasets"))
-    root = root if root.is_absolute() else config_path.parent / root
-    return root / name / f"v{int(number.lstrip('v')):04d}" / "train.jsonl"
-
-
-def dataset_descriptors(path: Path, limit: int = SAMPLE) -> list[dict[str, Any]]:
-    """Descriptors of a fine-tuning file's examples (prompt: the messages before the last answer)."""
+def dataset_descriptors(root: Path, version: str, limit: int = SAMPLE) -> list[dict[str, Any]]:
+    """Descriptors of a dataset version's examples (prompt: the messages before the last answer), a uniform
+    sample of ``limit`` when it has more."""
     try:
-        lines = [line for line in path.read_bytes().splitlines() if line.strip()]
-    except OSError as exc:
-        raise DriftError(f"{path}: {exc.strerror}") from None
-    if len(lines) > limit:
-        lines = random.Random(0).sample(lines, limit)
+        rows = list(read_rows(root, version))
+    except (UnknownVersion, OSError) as exc:
+        raise DriftError(f"dataset {version}: {exc}") from None
+    if len(rows) > limit:
+        rows = random.Random(0).sample(rows, limit)
     found = []
-    for line in lines:
-        messages = orjson.loads(line).get("messages") or []
+    for row in rows:
+        messages = row.get("messages") or []
         if not messages or messages[-1].get("role") != "assistant":
             continue
         answer = {"choices": [{"message": messages[-1], "finish_reason": None}]}
@@ -117,7 +109,7 @@ def dataset_descriptors(path: Path, limit: int = SAMPLE) -> list[dict[str, Any]]
     return found
 
 
-async def check_route(store: Store, config: Config, config_path: Path, route: str, now: float) -> Check:
+async def check_route(store: Store, config: Config, route: str, now: float) -> Check:
     """Compare the route's current window with its reference and store the result (published or not)."""
     drift = config.routes[route].drift
     if drift is None:
@@ -128,7 +120,7 @@ async def check_route(store: Store, config: Config, config_path: Path, route: st
     window = drift.window_s()
     if window is None:
         version = _serving_dataset(config, route)
-        reference, label = dataset_descriptors(dataset_file(config, config_path, version)), f"dataset:{version}"
+        reference, label = dataset_descriptors(Path(config.datasets_dir), version), f"dataset:{version}"
     else:
         reference, label = await window_descriptors(store, route, start - window, start), drift.reference
     result = compare(reference, current, max_psi=drift.max_psi)

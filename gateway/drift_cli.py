@@ -47,7 +47,7 @@ def _with_store(loaded: Loaded, work: Callable[[Store], Awaitable[T]]) -> T:
 def _route_check(args: argparse.Namespace, loaded: Loaded) -> Check | None:
     config = loaded.config
     if args.action == "check":
-        return _with_store(loaded, lambda s: check_route(s, config, loaded.path, args.route, time.time()))
+        return _with_store(loaded, lambda s: check_route(s, config, args.route, time.time()))
 
     async def latest(store: Store) -> Check | None:
         return await last_published(store, args.route) or next(iter(await checks(store, args.route)), None)

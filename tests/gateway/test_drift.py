@@ -17,7 +17,7 @@ from collectors.store import open_store
 from collectors.store.base import Store
 from gateway.cli import main
 from gateway.config import load_config
-from gateway.drift import check_route, drift_jobs
+from gateway.drift import DriftError, check_route, drift_jobs
 from gateway.jobs import jobs_for
 from tests.collectors.pg import pg_dsn, postgres_server  # noqa: F401
 from tests.drift_traffic import month1, month6, stored_rows
@@ -73,7 +73,7 @@ async def test_month_six_after_month_one_is_stored_published_and_reported(
     config = load_config(path).config
     now = time.time()
     await _seed(store, now)
-    check = await check_route(store, config, path, "support-bot", now)
+    check = await check_route(store, config, "support-bot", now)
     assert check.published and check.reference == "window:30d"
     assert (check.window_start, check.window_end) == (pytest.approx(now - 3600), now)
     data = check.data()
@@ -85,7 +85,7 @@ async def test_month_six_after_month_one_is_stored_published_and_reported(
     cached = await store.fetch("SELECT COUNT(*) FROM drift_descriptors WHERE route = $1", "support-bot")
     assert cached[0][0] == 460
     # the next check's window starts where the published one ended: nothing new, nothing published
-    later = await check_route(store, config, path, "support-bot", now + 3600)
+    later = await check_route(store, config, "support-bot", now + 3600)
     assert not later.published and later.window_start == now and later.data()["n_current"] == 0
 
 
@@ -94,12 +94,12 @@ async def test_too_few_interactions_keep_the_window_open(store: Store, dsn: str,
     config = load_config(path).config
     now = time.time()
     await _seed(store, now, current=30)
-    first = await check_route(store, config, path, "support-bot", now)
+    first = await check_route(store, config, "support-bot", now)
     assert not first.published and first.data()["n_current"] == 30
     rng = random.Random(10)
     more = stored_rows(month6(rng, 30), route="support-bot", upstream="prod", start=now + 10, end=now + 3000, rng=rng)
     await store.write(more, [])
-    second = await check_route(store, config, path, "support-bot", now + 3600)
+    second = await check_route(store, config, "support-bot", now + 3600)
     assert second.published and second.window_start == first.window_start and second.data()["n_current"] == 60
     assert [c.checked_at for c in await checks(store, "support-bot", 5)] == [now + 3600, now]
 
@@ -198,3 +198,38 @@ def test_config_errors_name_the_key(tmp_path: Path, capsys: pytest.CaptureFixtur
         "routes.b.drift.reference: dataset needs the dataset version of every serving variant"
         in capsys.readouterr().err
     )
+
+
+async def test_reference_dataset_is_the_serving_variants_dataset_version(
+    store: Store, dsn: str, tmp_path: Path
+) -> None:
+    version = tmp_path / "datasets" / "support" / "v0001"
+    version.mkdir(parents=True)
+    lines = []
+    for r in month1(random.Random(12), 300):
+        answer = r["response"]["choices"][0]["message"]
+        lines.append(orjson.dumps({"messages": [*r["request"]["messages"], answer]}))
+    (version / "train.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    (version / "manifest.json").write_bytes(orjson.dumps({"name": "support", "version": "v0001"}))
+    path = tmp_path / "turnout.yaml"
+    path.write_text(
+        f"store: {dsn}\ndatasets_dir: {tmp_path / 'datasets'}\n"
+        "upstreams: {prod: {provider: dummy, dataset: support@v1}, cand: {provider: dummy, dataset: support@v9}}\n"
+        "routes: {support-bot: {variants: {prod: 90, cand: 10}, drift: {reference: dataset}}}\n"
+    )
+    config = load_config(path).config
+    now = time.time()
+    rng = random.Random(13)
+    await store.write(stored_rows(month6(rng, 80), route="support-bot", upstream="prod", start=now - 600,
+                                  end=now - 1, rng=rng), [])  # fmt: skip
+    check = await check_route(store, config, "support-bot", now)
+    data = check.data()
+    assert check.published and check.reference == "dataset:support@v1" and data["n_reference"] == 300
+    signals = {s["signal"]: s for s in data["signals"]}
+    assert signals["prompt_terms"]["moved"] and signals["prompt_chars"]["moved"]
+    assert "finish_reason" not in signals and "answer_tokens" not in signals  # a training file has neither
+    assert "subscription" in {t["term"] for t in data["rose"]}
+    path.write_text(path.read_text().replace("prod: 90", "prod: 5"))  # cand serves most now: its version is missing
+    config = load_config(path).config
+    with pytest.raises(DriftError, match=r"dataset support@v9: .*no such version"):
+        await check_route(store, config, "support-bot", now + 60)
