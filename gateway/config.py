@@ -20,6 +20,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.config_refs import env_errors, reference_errors
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -348,31 +350,6 @@ def _pydantic_errors(exc: ValidationError) -> list[str]:
     return lines
 
 
-def _cross_errors(data: dict[Any, Any]) -> list[str]:
-    """Names that must refer to an upstream, checked on the raw file so they are listed beside schema errors."""
-    upstreams = data.get("upstreams")
-    routes = data.get("routes")
-    if not isinstance(upstreams, dict) or not isinstance(routes, dict):
-        return []
-    known = {str(name) for name in upstreams}
-    errors = []
-    for name, route in routes.items():
-        if not isinstance(route, dict):
-            continue
-        variants, fallbacks, shadows = route.get("variants"), route.get("fallbacks"), route.get("shadows")
-        for variant in variants if isinstance(variants, dict) else ():
-            if str(variant) not in known:
-                errors.append(f"routes.{name}.variants: unknown upstream {variant!r}")
-        for i, fallback in enumerate(fallbacks if isinstance(fallbacks, list) else ()):
-            if isinstance(fallback, str) and fallback not in known:
-                errors.append(f"routes.{name}.fallbacks.{i}: unknown upstream {fallback!r}")
-        for i, shadow in enumerate(shadows if isinstance(shadows, list) else ()):
-            upstream = shadow.get("upstream") if isinstance(shadow, dict) else None
-            if isinstance(upstream, str) and upstream not in known:
-                errors.append(f"routes.{name}.shadows.{i}.upstream: unknown upstream {upstream!r}")
-    return errors
-
-
 def _drift_errors(config: Config) -> list[str]:
     errors = []
     for name, route in config.routes.items():
@@ -403,23 +380,6 @@ def _drift_errors(config: Config) -> list[str]:
                 errors.append(f"routes.{name}.rollout: needs routes.{name}.analysis (its control and guardrails)")
             elif route.analysis.control == route.rollout.candidate:
                 errors.append(f"routes.{name}.rollout.candidate: the candidate cannot be the control")
-    return errors
-
-
-def _env_errors(data: Any, environ: Mapping[str, str], path: str = "") -> list[str]:
-    """Every ``*_env`` key of the file whose variable is unset or empty, with its key path."""
-    errors = []
-    if isinstance(data, dict):
-        for key, value in data.items():
-            where = f"{path}.{key}" if path else str(key)
-            if str(key).endswith("_env") and isinstance(value, str):
-                if not environ.get(value):
-                    errors.append(f"{where}: environment variable {value} is not set")
-            else:
-                errors.extend(_env_errors(value, environ, where))
-    elif isinstance(data, list):
-        for i, item in enumerate(data):
-            errors.extend(_env_errors(item, environ, f"{path}.{i}"))
     return errors
 
 
@@ -475,10 +435,10 @@ def parse_config(
         config = Config.model_validate(data)
     except ValidationError as exc:
         errors += _pydantic_errors(exc)
-    errors += _cross_errors(data) + (_drift_errors(config) if config is not None else [])
+    errors += reference_errors(data) + (_drift_errors(config) if config is not None else [])
     if check_env:
-        env_errors = _env_errors(data, env)
-        errors += [e for e in env_errors if e.startswith("store_env:")] if store_only else env_errors
+        unset = env_errors(data, env)
+        errors += [e for e in unset if e.startswith("store_env:")] if store_only else unset
     if errors or config is None:
         raise ConfigError(path, errors)
     secrets, _ = resolve_secrets(config, env)  # its missing variables are in env_errors (unless check_env is off)

@@ -1,0 +1,52 @@
+"""Checks of a raw config file (the parsed YAML, before or beside schema validation), so ``turnout check`` lists
+them together with the schema's errors: names that must refer to an upstream, and ``*_env`` variables.
+
+Usage: ``errors = reference_errors(data) + env_errors(data, os.environ)``; each line is ``key.path: message``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+def reference_errors(data: dict[Any, Any]) -> list[str]:
+    """Names that must refer to an upstream, checked on the raw file so they are listed beside schema errors."""
+    upstreams = data.get("upstreams")
+    routes = data.get("routes")
+    if not isinstance(upstreams, dict) or not isinstance(routes, dict):
+        return []
+    known = {str(name) for name in upstreams}
+    errors = []
+    for name, route in routes.items():
+        if not isinstance(route, dict):
+            continue
+        variants, fallbacks, shadows = route.get("variants"), route.get("fallbacks"), route.get("shadows")
+        for variant in variants if isinstance(variants, dict) else ():
+            if str(variant) not in known:
+                errors.append(f"routes.{name}.variants: unknown upstream {variant!r}")
+        for i, fallback in enumerate(fallbacks if isinstance(fallbacks, list) else ()):
+            if isinstance(fallback, str) and fallback not in known:
+                errors.append(f"routes.{name}.fallbacks.{i}: unknown upstream {fallback!r}")
+        for i, shadow in enumerate(shadows if isinstance(shadows, list) else ()):
+            upstream = shadow.get("upstream") if isinstance(shadow, dict) else None
+            if isinstance(upstream, str) and upstream not in known:
+                errors.append(f"routes.{name}.shadows.{i}.upstream: unknown upstream {upstream!r}")
+    return errors
+
+
+def env_errors(data: Any, environ: Mapping[str, str], path: str = "") -> list[str]:
+    """Every ``*_env`` key of the file whose variable is unset or empty, with its key path."""
+    errors = []
+    if isinstance(data, dict):
+        for key, value in data.items():
+            where = f"{path}.{key}" if path else str(key)
+            if str(key).endswith("_env") and isinstance(value, str):
+                if not environ.get(value):
+                    errors.append(f"{where}: environment variable {value} is not set")
+            else:
+                errors.extend(env_errors(value, environ, where))
+    elif isinstance(data, list):
+        for i, item in enumerate(data):
+            errors.extend(env_errors(item, environ, f"{path}.{i}"))
+    return errors
