@@ -3,17 +3,25 @@
 Labels come only from config names (route, variant, upstream, shadow, experiment) and small fixed sets,
 so the number of series is bounded whatever clients send.
 
+With ``--workers N`` (prometheus-client multiprocess mode) every gauge is a ``live*`` one: it shows the
+processes alive now, and ``prune_dead_gauges`` (run before each scrape) drops the files of a worker that died
+(uvicorn starts a new one), so an upstream it had ejected or a queue it held is not reported forever. Counters
+and histograms of dead workers are kept: their totals still count.
+
 Usage: ``metrics = Metrics(CollectorRegistry())``; ``metrics.observe(interaction)`` per finished call,
 ``metrics.config_applied(...)`` on every config generation.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.multiprocess import mark_process_dead
 
 from collectors.record import Interaction
 
@@ -24,6 +32,27 @@ CODES = ("2xx", "4xx", "5xx")
 FEEDBACK_LABELS = ("good", "bad", "none")
 DROP_REASONS = ("queue_full", "spool_full", "journal_error", "store_rejected")
 SHADOW_OUTCOMES = ("ok", "error", "timeout", "dropped", "skipped")
+
+LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]+_(\d+)\.db")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process now holds that pid
+        return True
+    return True
+
+
+def prune_dead_gauges(directory: str) -> list[int]:
+    """Drop the gauge files of processes that are gone (the multiprocess directory); their pids."""
+    pids = {int(m.group(1)) for name in os.listdir(directory) if (m := LIVE_GAUGE_FILE.fullmatch(name))}
+    dead = sorted(pid for pid in pids if not _alive(pid))
+    for pid in dead:
+        mark_process_dead(pid, directory)  # the collector skips a live gauge file removed mid-scrape
+    return dead
 
 
 def code_class(status: int) -> str:
@@ -59,7 +88,7 @@ class Metrics:
             "1 while an upstream is cooled down",
             ["upstream"],
             registry=registry,
-            multiprocess_mode="max",
+            multiprocess_mode="livemax",
         )
         self.shed = Counter(
             p + "requests_shed", "Requests refused with 503 because server.max_in_flight was reached", registry=registry
@@ -97,49 +126,49 @@ class Metrics:
             "When the upstream's model was trained",
             ["upstream"],
             registry=registry,
-            multiprocess_mode="mostrecent",
+            multiprocess_mode="livemostrecent",
         )
         self.model_deprecated = Gauge(
             p + "upstream_deprecated_timestamp_seconds",
             "When the upstream's model is retired by its provider (upstreams.X.deprecated_at)",
             ["upstream"],
             registry=registry,
-            multiprocess_mode="mostrecent",
+            multiprocess_mode="livemostrecent",
         )
         self.eval_score = Gauge(
             p + "eval_score",
             "Latest eval suite score",
             ["route", "variant", "suite"],
             registry=registry,
-            multiprocess_mode="mostrecent",
+            multiprocess_mode="livemostrecent",
         )
         self.threshold = Gauge(
             p + "retraining_threshold",
             "Retraining thresholds from the config file",
             ["route", "signal"],
             registry=registry,
-            multiprocess_mode="mostrecent",
+            multiprocess_mode="livemostrecent",
         )
         self.reloads = Counter(p + "config_reloads", "Config reload attempts", ["result"], registry=registry)
         self.last_reload = Gauge(
             p + "config_last_reload_success_timestamp_seconds",
             "Last successful config load",
             registry=registry,
-            multiprocess_mode="max",
+            multiprocess_mode="livemax",
         )
         self.config_info = Gauge(
             p + "config_info",
             "1 for the config generation serving now",
             ["sha256"],
             registry=registry,
-            multiprocess_mode="mostrecent",
+            multiprocess_mode="livemostrecent",
         )
         self.experiment_weight = Gauge(
             p + "experiment_weight",
             "Configured weight of each variant",
             ["route", "experiment", "variant"],
             registry=registry,
-            multiprocess_mode="mostrecent",
+            multiprocess_mode="livemostrecent",
         )
         for result in ("success", "failure"):
             self.reloads.labels(result)

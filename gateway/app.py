@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from collectors.capture import Capture
-from collectors.metrics import Metrics
+from collectors.metrics import Metrics, prune_dead_gauges
 from collectors.sink import Sink
 from collectors.stored_metrics import StoredMetrics
 from gateway.admission import Admission
@@ -86,7 +86,8 @@ async def readyz(request: Request) -> Response:
 
 async def metrics_endpoint(request: Request) -> Response:
     registry: CollectorRegistry = request.state.registry
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if directory := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        prune_dead_gauges(directory)
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
         registry.register(request.state.stored_metrics)

@@ -115,8 +115,13 @@ class GatewayProcess:
             *args,
         ]
         with self.log.open("wb") as log:  # the child keeps its own descriptor
-            self.proc = subprocess.Popen(
-                command, env=full_env, cwd=cwd or config.parent, stdout=log, stderr=subprocess.STDOUT
+            self.proc = subprocess.Popen(  # a session of its own: whatever it leaves behind is killed at exit
+                command,
+                env=full_env,
+                cwd=cwd or config.parent,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
     def wait_ready(self, timeout: float = 20.0) -> None:
@@ -143,8 +148,16 @@ class GatewayProcess:
             return self.proc.wait(5)
 
     def __enter__(self) -> GatewayProcess:
-        self.wait_ready()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.__exit__(RuntimeError)
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop(signal.SIGKILL if exc[0] else signal.SIGTERM)
+        try:
+            self.stop(signal.SIGKILL if exc[0] else signal.SIGTERM)
+        finally:  # workers, loaders or a resource tracker orphaned by a SIGKILL above or in the test
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
