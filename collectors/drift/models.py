@@ -3,8 +3,8 @@ upstream as (model, fingerprint) pairs with when each was first and last seen.
 
 An upstream's current pair is the one seen last; a *change* is a pair the upstream had never answered with
 before (so an upstream alternating between two known fingerprints, or rolled back, is not a new change).
-The scan reads interactions in stored order from where it stopped, less a margin for late arrivals; pairs
-keep min/max times, so reading a row twice changes nothing.
+The scan reads interactions in stored order from where it stopped (the first one: the last day), less a margin
+for late arrivals; pairs keep min/max times, so reading a row twice changes nothing.
 
 Usage::
 
@@ -23,6 +23,8 @@ from collectors.store.base import Query, Store
 POSITION = "upstream_models"
 LATE_S = 300.0  # interactions stored up to this long after they arrived are still read
 PAGE = 1000
+FIRST_SCAN_S = 86400.0  # the first scan reads the last day, not a store's whole history
+MAX_LABEL = 128  # model and fingerprint become metric labels: an upstream's odd values are cut
 
 
 @dataclass(frozen=True)
@@ -40,13 +42,13 @@ def reported(record: dict[str, object]) -> tuple[str, str] | None:
     if not isinstance(response, dict) or not isinstance(response.get("model"), str):
         return None
     fingerprint = response.get("system_fingerprint")
-    return response["model"], fingerprint if isinstance(fingerprint, str) else ""
+    return response["model"][:MAX_LABEL], fingerprint[:MAX_LABEL] if isinstance(fingerprint, str) else ""
 
 
 async def scan(store: Store, now: float) -> int:
     """Record the pairs of every answer stored since the last scan; returns how many answers were read."""
     rows = await store.fetch("SELECT position FROM scan_positions WHERE name = $1", POSITION)
-    since = float(rows[0][0]) - LATE_S if rows else None
+    since = float(rows[0][0]) - LATE_S if rows else now - FIRST_SCAN_S
     seen: dict[tuple[str, str, str], list[float]] = {}
     after: tuple[float, str] | None = None
     read, last = 0, float(rows[0][0]) if rows else 0.0

@@ -18,6 +18,7 @@ from collectors.store.base import Store
 from gateway.cli import main
 from gateway.config import load_config
 from gateway.drift import DriftError, check_route, drift_jobs
+from gateway.drift_report import render
 from gateway.jobs import jobs_for
 from tests.collectors.pg import pg_dsn, postgres_server  # noqa: F401
 from tests.drift_traffic import month1, month6, stored_rows
@@ -96,6 +97,7 @@ async def test_too_few_interactions_keep_the_window_open(store: Store, dsn: str,
     await _seed(store, now, current=30)
     first = await check_route(store, config, "support-bot", now)
     assert not first.published and first.data()["n_current"] == 30
+    assert "not published: each side needs at least 50 interactions" in render(first)
     rng = random.Random(10)
     more = stored_rows(month6(rng, 30), route="support-bot", upstream="prod", start=now + 10, end=now + 3000, rng=rng)
     await store.write(more, [])
@@ -116,6 +118,7 @@ async def test_upstream_models_record_each_new_pair_once(store: Store) -> None:
                 r["response"]["system_fingerprint"] = fingerprint
         return stored_rows(records, route="support-bot", upstream="prod", start=start, end=start + 10, rng=rng)
 
+    await store.write(answers("fp_old", now - 2 * DAY), [])  # before the first scan's day: not read
     await store.write(answers("fp_a", now - 100), [])
     assert await models.scan(store, now) == 5
     [m] = await models.current_models(store)
@@ -132,6 +135,10 @@ async def test_upstream_models_record_each_new_pair_once(store: Store) -> None:
     await models.scan(store, now)
     [m] = await models.current_models(store)
     assert (m.model, m.fingerprint, m.changes) == ("support-v4", "", 2)
+    await store.write(answers("f" * 500, now - 5, model="m" * 500), [])  # labels stay bounded
+    await models.scan(store, now)
+    [m] = await models.current_models(store)
+    assert (m.model, m.fingerprint, m.changes) == ("m" * 128, "f" * 128, 3)
 
 
 def test_jobs_for_a_drift_block(tmp_path: Path) -> None:
