@@ -2,8 +2,9 @@
 
 Each endpoint is a raw ASGI app (no per-request Request/Response objects on the hot path). A client
 disconnect cancels the upstream call at every phase; an upstream cut mid-stream reaches the client as an
-error event and never as a fabricated ``[DONE]``. The interaction is handed to the sink before the
-client's last bytes go out.
+error event and never as a fabricated ``[DONE]``. The pieces: ``decide`` (the request's ``Facts``),
+``retry.Attempts`` (the call), ``stream.relay`` (the relay), ``ClientSide`` (what the client was sent; its
+``last`` hands the interaction, built from the call's ``Outcome``, to the sink before the last bytes go out).
 
 Usage: ``Route("/v1/chat/completions", endpoint=Endpoint("chat.completions"), methods=["POST"])``.
 """
@@ -17,10 +18,10 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
-import aiohttp
 import orjson
 
 from collectors.record import Interaction, new_id
+from gateway.client_side import ClientSide
 from gateway.decide import Facts, decide
 from gateway.errors import (
     BadRequest,
@@ -31,15 +32,14 @@ from gateway.errors import (
     StreamBroken,
     UpstreamFailure,
     UpstreamTimeout,
-    error_event,
     send_error,
 )
 from gateway.generation import Generation
 from gateway.limits import check_shape
-from gateway.pacing import HEARTBEAT, Pacer, StreamIdle
+from gateway.outcome import Outcome
 from gateway.retry import Attempts, plan
 from gateway.runtime import Gateway
-from gateway.stream import SSETee, StreamProtocolError
+from gateway.stream import SSETee, relay
 from gateway.upstream import Reply
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,6 @@ Scope = dict[str, Any]
 REQUIRED = {"chat.completions": "messages", "completions": "prompt", "embeddings": "input"}
 NULLABLE = {"prompt"}  # OpenAI's schema: present but null means the default prompt
 JSON_HEADERS = [(b"content-type", b"application/json")]
-SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
 
 class ClientGone(Exception):
@@ -116,24 +115,13 @@ def _response_headers(facts: Facts) -> list[tuple[bytes, bytes]]:
     return headers
 
 
-async def _send_whole(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [*headers, (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
 async def _cancel_on_disconnect(receive: Any, call: Call, task: asyncio.Task[Any]) -> None:
     """Cancel ``task`` if the client goes away before ``call`` is finished. uvicorn's ``receive`` also answers
     ``http.disconnect`` once the response is complete, so this task ends by itself: it is never cancelled
     (a cancelled task keeps its exception, whose traceback is a reference cycle: garbage for the collector)."""
     while (await receive())["type"] != "http.disconnect":
         pass
-    if not call.finished:
+    if not call.client.finished:
         task.cancel()
 
 
@@ -179,39 +167,23 @@ class Endpoint:
 
 
 class Call:
-    """One primary call: dispatch, relay, and exactly one interaction whatever happens."""
+    """One primary call: dispatch, relay, and exactly one interaction whatever happens (``client.last`` and
+    ``client.finish`` hand it on; ``_finish`` builds it)."""
 
     def __init__(self, gw: Gateway, gen: Generation, endpoint: str, facts: Facts, send: Any) -> None:
-        self.gw, self.gen, self.endpoint, self.facts, self.send = gw, gen, endpoint, facts, send
-        self.headers = _response_headers(facts)
-        self.status = 0
-        self.response: dict[str, Any] | None = None
-        self.usage: dict[str, Any] | None = None
-        self.response_id: str | None = None
-        self.error: str | None = None
-        self.outcome = "ok"
-        self.first_token_at: float | None = None
-        self.finished = False
-        self.journaled: Awaitable[None] | None = None  # a large record still being encoded off the loop
+        self.gw, self.gen, self.endpoint, self.facts = gw, gen, endpoint, facts
+        self.outcome = Outcome(upstream=facts.variant)
         self.answered: asyncio.Future[Interaction] | None = None  # shadows compare against it
-        self.upstream = facts.variant  # the one that answered: the variant, or a fallback
         self.shutting = False
         self.task: asyncio.Task[None] | None = None
         candidates, deadline_s = plan(gen.config, facts.route, facts.variant)
         self.attempts = Attempts(
-            gen,
-            candidates=candidates,
-            deadline=time.monotonic() + deadline_s,
-            guard=gw.resilience,
+            gen, candidates=candidates, deadline=time.monotonic() + deadline_s, guard=gw.resilience
         )
-
-    @property
-    def committed(self) -> bool:
-        """A byte went to the client: no more retries, and errors are events."""
-        return self.attempts.committed
+        self.client = ClientSide(send, _response_headers(facts), finish=self._finish, attempts=self.attempts)
 
     async def run(self) -> None:
-        facts = self.facts
+        facts, outcome = self.facts, self.outcome
         stream = facts.stream and self.endpoint != "embeddings"
         body = facts.body
         withhold_usage = False
@@ -224,10 +196,10 @@ class Call:
         drain.calls.add(self)
         try:
             try:
-                self.upstream, reply = await self._reply(body, stream)
+                outcome.upstream, reply = await self._reply(body, stream)
             except UpstreamFailure as exc:
                 kind = "timeout" if isinstance(exc, UpstreamTimeout) else "connect"
-                self.gw.metrics.upstream_errors.labels(self.upstream, kind).inc()
+                self.gw.metrics.upstream_errors.labels(outcome.upstream, kind).inc()
                 await self._fail(exc, "timeout" if kind == "timeout" else "upstream_error")
                 return
             if reply.stream is not None:
@@ -236,15 +208,15 @@ class Call:
                 await self._relay_whole(reply)
         except asyncio.CancelledError:
             if not self.shutting:
-                self.outcome = "client_cancelled"
-                self.status = self.status or 499
-                self.error = self.error or "client disconnected"
+                outcome.outcome = "client_cancelled"
+                outcome.status = outcome.status or 499
+                outcome.error = outcome.error or "client disconnected"
                 raise
             stopped = Overloaded("the gateway shut down before the answer was complete", code="shutting_down")
             await self._fail(stopped, "shutdown_aborted")
         finally:
             drain.calls.discard(self)
-            self._finish()
+            self.client.finish()
 
     async def _reply(self, body: dict[str, Any], stream: bool) -> tuple[str, Reply]:
         """Run the attempts; a stream waiting longer than ``heartbeat_s`` gets its headers and SSE comments."""
@@ -255,21 +227,14 @@ class Call:
         task = asyncio.ensure_future(call)
         try:
             while not (await asyncio.wait((task,), timeout=heartbeat_s))[0]:
-                await self._commit()
-                await self.send({"type": "http.response.body", "body": HEARTBEAT, "more_body": True})
+                self.outcome.status = 200
+                await self.client.heartbeat()
             return task.result()
         finally:
             if not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-
-    async def _commit(self) -> None:
-        """Send the stream's headers (once); from here on no retry, and errors are events."""
-        if not self.committed:
-            self.attempts.committed = True
-            self.status = 200
-            await self.send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *self.headers]})
 
     def abort_for_shutdown(self) -> None:
         """The drain bound is reached: end this call now with a terminal error (``shutdown_aborted``)."""
@@ -278,26 +243,23 @@ class Call:
             self.task.cancel()
 
     async def _fail(self, exc: GatewayError, outcome: str) -> None:
-        self.status, self.outcome, self.error = exc.status, outcome, exc.message
-        if self.committed:
-            self.status = 200
-            await self._finished()
-            await self.send({"type": "http.response.body", "body": error_event(exc), "more_body": False})
-            return
-        await self._finished()
-        await send_error(self.send, exc, self.headers)
+        committed = self.client.committed
+        self.outcome.status = 200 if committed else exc.status
+        self.outcome.outcome, self.outcome.error = outcome, exc.message
+        await self.client.error(exc)
 
     async def _relay_whole(self, reply: Reply) -> None:
-        if self.committed:  # heartbeats already went out as a stream: only an event can follow
-            message = f"upstream {self.upstream!r} answered {reply.status} without a stream"
-            await self._fail(UpstreamFailure(message), "upstream_error")
+        upstream, errors = self.outcome.upstream, self.gw.metrics.upstream_errors
+        if self.client.committed:  # heartbeats already went out as a stream: only an event can follow
+            await self._fail(
+                UpstreamFailure(f"upstream {upstream!r} answered {reply.status} without a stream"), "upstream_error"
+            )
             return
         if reply.status >= 500:
-            self.gw.metrics.upstream_errors.labels(self.upstream, "status").inc()
+            errors.labels(upstream, "status").inc()
             tries = self.attempts.calls
             after = f" (after {tries} attempts)" if tries > 1 else ""
-            message = f"upstream {self.upstream!r} answered {reply.status}{after}"
-            await self._fail(UpstreamFailure(message), "upstream_error")
+            await self._fail(UpstreamFailure(f"upstream {upstream!r} answered {reply.status}{after}"), "upstream_error")
             return
         data = self.gen.scrub(reply.body)
         try:
@@ -305,117 +267,53 @@ class Call:
         except orjson.JSONDecodeError:
             parsed = None
         if not isinstance(parsed, dict):
-            self.gw.metrics.upstream_errors.labels(self.upstream, "protocol").inc()
-            await self._fail(
-                UpstreamFailure(
-                    f"upstream {self.upstream!r} answered {reply.status} with a body that is not a JSON object"
-                ),
-                "upstream_error",
-            )
+            errors.labels(upstream, "protocol").inc()
+            message = f"upstream {upstream!r} answered {reply.status} with a body that is not a JSON object"
+            await self._fail(UpstreamFailure(message), "upstream_error")
             return
-        self.status = reply.status
+        self.outcome.status = reply.status
         if reply.status >= 400:
-            self.outcome = "upstream_error"
-            self.error = f"upstream answered {reply.status}"
-            self.gw.metrics.upstream_errors.labels(self.upstream, "status").inc()
+            self.outcome.outcome, self.outcome.error = "upstream_error", f"upstream answered {reply.status}"
+            errors.labels(upstream, "status").inc()
         else:
-            self.response = parsed
-            self.usage = parsed.get("usage")
-            self.response_id = parsed.get("id") if isinstance(parsed.get("id"), str) else None
-        headers = [*JSON_HEADERS, *self.headers]
+            self.outcome.answered(parsed)
+        headers = list(JSON_HEADERS)
         if reply.retry_after and reply.status == 429:
             headers.append((b"retry-after", reply.retry_after.encode("latin-1")))
-        await self._finished()
-        await _send_whole(self.send, reply.status, data, headers)
+        await self.client.whole(reply.status, data, headers)
 
     async def _relay_stream(self, reply: Reply, withhold_usage: bool) -> None:
-        assert reply.stream is not None
-        send = self.send
         tee = SSETee(withhold_usage=withhold_usage)
-        await self._commit()
-        server = self.gen.config.server
-        pacer = Pacer(
-            reply.stream,
-            heartbeat_s=server.heartbeat_s,
-            idle_s=server.stream_idle_s,
-            waiting=lambda: tee.first_token_at is None,
-        )
-        failure: str | None = None
-        out = b""
+        server, outcome = self.gen.config.server, self.outcome
+        outcome.status = 200
+        timeout_s = self.gen.config.upstreams[outcome.upstream].timeout_s
         try:
-            while (data := await pacer.next()) is not None:
-                if data is HEARTBEAT:
-                    await send({"type": "http.response.body", "body": data, "more_body": True})
-                    continue
-                out = tee.feed(data)
-                if tee.done:
-                    break
-                if out:
-                    await send({"type": "http.response.body", "body": out, "more_body": True})
-            else:
-                failure = "upstream closed the stream without [DONE]"
-        except StreamProtocolError as exc:
-            failure = str(exc)
-        except StreamIdle:
-            failure = f"upstream sent nothing for {server.stream_idle_s:g}s"
-        except (aiohttp.ClientError, UpstreamFailure) as exc:
-            failure = f"upstream broke off the stream ({type(exc).__name__})"
-        except TimeoutError:
-            failure = f"upstream timed out after {self.gen.config.upstreams[self.upstream].timeout_s:g}s"
+            failure, last = await relay(
+                reply,
+                self.client,
+                tee,
+                heartbeat_s=server.heartbeat_s,
+                idle_s=server.stream_idle_s,
+                timeout_s=timeout_s,
+            )
         finally:
-            pacer.close()
-            (reply.release if tee.done else reply.close)()
-            self.first_token_at = tee.first_token_at
-            self.response = tee.assemble()
-            self.usage = tee.usage
-            self.response_id = tee.meta.get("id")
-        if tee.error is not None and failure is None:
-            failure = "upstream sent an error event"
+            outcome.first_token_at = tee.first_token_at
+            outcome.response = tee.assemble()
+            outcome.usage = tee.usage if isinstance(tee.usage, dict) else None
+            outcome.response_id = tee.meta.get("id")
         if failure is not None:
-            self.outcome, self.error = "upstream_error", failure
-            self.gw.metrics.upstream_errors.labels(self.upstream, "protocol").inc()
-            await self._finished()
-            await send({"type": "http.response.body", "body": error_event(StreamBroken(failure)), "more_body": False})
+            outcome.outcome, outcome.error = "upstream_error", failure
+            self.gw.metrics.upstream_errors.labels(outcome.upstream, "protocol").inc()
+            await self.client.error(StreamBroken(failure))
             return
-        await self._finished()
-        await send({"type": "http.response.body", "body": out, "more_body": False})
+        await self.client.last(last)
 
-    async def _finished(self) -> None:
-        """``_finish``, and wait until the interaction is journaled (before the client's last bytes)."""
-        self._finish()
-        if self.journaled is not None:
-            await asyncio.shield(self.journaled)
-
-    def _finish(self) -> None:
-        """Hand the one interaction of this call to the sink (idempotent)."""
-        if self.finished:
-            return
-        self.finished = True
-        facts = self.facts
-        now = time.perf_counter()
-        it = Interaction(
-            request_id=facts.request_id,
-            ts=facts.ts,
-            route=facts.route,
-            experiment=facts.experiment,
-            variant=facts.variant,
-            role="primary",
-            parent_id=None,
-            upstream=self.upstream,
-            endpoint=self.endpoint,
-            request=facts.body,
-            response=self.response,
-            status=self.status,
-            outcome=self.outcome,
-            latency_ms=(now - facts.t0) * 1000.0,
-            ttft_ms=None if self.first_token_at is None else (self.first_token_at - facts.t0) * 1000.0,
-            usage=self.usage if isinstance(self.usage, dict) else None,
-            error=self.error,
-            stream=facts.stream,
-            capture=facts.capture,
-            response_id=self.response_id,
-            extra={"attempts": self.attempts.records, "unit": facts.unit},
-        )
-        self.journaled = self.gw.sink.finish(it)
+    def _finish(self) -> Awaitable[None] | None:
+        """Hand the one interaction of this call to the sink and to the shadows waiting for it; returns what to
+        wait for until it is journaled (a large record is encoded off the loop), if anything."""
+        extra = {"attempts": self.attempts.records, "unit": self.facts.unit}
+        it = self.outcome.primary(self.facts, self.endpoint, now=time.perf_counter(), extra=extra)
+        journaled = self.gw.sink.finish(it)
         if self.answered is not None and not self.answered.done():
             self.answered.set_result(it)
+        return journaled

@@ -38,12 +38,13 @@ import orjson
 
 from collectors.compare import compare
 from collectors.metrics import Metrics
-from collectors.record import Interaction, new_id
+from collectors.record import Interaction
 from collectors.sink import Sink
 from gateway.config import Config, Secrets
 from gateway.decide import Facts
 from gateway.errors import UpstreamFailure, UpstreamTimeout
 from gateway.generation import Generation
+from gateway.outcome import Outcome
 from gateway.upstream import Client, make_client
 
 log = logging.getLogger(__name__)
@@ -144,54 +145,33 @@ class ShadowRunner:
         await self._finish(job, shadow)
 
     async def _call(self, job: Job, ts: float, t0: float) -> Interaction:
-        status, response, error, outcome, usage = 0, None, None, "upstream_error", None
+        result = Outcome(upstream=job.shadow, outcome="upstream_error")
         try:
             async with asyncio.timeout(job.timeout_s):
                 reply = await job.client.call(job.endpoint, job.body, stream=False, request_id=job.facts.request_id)
         except (UpstreamTimeout, TimeoutError):
-            status, outcome, error = 504, "timeout", f"shadow timed out after {job.timeout_s:g}s"
+            result.status, result.outcome, result.error = 504, "timeout", f"shadow timed out after {job.timeout_s:g}s"
         except UpstreamFailure as exc:
-            status, error = 502, exc.message
+            result.status, result.error = 502, exc.message
         else:
-            status = reply.status
+            result.status = reply.status
             if reply.stream is not None:
                 reply.close()
-                error = "shadow answered with a stream to a non-streamed request"
+                result.error = "shadow answered with a stream to a non-streamed request"
             elif reply.status >= 400:
-                error = f"shadow answered {reply.status}"
+                result.error = f"shadow answered {reply.status}"
             else:
                 try:
                     parsed = orjson.loads(job.scrub(reply.body))
                 except orjson.JSONDecodeError:
                     parsed = None
                 if isinstance(parsed, dict):
-                    response, outcome = parsed, "ok"
-                    usage = parsed.get("usage") if isinstance(parsed.get("usage"), dict) else None
+                    result.answered(parsed)
+                    result.outcome = "ok"
                 else:
-                    error = "shadow answered with a body that is not a JSON object"
-        facts = job.facts
-        return Interaction(
-            request_id=new_id(),
-            ts=ts,
-            route=facts.route,
-            experiment=facts.experiment,
-            variant=job.shadow,
-            role="shadow",
-            parent_id=facts.request_id,
-            upstream=job.shadow,
-            endpoint=job.endpoint,
-            request=job.body,
-            response=response,
-            status=status,
-            outcome=outcome,
-            latency_ms=(time.perf_counter() - t0) * 1000.0,
-            ttft_ms=None,
-            usage=usage,
-            error=error,
-            stream=False,
-            capture=facts.capture,
-            response_id=response.get("id") if response and isinstance(response.get("id"), str) else None,
-        )
+                    result.error = "shadow answered with a body that is not a JSON object"
+        latency_ms = (time.perf_counter() - t0) * 1000.0
+        return result.shadow(job.facts, job.endpoint, job.body, ts=ts, latency_ms=latency_ms)
 
     async def _finish(self, job: Job, shadow: Interaction | None) -> None:
         """Wait (bounded) for the primary's answer, score the shadow against it, hand it to the sink."""

@@ -1,14 +1,18 @@
-"""SSE relay tee: splits upstream bytes into whole events, forwards them at once, and rebuilds the answer.
+"""The SSE relay: upstream events go to the client as they arrive, while a tee rebuilds the answer.
 
+``relay`` forwards whole events at once (heartbeats while the first token is awaited, an idle timeout:
+``gateway.pacing``) and holds back the bytes that carry ``[DONE]``: the caller sends them with
+``ClientSide.last`` once the interaction is finished. A stream that ends without ``[DONE]``, goes idle, is
+cut or is not valid SSE is a failure (the caller ends it with an error event, never a fabricated ``[DONE]``).
 ``SSETee.feed(data)`` returns the bytes to send to the client now (only complete events, so the client
 never sees half an event); meanwhile it reassembles the streamed answer into one ``chat.completion`` (or
 ``text_completion``), notes the first token and the usage. When Turnout asked the upstream for usage on
-the client's behalf, the usage-only chunk is withheld from the client. No Starlette here.
+the client's behalf, the usage-only chunk is withheld from the client.
 
 Usage::
 
     tee = SSETee(withhold_usage=True)
-    out = tee.feed(chunk)       # bytes to forward; tee.done once [DONE] was seen
+    failure, last = await relay(reply, client, tee, heartbeat_s=15, idle_s=120, timeout_s=60)
     answer = tee.assemble()
 """
 
@@ -17,7 +21,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import aiohttp
 import orjson
+
+from gateway.client_side import ClientSide
+from gateway.errors import UpstreamFailure
+from gateway.pacing import HEARTBEAT, Pacer, StreamIdle
+from gateway.upstream import Reply
 
 MAX_EVENT_BYTES = 1 << 20  # one SSE event larger than this is a broken upstream
 
@@ -134,3 +144,41 @@ class SSETee:
         if self.usage:
             body["usage"] = self.usage
         return body
+
+
+async def relay(
+    reply: Reply, client: ClientSide, tee: SSETee, *, heartbeat_s: float, idle_s: float, timeout_s: float
+) -> tuple[str | None, bytes]:
+    """Relay ``reply``'s stream through ``tee`` to ``client`` (committed first); returns the failure, if any,
+    and the last bytes, held back for ``client.last``. The upstream connection is released or closed."""
+    assert reply.stream is not None
+    await client.commit()
+    pacer = Pacer(reply.stream, heartbeat_s=heartbeat_s, idle_s=idle_s, waiting=lambda: tee.first_token_at is None)
+    failure: str | None = None
+    out = b""
+    try:
+        while (data := await pacer.next()) is not None:
+            if data is HEARTBEAT:
+                await client.part(data)
+                continue
+            out = tee.feed(data)
+            if tee.done:
+                break
+            if out:
+                await client.part(out)
+        else:
+            failure = "upstream closed the stream without [DONE]"
+    except StreamProtocolError as exc:
+        failure = str(exc)
+    except StreamIdle:
+        failure = f"upstream sent nothing for {idle_s:g}s"
+    except (aiohttp.ClientError, UpstreamFailure) as exc:
+        failure = f"upstream broke off the stream ({type(exc).__name__})"
+    except TimeoutError:
+        failure = f"upstream timed out after {timeout_s:g}s"
+    finally:
+        pacer.close()
+        (reply.release if tee.done else reply.close)()
+    if tee.error is not None and failure is None:
+        failure = "upstream sent an error event"
+    return failure, out
