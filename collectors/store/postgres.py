@@ -1,7 +1,9 @@
 """PostgreSQL store through asyncpg, for several gateway replicas sharing one database.
 
 Batches go in with one ``INSERT ... SELECT FROM unnest(...)`` per table (one round trip whatever the batch
-size); migrations run under an advisory lock so replicas starting together apply each exactly once.
+size); migrations run under an advisory lock so replicas starting together apply each exactly once. The
+feedback claim at the end of each write runs under another, held until commit, so feedback and its
+interaction committed at the same moment by two replicas are still counted once in the feedback metrics.
 Connection-level failures (refused, reset, shutting down, read-only, disk full) raise ``StoreUnavailable``
 and the pool reconnects on the next call; other errors are about the rows.
 
@@ -22,6 +24,7 @@ from collectors.store.base import Claimed, FeedbackRow, InteractionRow, Query, S
 from collectors.store.migrations import MIGRATIONS, TRACKING
 
 _MIGRATION_LOCK = 0x7475726E  # "turn"
+_CLAIM_LOCK = 0x7475726E6F7574  # "turnout": orders the feedback claims of every writer
 _TYPES_I = ("text", "float8", "text", "text", "text", "text", "text", "text", "text", "int4", "text", "float8",
             "float8", "bool", "text", "text", "text", "float8", "float8")  # fmt: skip
 _TYPES_F = ("text", "float8", "text", "text", "float8", "text", "text", "int4")
@@ -140,6 +143,9 @@ class PostgresStore:
                     await conn.execute(_INSERT_INTERACTIONS, *_columns(interactions, len(_TYPES_I)))
                 if feedback:
                     await conn.execute(_INSERT_FEEDBACK, *_columns(feedback, len(_TYPES_F)))
+                # Claims run one at a time (the lock holds until commit), so each sees what the one before it
+                # committed: feedback and its interaction written at once by two replicas are still joined.
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _CLAIM_LOCK)
                 found = await conn.fetch(
                     _CLAIM,
                     [f.feedback_id for f in feedback],

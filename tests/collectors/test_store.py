@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -151,3 +152,23 @@ async def test_postgres_rejected_row_is_a_row_error(pg_dsn: str) -> None:  # noq
 def test_feedback_row_shape() -> None:
     fb = feedback("f", 1.0, request_id="r", score=1, label="good")
     assert isinstance(fb, FeedbackRow) and fb.score == 1.0
+
+
+async def test_feedback_and_its_interaction_committed_at_once_by_two_replicas_count_once(store_url: str) -> None:
+    replicas = [open_store(store_url), open_store(store_url)]
+    for s in replicas:
+        await s.open()
+    try:
+        claimed: list[Claimed] = []
+        for i in range(100):  # one replica stores the interaction while the other stores its feedback
+            got = await asyncio.gather(
+                replicas[i % 2].write([row(f"r{i}", ts=float(i))], []),
+                replicas[1 - i % 2].write([], [feedback(f"f{i}", float(i), request_id=f"r{i}", label="good")]),
+            )
+            claimed += got[0] + got[1]
+        rows = await all_rows(replicas[0])
+    finally:
+        for s in replicas:
+            await s.close()
+    assert all(len(r["feedback"]) == 1 for r in rows) and len(rows) == 100
+    assert len(claimed) == 100  # the feedback metric counts every one, exactly once
