@@ -35,6 +35,8 @@ from gateway.jobs_process import JobsProcess
 from gateway.openapi import openapi_endpoint
 from gateway.proxy import Endpoint
 from gateway.reload import Reloader
+from gateway.review.pages import ROUTES as review_routes
+from gateway.review.service import ReviewService
 from gateway.runtime import Gateway, review_policy
 from gateway.shutdown import hook_sigterm
 from gateway.stored_state import StoredState
@@ -150,6 +152,8 @@ def create_app(
     stored_state = StoredState(loaded.secrets.store_dsn, gw, stored_metrics)
     jobs = JobsProcess(loaded.path, lambda: gw.generation.config)
 
+    review = ReviewService(gw, loaded.secrets.store_dsn)
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         if not loaded.config.auth.client_keys_env:
@@ -165,10 +169,17 @@ def create_app(
             drain_s=lambda: gw.generation.config.server.drain_s,
         )
         try:
-            yield {"gateway": gw, "reloader": reloader, "registry": registry, "stored_metrics": stored_metrics}
+            yield {
+                "gateway": gw,
+                "reloader": reloader,
+                "registry": registry,
+                "stored_metrics": stored_metrics,
+                "review": review,
+            }
         finally:
             unhook()
             gw.ready = False
+            await review.close()
             await jobs.close()
             await stored_state.close()
             await reloader.stop()
@@ -188,6 +199,7 @@ def create_app(
         Route("/openapi.json", openapi_endpoint, methods=["GET"]),
         Route("/admin/config", admin_config, methods=["GET"]),
         Route("/admin/reload", admin_reload, methods=["POST"]),
+        *review_routes,
     ]
     return TurnoutApp(gw, routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from gateway import drift_cli, eval_cli
+from gateway import dataset_cli, drift_cli, eval_cli
 from gateway.config import ConfigError, duration_seconds, load_config
 from gateway.deploy_cli import add_commands
 
@@ -72,6 +72,8 @@ def check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _fail(exc)
     config = loaded.config
+    for warning in dataset_cli.check_warnings(loaded):
+        print(f"{args.file}: warning: {warning}", file=sys.stderr)
     print(f"{args.file}: ok ({len(config.upstreams)} upstreams, {len(config.routes)} routes)")
     return 0
 
@@ -167,6 +169,7 @@ def parser() -> argparse.ArgumentParser:
     eval_cli.add_parser(sub)
     drift_cli.add_parser(sub)
     add_commands(sub)
+    dataset_cli.add_parsers(sub)
     return top
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
+from cronsim import CronSim, CronSimError
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.config_refs import env_errors, reference_errors
@@ -252,8 +253,11 @@ class Dataset(_Model):
             raise ValueError("include: needs reviewed, label or min_score (else every interaction would be in it)")
         if self.every is not None and " " not in self.every.strip():
             _duration(self.every)
-        elif self.every is not None and len(self.every.split()) != 5:
-            raise ValueError(f"every: expected a duration such as 7d or a five-field cron line, got {self.every!r}")
+        elif self.every is not None:
+            try:
+                CronSim(self.every, dt.datetime.now(dt.UTC))
+            except CronSimError as exc:
+                raise ValueError(f"every: expected a duration such as 7d or a five-field cron line: {exc}") from None
         return self
 
 
@@ -270,7 +274,7 @@ class Config(_Model):
     upstreams: dict[str, Upstream]
     routes: dict[str, Route]
     review: Review | None = None
-    datasets_dir: str = "./datasets"  # relative to the working directory, like server.state_dir
+    datasets_dir: str = "./datasets"  # relative to the config file's directory (like eval suites), or absolute
     datasets: dict[DatasetName, Dataset] = {}
 
     @field_validator("store")

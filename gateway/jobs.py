@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from collectors import job_state
 from collectors.store.base import Store, StoreUnavailable
 from gateway.config import Config, Loaded
+from gateway.datasets import dataset_jobs
 from gateway.drift import drift_jobs
 from gateway.rollouts import rollout_jobs
 from gateway.schedule import Job, JobContext, Schedule
@@ -43,6 +44,7 @@ def jobs_for(config: Config) -> list[Job]:
     found: list[Job] = []
     found += drift_jobs(config)
     found += rollout_jobs(config)
+    found += dataset_jobs(config)
     return found
 
 

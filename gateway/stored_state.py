@@ -24,6 +24,7 @@ from collectors.store import open_store
 from collectors.store.base import Store, StoreUnavailable
 from collectors.stored_metrics import Snapshot, StoredMetrics
 from gateway.config import Config
+from gateway.datasets import read_datasets
 from gateway.drift import read_drift
 from gateway.jobs import jobs_for
 from gateway.rollout_state import read_rollouts
@@ -60,12 +61,12 @@ async def read_jobs(ctx: ReadContext) -> None:
             )
 
 
-READERS: list[Callable[[ReadContext], Awaitable[None]]] = [read_jobs, read_drift, read_rollouts]
+READERS: list[Callable[[ReadContext], Awaitable[None]]] = [read_jobs, read_drift, read_rollouts, read_datasets]
 
 
 def wanted(config: Config) -> bool:
     """Whether this config has anything stored to read back (no store connection is opened otherwise)."""
-    return bool(jobs_for(config))
+    return bool(jobs_for(config)) or config.review is not None or bool(config.datasets)
 
 
 class StoredState:

@@ -227,6 +227,17 @@ _EXPERIMENTS = [
     "CREATE INDEX rollout_audit_route ON rollout_audit (route, ts)",
 ]
 
+# each dataset version written (the files are the truth; this row lets every replica export its metrics)
+_DATASETS = """CREATE TABLE dataset_versions (
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    created_at {real} NOT NULL,
+    examples INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    parent TEXT,
+    PRIMARY KEY (name, version)
+)"""
+
 MIGRATIONS: list[tuple[int, str, dict[str, list[str]]]] = [
     (1, "interactions and feedback", {"sqlite": _SQLITE_V1, "postgres": _POSTGRES_V1}),
     (2, "job state and leases", {"sqlite": [_JOBS.format(real="REAL")], "postgres": [_JOBS.format(real="FLOAT8")]}),
@@ -256,6 +267,7 @@ MIGRATIONS: list[tuple[int, str, dict[str, list[str]]]] = [
             "postgres": [q.format(real="FLOAT8", serial="BIGSERIAL PRIMARY KEY") for q in _EXPERIMENTS],
         },
     ),
+    (7, "dataset versions", {"sqlite": [_DATASETS.format(real="REAL")], "postgres": [_DATASETS.format(real="FLOAT8")]}),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -1,0 +1,93 @@
+"""Datasets from the config: where versions live, how a configured dataset is built (by the CLI or its scheduled
+job), and the stored figures every replica exports (review backlog, dataset size, age and pending approvals).
+
+``datasets_dir`` is relative to the config file's directory (like eval suite paths), or absolute (a volume).
+
+Usage::
+
+    result = await build_dataset(store, config, config_path, "support", now=time.time())
+    jobs = dataset_jobs(config)              # one "dataset:NAME" job per dataset with `every`
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Protocol
+
+from collectors.datasets.build import BuildResult, Spec, build
+from collectors.datasets.stored import latest_versions, pending, record_version
+from collectors.review.items import backlog
+from collectors.store.base import Store
+from collectors.stored_metrics import Snapshot
+from gateway.config import Config
+from gateway.schedule import Job, JobContext, Schedule
+
+
+class Reading(Protocol):
+    """What ``read_datasets`` needs of ``gateway.stored_state.ReadContext`` (which imports this module)."""
+
+    store: Store
+    config: Config
+    out: Snapshot
+
+
+log = logging.getLogger(__name__)
+
+
+def datasets_root(config: Config, config_path: Path) -> Path:
+    root = Path(config.datasets_dir)
+    return root if root.is_absolute() else config_path.absolute().parent / root
+
+
+def spec(config: Config, name: str) -> Spec:
+    dataset = config.datasets[name]
+    inc = dataset.include
+    redact = frozenset(config.routes[dataset.route].capture.redact)
+    return Spec(name, dataset.route, inc.reviewed, inc.label, inc.min_score, inc.since, redact)
+
+
+async def build_dataset(
+    store: Store, config: Config, config_path: Path, name: str, *, now: float, dry_run: bool = False
+) -> BuildResult:
+    """Build the next version of the configured dataset ``name`` (and record it in the store)."""
+    result = await build(store, datasets_root(config, config_path), spec(config, name), now=now, dry_run=dry_run)
+    if result.version is not None:
+        await record_version(store, result.manifest, created=now)
+    return result
+
+
+def dataset_jobs(config: Config) -> list[Job]:
+    def run(name: str) -> Callable[[JobContext], Awaitable[None]]:
+        async def job(ctx: JobContext) -> None:
+            result = await build_dataset(ctx.store, ctx.config, ctx.config_path, name, now=ctx.now())
+            log.info("dataset %s: %s", name, result.reason if result.version is None else f"wrote {result.version}")
+
+        return job
+
+    return [
+        Job(f"dataset:{name}", Schedule.parse(d.every), run(name)) for name, d in config.datasets.items() if d.every
+    ]
+
+
+async def read_datasets(ctx: Reading) -> None:
+    """``review_backlog{route}``, ``dataset_examples``, ``dataset_version_timestamp_seconds`` and
+    ``dataset_pending`` (approved items decided since the latest version) for every configured dataset."""
+    config = ctx.config
+    if config.review is None and not config.datasets:
+        return
+    left = await backlog(ctx.store)
+    for route in sorted(set(config.routes) | set(left)):
+        ctx.out.gauge(
+            "review_backlog", "Interactions waiting for a person's review", {"route": route}, left.get(route, 0)
+        )
+    latest = await latest_versions(ctx.store)
+    for name, dataset in sorted(config.datasets.items()):
+        version = latest.get(name)
+        labels = {"dataset": name}
+        if version is not None:
+            ctx.out.gauge("dataset_examples", "Examples in the dataset's latest version", labels, version[2])
+            ctx.out.gauge("dataset_version_timestamp_seconds", "When the latest version was built", labels, version[1])
+        waiting = await pending(ctx.store, dataset.route, after=version[1] if version else None)
+        ctx.out.gauge("dataset_pending", "Approved examples not yet in a version", labels, waiting)
