@@ -347,6 +347,17 @@ def _pydantic_errors(exc: ValidationError) -> list[str]:
     return lines
 
 
+def _dataset_errors(config: Config) -> list[str]:
+    errors = []
+    for name, dataset in config.datasets.items():
+        if dataset.route not in config.routes:
+            errors.append(f"datasets.{name}.route: unknown route {dataset.route!r}")
+    for name, up in config.upstreams.items():
+        if up.dataset is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}@v\d+$", up.dataset):
+            errors.append(f"upstreams.{name}.dataset: expected NAME@vN (e.g. support@v0003), got {up.dataset!r}")
+    return errors
+
+
 def _drift_errors(config: Config) -> list[str]:
     errors = []
     for name, route in config.routes.items():
@@ -359,12 +370,6 @@ def _drift_errors(config: Config) -> list[str]:
                     f"routes.{name}.drift.reference: dataset needs the dataset version of every serving variant "
                     f"(upstreams.{missing[0]}.dataset is not set)"
                 )
-    for name, dataset in config.datasets.items():
-        if dataset.route not in config.routes:
-            errors.append(f"datasets.{name}.route: unknown route {dataset.route!r}")
-    for name, up in config.upstreams.items():
-        if up.dataset is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}@v\d+$", up.dataset):
-            errors.append(f"upstreams.{name}.dataset: expected NAME@vN (e.g. support@v0003), got {up.dataset!r}")
         if route.analysis and route.analysis.control not in route.variants:
             errors.append(f"routes.{name}.analysis.control: {route.analysis.control!r} is not a variant of the route")
         if route.rollout:
@@ -432,7 +437,7 @@ def parse_config(
         config = Config.model_validate(data)
     except ValidationError as exc:
         errors += _pydantic_errors(exc)
-    errors += reference_errors(data) + (_drift_errors(config) if config is not None else [])
+    errors += reference_errors(data) + (_drift_errors(config) + _dataset_errors(config) if config is not None else [])
     if check_env:
         unset = env_errors(data, env)
         errors += [e for e in unset if e.startswith("store_env:")] if store_only else unset
