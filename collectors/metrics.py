@@ -135,13 +135,6 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livemostrecent",
         )
-        self.eval_score = Gauge(
-            p + "eval_score",
-            "Latest eval suite score",
-            ["route", "variant", "suite"],
-            registry=registry,
-            multiprocess_mode="livemostrecent",
-        )
         self.threshold = Gauge(
             p + "retraining_threshold",
             "Retraining thresholds from the config file",

@@ -74,6 +74,11 @@ def check(args: argparse.Namespace) -> int:
     config = loaded.config
     for warning in dataset_cli.check_warnings(loaded):
         print(f"{args.file}: warning: {warning}", file=sys.stderr)
+    suite_errors = eval_cli.check_suites(loaded)
+    for line in suite_errors:
+        print(f"{args.file}: {line}", file=sys.stderr)
+    if suite_errors:
+        return 2
     print(f"{args.file}: ok ({len(config.upstreams)} upstreams, {len(config.routes)} routes)")
     return 0
 

@@ -264,6 +264,29 @@ class Dataset(_Model):
 DatasetName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 
 
+class EvalSchedule(_Model):
+    """``evals:`` entries: a suite run on a schedule against every serving variant and shadow of a route."""
+
+    suite: str  # path relative to the config file
+    route: str
+    every: Duration | None = None
+    cron: str | None = None
+    concurrency: int = Field(16, ge=1, le=256)  # cases in flight per upstream
+
+    @model_validator(mode="after")
+    def _when(self) -> EvalSchedule:
+        if (self.every is None) == (self.cron is None):
+            raise ValueError("give either every (e.g. 6h) or cron (e.g. '0 */6 * * *')")
+        if self.every is not None and self.every <= 0:
+            raise ValueError("every must be longer than 0s")
+        if self.cron is not None:
+            try:
+                CronSim(self.cron, dt.datetime.now(dt.UTC))
+            except CronSimError as exc:
+                raise ValueError(f"invalid cron line {self.cron!r}: {exc}") from None
+        return self
+
+
 class Config(_Model):
     server: Server = Server()
     auth: Auth = Auth()
@@ -276,6 +299,7 @@ class Config(_Model):
     review: Review | None = None
     datasets_dir: str = "./datasets"  # relative to the config file's directory (like eval suites), or absolute
     datasets: dict[DatasetName, Dataset] = {}
+    evals: list[EvalSchedule] = []
 
     @field_validator("store")
     @classmethod
@@ -382,6 +406,9 @@ def _drift_errors(config: Config) -> list[str]:
                 errors.append(f"routes.{name}.rollout: needs routes.{name}.analysis (its control and guardrails)")
             elif route.analysis.control == route.rollout.candidate:
                 errors.append(f"routes.{name}.rollout.candidate: the candidate cannot be the control")
+    for i, entry in enumerate(config.evals):
+        if entry.route not in config.routes:
+            errors.append(f"evals.{i}.route: unknown route {entry.route!r}")
     return errors
 
 

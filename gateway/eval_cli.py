@@ -30,8 +30,9 @@ from collectors.evals.store import list_runs
 from collectors.evals.suite import SuiteError, load_suite
 from collectors.store import UnknownStore, open_store
 from collectors.store.base import Store, StoreUnavailable
-from gateway.config import Config, ConfigError, Loaded, load_config
-from gateway.evals import Comparison, EvalError, SuiteRun, compare_upstreams, run_suite
+from gateway.config import ConfigError, Loaded, load_config
+from gateway.eval_schedule import suite_path
+from gateway.evals import Comparison, EvalError, SuiteRun, compare_upstreams, run_suite, targets
 
 
 def _err(message: str) -> int:
@@ -83,11 +84,19 @@ def _load(args: argparse.Namespace) -> Loaded:
     return load_config(args.config, store_only=True)
 
 
-def targets(config: Config, route: str) -> list[str]:
-    """What ``--route`` (and a scheduled eval) evaluates: every serving variant and every shadow upstream."""
-    conf = config.routes[route]
-    serving = [name for name, weight in conf.variants.items() if weight > 0]
-    return list(dict.fromkeys([*serving, *(s.upstream for s in conf.shadows)]))
+def check_suites(loaded: Loaded) -> list[str]:
+    """``evals.N.suite: ...`` for every scheduled suite that cannot be read or names an unknown upstream."""
+    errors = []
+    for i, entry in enumerate(loaded.config.evals):
+        path = suite_path(loaded.path, entry)
+        try:
+            suite = load_suite(path)
+        except SuiteError as exc:
+            errors += [f"evals.{i}.suite: {entry.suite}: {e}" for e in exc.errors]
+            continue
+        if suite.judge is not None and suite.judge not in loaded.config.upstreams:
+            errors.append(f"evals.{i}.suite: {entry.suite}: judge.upstream: unknown upstream {suite.judge!r}")
+    return errors
 
 
 def _print_run(run: SuiteRun) -> None:

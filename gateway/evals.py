@@ -128,6 +128,13 @@ class UpstreamCaller:
         return Reply(reply.status, reply.body, (time.monotonic() - t0) * 1000)
 
 
+def targets(config: Config, route: str) -> list[str]:
+    """What a route's evals cover (``--route`` and scheduled runs): every serving variant and every shadow."""
+    conf = config.routes[route]
+    serving = [name for name, weight in conf.variants.items() if weight > 0]
+    return list(dict.fromkeys([*serving, *(s.upstream for s in conf.shadows)]))
+
+
 def _check_upstreams(config: Config, suite: Suite, upstreams: list[str]) -> None:
     for name in [*upstreams, *([suite.judge] if suite.judge else [])]:
         if name not in config.upstreams:

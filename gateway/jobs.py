@@ -28,6 +28,7 @@ from collectors.store.base import Store, StoreUnavailable
 from gateway.config import Config, Loaded
 from gateway.datasets import dataset_jobs
 from gateway.drift import drift_jobs
+from gateway.eval_schedule import eval_jobs
 from gateway.rollouts import rollout_jobs
 from gateway.schedule import Job, JobContext, Schedule
 
@@ -45,6 +46,7 @@ def jobs_for(config: Config) -> list[Job]:
     found += drift_jobs(config)
     found += rollout_jobs(config)
     found += dataset_jobs(config)
+    found += eval_jobs(config)
     return found
 
 

@@ -26,6 +26,7 @@ from collectors.stored_metrics import Snapshot, StoredMetrics
 from gateway.config import Config
 from gateway.datasets import read_datasets
 from gateway.drift import read_drift
+from gateway.eval_schedule import read_evals
 from gateway.jobs import jobs_for
 from gateway.rollout_state import read_rollouts
 
@@ -61,7 +62,13 @@ async def read_jobs(ctx: ReadContext) -> None:
             )
 
 
-READERS: list[Callable[[ReadContext], Awaitable[None]]] = [read_jobs, read_drift, read_rollouts, read_datasets]
+READERS: list[Callable[[ReadContext], Awaitable[None]]] = [
+    read_jobs,
+    read_drift,
+    read_rollouts,
+    read_datasets,
+    read_evals,
+]
 
 
 def wanted(config: Config) -> bool:

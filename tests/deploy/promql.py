@@ -20,6 +20,7 @@ COUNTERS = {
     "turnout_config_reloads_total",
     "turnout_rollout_transitions_total",
     "turnout_upstream_model_changes_total",
+    "turnout_job_runs_total",
 }
 HISTOGRAMS = {
     "turnout_request_duration_seconds",
@@ -45,6 +46,9 @@ GAUGES = {
     "turnout_drift_last_check_timestamp_seconds",
     "turnout_upstream_model_info",
     "turnout_upstream_deprecated_timestamp_seconds",
+    "turnout_job_last_success_timestamp_seconds",
+    "turnout_eval_last_run_timestamp_seconds",
+    "turnout_eval_interval_seconds",
 }
 # The series names a scrape of /metrics shows (histograms as their _bucket/_sum/_count series).
 EXPORTED = (

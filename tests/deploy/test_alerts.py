@@ -24,6 +24,7 @@ RETRAINING = {
 UPSTREAM_ALERTS = {"TurnoutUpstreamModelChanged", "TurnoutModelDeprecated"}  # about an upstream, not a route
 OPERATIONS = {"TurnoutHighErrorRate", "TurnoutCaptureDropping", "TurnoutConfigReloadFailing",
               "TurnoutRolloutRolledBack", "TurnoutRolloutStalled"}
+OPERATIONS |= {"TurnoutEvalStale", "TurnoutJobFailing"}
 
 
 def _promtool() -> str:
