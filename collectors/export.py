@@ -61,6 +61,7 @@ def chat_line(record: dict[str, Any]) -> dict[str, Any] | None:
     if record.get("endpoint") != "chat.completions" or not isinstance(request.get("messages"), list):
         return None
     _, _, correction = feedback_summary(record.get("feedback", []))
+    answer: Any
     if correction is not None:
         answer = correction
     else:

@@ -110,7 +110,7 @@ async def audit_log(store: Store, route: str, limit: int = 50) -> list[Audit]:
         route,
         limit,
     )
-    return [Audit(*r[:8], orjson.loads(r[8])) for r in rows]
+    return [Audit(*(*r[:8], orjson.loads(r[8]))) for r in rows]
 
 
 async def transition_counts(store: Store) -> list[tuple[str, str, int]]:

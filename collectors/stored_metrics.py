@@ -46,8 +46,7 @@ class Snapshot:
     ) -> None:
         found = self._families.get(name)
         if found is None:
-            family = kind(PREFIX + name, documentation, labels=list(labels))
-            found = self._families[name] = (family, tuple(labels))
+            found = self._families[name] = (kind(PREFIX + name, documentation, labels=list(labels)), tuple(labels))
         family, names = found
         if tuple(labels) != names:
             raise ValueError(f"{name}: labels {tuple(labels)} differ from {names}")

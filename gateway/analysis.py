@@ -33,7 +33,15 @@ def settings_for(config: Config, route: str) -> Settings:
         control = max(r.variants, key=lambda v: r.variants[v])
         return Settings(control=control)
     primary = a.primary if a.primary in METRICS else "feedback_score"
-    return Settings(a.control, primary, dict(a.guardrails), a.alpha, a.min_users, a.min_duration, a.max_duration)
+    return Settings(
+        a.control,
+        primary,
+        {str(k): v for k, v in a.guardrails.items()},
+        a.alpha,
+        a.min_users,
+        a.min_duration,
+        a.max_duration,
+    )
 
 
 def _sums(raw: Mapping[str, Mapping[str, tuple[int, float, float, float, float, float]]]) -> dict[str, dict[str, Sums]]:

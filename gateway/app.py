@@ -214,7 +214,7 @@ class TurnoutApp(Starlette):
         self.gateway = gateway
 
     def build_middleware_stack(self) -> Any:
-        hot = {route.path: route.app for route in self.routes if isinstance(getattr(route, "app", None), Endpoint)}
+        hot = {r.path: r.app for r in self.routes if isinstance(r, Route) and isinstance(r.app, Endpoint)}
         return Admission(HotRoutes(super().build_middleware_stack(), endpoints=hot), gateway=self.gateway)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import math
 import os
 import shutil
 import signal
@@ -61,7 +62,7 @@ def serve(args: argparse.Namespace) -> int:
         proxy_headers=False,  # the client address is never used; skips a middleware on every request
         log_level="info",
         # the drain clock (gateway/shutdown.py) cuts what is still open at drain_s; this is the backstop
-        timeout_graceful_shutdown=server.drain_s + 5,
+        timeout_graceful_shutdown=math.ceil(server.drain_s + 5),
     )
     return 0
 

@@ -93,4 +93,4 @@ class ClientSide:
             await self.last(error_event(exc))
             return
         response = error_response(exc, self.headers)
-        await self.last(response.body, status=response.status_code, headers=response.raw_headers)
+        await self.last(bytes(response.body), status=response.status_code, headers=response.raw_headers)

@@ -28,9 +28,12 @@ from gateway.schedule import Job, JobContext, Schedule
 class Reading(Protocol):
     """What ``read_datasets`` needs of ``gateway.stored_state.ReadContext`` (which imports this module)."""
 
-    store: Store
-    config: Config
-    out: Snapshot
+    @property
+    def store(self) -> Store: ...
+    @property
+    def config(self) -> Config: ...
+    @property
+    def out(self) -> Snapshot: ...
 
 
 log = logging.getLogger(__name__)

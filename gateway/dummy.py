@@ -83,7 +83,7 @@ class DummyClient:
         return Reply(200, JSON, orjson.dumps(out))
 
     def _embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
-        inputs = body.get("input")
+        inputs: Any = body.get("input")
         is_many = isinstance(inputs, list) and inputs and not isinstance(inputs[0], int)
         items = inputs if is_many else [inputs]
         size = min(max(_int(body.get("dimensions"), DEFAULT_DIMENSIONS), 1), MAX_DIMENSIONS)
@@ -159,7 +159,8 @@ def _example(schema: Any, defs: dict[str, Any], depth: int) -> Any:
     kind = kind[0] if isinstance(kind, list) and kind else kind
     if kind == "object" or "properties" in schema:
         props = schema.get("properties") or {}
-        return {k: _example(props.get(k), defs, depth + 1) for k in schema.get("required", props)}
+        required: Any = schema.get("required", props)
+        return {k: _example(props.get(k), defs, depth + 1) for k in required}
     if kind == "array":
         return [_example(schema.get("items"), defs, depth + 1) for _ in range(schema.get("minItems", 0))]
     examples = {"string": "dummy", "integer": 0, "number": 0.0, "boolean": False}

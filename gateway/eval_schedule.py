@@ -87,11 +87,16 @@ def cached_suite(path: Path) -> Suite | None:
 
 
 class _ReadContext(Protocol):  # gateway.stored_state.ReadContext
-    store: Store
-    config: Config
-    out: Any
-    gateway: Any
-    now: float
+    @property
+    def store(self) -> Store: ...
+    @property
+    def config(self) -> Config: ...
+    @property
+    def out(self) -> Any: ...
+    @property
+    def gateway(self) -> Any: ...
+    @property
+    def now(self) -> float: ...
 
 
 async def read_evals(ctx: _ReadContext) -> None:

@@ -94,10 +94,11 @@ def parse_body(raw: bytes, endpoint: str) -> dict[str, Any]:
     value = body.get(field)
     if field not in body or (value is None and field not in NULLABLE):
         raise BadRequest(f"'{field}' is required", param=field)
-    if endpoint == "chat.completions" and (not isinstance(value, list) or not value):
-        raise BadRequest("'messages' must be a non-empty array", param="messages")
-    if endpoint == "chat.completions" and not all(isinstance(m, dict) for m in value):
-        raise BadRequest("each of 'messages' must be an object", param="messages")
+    if endpoint == "chat.completions":
+        if not isinstance(value, list) or not value:
+            raise BadRequest("'messages' must be a non-empty array", param="messages")
+        if not all(isinstance(m, dict) for m in value):
+            raise BadRequest("each of 'messages' must be an object", param="messages")
     stream = body.get("stream", False)
     if not isinstance(stream, bool) and stream is not None:
         raise BadRequest("'stream' must be a boolean", param="stream")

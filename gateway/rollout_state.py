@@ -39,9 +39,12 @@ class _Serving(Protocol):
 class ReadContext(Protocol):
     """What ``gateway.stored_state`` hands its readers."""
 
-    store: Store
-    out: Snapshot
-    gateway: _Serving
+    @property
+    def store(self) -> Store: ...
+    @property
+    def out(self) -> Snapshot: ...
+    @property
+    def gateway(self) -> _Serving: ...
 
 
 def plan_from_config(config: Config, route: str) -> Plan:

@@ -141,8 +141,8 @@ def _terms(ref: list[list[str]], cur: list[list[str]]) -> tuple[list[int], list[
         for doc in docs:
             for term in set(doc):
                 side[term_bin(term)] += 1
-    docs = len(ref) + len(cur)
-    mean_terms = (sum(r) + sum(c)) / docs if docs else 1.0
+    n_docs = len(ref) + len(cur)
+    mean_terms = (sum(r) + sum(c)) / n_docs if n_docs else 1.0
     return r, c, mean_terms
 
 

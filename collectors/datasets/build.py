@@ -26,7 +26,7 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -145,8 +145,7 @@ async def collect(store: Store, spec: Spec, *, now: float) -> tuple[list[Example
         if example is None:
             skipped += 1
             continue
-        example = Example(*[getattr(example, f) for f in ("id", "ts", "route", "variant", "label", "source")],
-                          line=redactor.value(example.line))  # fmt: skip
+        example = replace(example, line=redactor.value(example.line))
         key = prompt_key(example.line)
         previous = kept.get(key)
         if previous is not None:

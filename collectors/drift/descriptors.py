@@ -133,7 +133,7 @@ def describe_answer(
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         return {}
     choice = choices[0]
-    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    message: dict[str, Any] = choice["message"] if isinstance(choice.get("message"), dict) else {}
     text = _text(message.get("content")) if message else str(choice.get("text") or "")
     finish = choice.get("finish_reason")
     tokens = (usage or response.get("usage") or {}).get("completion_tokens")  # type: ignore[union-attr]

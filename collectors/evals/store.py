@@ -137,7 +137,8 @@ async def list_runs(
     store: Store, *, now: float, suite: str | None = None, upstream: str | None = None, limit: int = 50
 ) -> list[StoredRun]:
     """Runs newest first, optionally of one suite and/or one upstream."""
-    where, args = [], []
+    where: list[str] = []
+    args: list[Any] = []
     for column, value in (("suite", suite), ("upstream", upstream)):
         if value is not None:
             args.append(value)

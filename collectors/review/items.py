@@ -85,7 +85,7 @@ async def list_items(
     rows = await store.fetch(
         f"SELECT {_COLUMNS} FROM review_items WHERE {where} ORDER BY ts, id LIMIT {int(limit)}", *args
     )
-    return [Summary(*row[:4], float(row[4]), *row[5:]) for row in rows]
+    return [Summary(*(*row[:4], float(row[4]), *row[5:])) for row in rows]
 
 
 async def count_items(store: Store, filters: Filters) -> int:
@@ -148,7 +148,7 @@ async def load_items(store: Store, ids: Sequence[str]) -> list[dict[str, Any]]:
     if not ids:
         return []
     rows = await store.fetch(f"SELECT {_COLUMNS} FROM review_items WHERE id IN ({_marks(len(ids))})", *ids)
-    summaries = {str(r[0]): Summary(*r[:4], float(r[4]), *r[5:]) for r in rows}
+    summaries = {str(r[0]): Summary(*(*r[:4], float(r[4]), *r[5:])) for r in rows}
     present = [i for i in ids if i in summaries]
     records = await records_for(store, present)
     shadows = await shadows_for(store, present)

@@ -8,6 +8,7 @@ Usage: ``task = asyncio.create_task(retention_loop(store, lambda: policy, interv
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -37,7 +38,7 @@ async def expire(
     now = time.time() if now is None else now
     total = 0
     for route, seconds in route_retention.items():
-        total += await _drain(lambda r=route, s=seconds: store.delete_expired(now - s, r, (), BATCH))
+        total += await _drain(functools.partial(store.delete_expired, now - seconds, route, (), BATCH))
     if default is not None:
         keep = tuple(route_retention)
         total += await _drain(lambda: store.delete_expired(now - default, None, keep, BATCH))

@@ -14,7 +14,7 @@ import functools
 import re
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -46,7 +46,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-def _locked(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+def _locked(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     @functools.wraps(method)
     async def run(*args: P.args, **kwargs: P.kwargs) -> T:
         async with args[0]._lock:  # type: ignore[attr-defined]
@@ -203,7 +203,8 @@ class SQLiteStore:
     @_locked
     async def page(self, query: Query, after: tuple[float, str] | None, limit: int) -> list[InteractionRow]:
         db = await self._connect()
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
         if after is not None:
             where.append("(ts, request_id) > (?, ?)")
             args += after
@@ -220,7 +221,7 @@ class SQLiteStore:
         if where:
             sql += " WHERE " + " AND ".join(where)
         rows = await db.execute_fetchall(sql + " ORDER BY ts, request_id LIMIT ?", (*args, limit))
-        return [InteractionRow(*r[:13], bool(r[13]), *r[14:]) for r in rows]
+        return [InteractionRow(*(*r[:13], bool(r[13]), *r[14:])) for r in rows]
 
     @_locked
     async def feedback_for(self, request_ids: Sequence[str], response_ids: Sequence[str]) -> list[FeedbackRow]:

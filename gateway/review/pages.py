@@ -70,7 +70,7 @@ def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        parts = [p.get("text") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
+        parts = [str(p["text"]) for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
         if len(parts) == len(content):
             return "\n".join(parts)
     return "" if content is None else orjson.dumps(content, option=orjson.OPT_INDENT_2).decode()
@@ -90,7 +90,7 @@ def _answer(response: Any) -> str:
 def view(item: dict[str, Any]) -> dict[str, Any]:
     """What the item page shows, as plain strings (the template escapes them)."""
     request = item.get("request") or {}
-    messages = request.get("messages") if isinstance(request.get("messages"), list) else []
+    messages: list[Any] = request["messages"] if isinstance(request.get("messages"), list) else []
     decision = item.get("decision") or {}
     shadow = item.get("shadow")
     return {

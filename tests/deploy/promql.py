@@ -1,7 +1,7 @@
 """The metric names Turnout exports, and the metric names a PromQL expression reads.
 
-    metric_names('sum by (route) (rate(turnout_requests_total{code="5xx"}[5m]))')
-    == {"turnout_requests_total"}
+Usage: ``metric_names('sum by (route) (rate(turnout_requests_total{code="5xx"}[5m]))')`` is
+``{"turnout_requests_total"}``.
 """
 
 from __future__ import annotations
@@ -51,12 +51,24 @@ GAUGES = {
     "turnout_eval_interval_seconds",
 }
 # The series names a scrape of /metrics shows (histograms as their _bucket/_sum/_count series).
-EXPORTED = (
-    COUNTERS | GAUGES | {f"{name}{suffix}" for name in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
-)
+EXPORTED = COUNTERS | GAUGES | {f"{name}{suffix}" for name in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
 
-_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
-             "offset", "atan2", "inf", "nan"}
+_KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "atan2",
+    "inf",
+    "nan",
+}
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
 _RANGE = re.compile(r"\[[^\]]*\]")
 _MATCHERS = re.compile(r"\{[^}]*\}")

@@ -18,12 +18,23 @@ RULES = ROOT / "helm" / "turnout" / "files" / "alerts.yaml"
 UNIT_TESTS = sorted(Path(__file__).parent.glob("alerts*_test.yaml"))
 
 RETRAINING = {
-    "TurnoutModelStale", "TurnoutFeedbackDegraded", "TurnoutShadowDisagreement", "TurnoutEvalScoreLow",
-    "TurnoutInputDrift", "TurnoutOutputDrift", "TurnoutUpstreamModelChanged", "TurnoutModelDeprecated",
+    "TurnoutModelStale",
+    "TurnoutFeedbackDegraded",
+    "TurnoutShadowDisagreement",
+    "TurnoutEvalScoreLow",
+    "TurnoutInputDrift",
+    "TurnoutOutputDrift",
+    "TurnoutUpstreamModelChanged",
+    "TurnoutModelDeprecated",
 }
 UPSTREAM_ALERTS = {"TurnoutUpstreamModelChanged", "TurnoutModelDeprecated"}  # about an upstream, not a route
-OPERATIONS = {"TurnoutHighErrorRate", "TurnoutCaptureDropping", "TurnoutConfigReloadFailing",
-              "TurnoutRolloutRolledBack", "TurnoutRolloutStalled"}
+OPERATIONS = {
+    "TurnoutHighErrorRate",
+    "TurnoutCaptureDropping",
+    "TurnoutConfigReloadFailing",
+    "TurnoutRolloutRolledBack",
+    "TurnoutRolloutStalled",
+}
 OPERATIONS |= {"TurnoutEvalStale", "TurnoutJobFailing"}
 
 
@@ -40,14 +51,14 @@ def _alerts() -> dict[str, dict[str, Any]]:
 
 
 def test_promtool_check_rules() -> None:
-    result = subprocess.run([_promtool(), "check", "rules", str(RULES)], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run([_promtool(), "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_promtool_unit_tests_pass() -> None:
-    result = subprocess.run([_promtool(), "test", "rules", *map(str, UNIT_TESTS)], capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [_promtool(), "test", "rules", *map(str, UNIT_TESTS)], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -17,9 +17,16 @@ DASHBOARD = Path(__file__).resolve().parents[2] / "grafana" / "turnout.json"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 # metrics with a `route` label: every panel selecting one filters it by the $route variable
 ROUTE_LABELLED = {
-    "turnout_requests_total", "turnout_tokens_total", "turnout_shadow_requests_total", "turnout_feedback_total",
-    "turnout_interactions_captured_total", "turnout_eval_score", "turnout_retraining_threshold",
-    "turnout_experiment_weight", "turnout_drift_score", "turnout_drift_last_check_timestamp_seconds",
+    "turnout_requests_total",
+    "turnout_tokens_total",
+    "turnout_shadow_requests_total",
+    "turnout_feedback_total",
+    "turnout_interactions_captured_total",
+    "turnout_eval_score",
+    "turnout_retraining_threshold",
+    "turnout_experiment_weight",
+    "turnout_drift_score",
+    "turnout_drift_last_check_timestamp_seconds",
 } | {f"{h}{s}" for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
 
 

@@ -12,7 +12,10 @@ def test_metric_names_skips_labels_functions_strings_and_durations() -> None:
         > bool 0.5 and time() - turnout_config_info offset 1m unless absent(x:recorded:rate5m)
     """
     assert metric_names(expr) == {
-        "turnout_request_duration_seconds_bucket", "other_metric", "turnout_config_info", "x:recorded:rate5m",
+        "turnout_request_duration_seconds_bucket",
+        "other_metric",
+        "turnout_config_info",
+        "x:recorded:rate5m",
     }
 
 

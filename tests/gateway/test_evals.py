@@ -276,6 +276,7 @@ async def test_runs_are_stored(tmp_path: Path, dsn: str) -> None:
 
 async def test_dummy_quality_knob(tmp_path: Path) -> None:
     cfg, _ = quality_setup(tmp_path, cases=400)
+
     async def wrong(name: str) -> set[str]:
         client = make_client(name, cfg.upstreams[name], None, None)  # type: ignore[arg-type]
         out = set()

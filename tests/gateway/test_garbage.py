@@ -63,4 +63,3 @@ def test_requests_leave_no_cycles(tmp_path: Path, fake_openai: FakeOpenAI, saved
         found = kinds(saved_garbage)
     per_request = {kind: n for kind, n in found.items() if n >= 20}  # (a one-off, e.g. a closed socket, is not)
     assert not per_request, f"80 requests left reference cycles: {found.most_common(10)}"
-

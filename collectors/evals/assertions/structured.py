@@ -64,11 +64,11 @@ def _validator(schema_json: str, base: str) -> Draft202012Validator:
     def retrieve(uri: str) -> Resource[Any]:
         target = (root / uri.removeprefix("file://")).resolve()
         if root not in target.parents and target != root:
-            raise NoSuchResource(ref=uri)
+            raise NoSuchResource(ref=uri)  # type: ignore[call-arg]  # an attrs class: mypy misses its __init__
         try:
             return Resource.from_contents(orjson.loads(target.read_bytes()), default_specification=DRAFT202012)
         except (OSError, orjson.JSONDecodeError):
-            raise NoSuchResource(ref=uri) from None
+            raise NoSuchResource(ref=uri) from None  # type: ignore[call-arg]
 
     return Draft202012Validator(orjson.loads(schema_json), registry=Registry(retrieve=retrieve))  # type: ignore[call-arg]
 
