@@ -127,8 +127,7 @@ async def check_route(store: Store, config: Config, route: str, now: float) -> C
     data = {**dataclasses.asdict(result), "max_psi": drift.max_psi, "alpha": ALPHA, "min_samples": MIN_SAMPLES}
     check = Check(route, now, start, now, label, result.published, orjson.dumps(data).decode())
     await record_check(store, check, keep_s=KEEP_CHECKS_S)
-    if window is not None:
-        await forget_descriptors(store, route, start - window)
+    await forget_descriptors(store, route, start - (window or 0.0))  # no later check reads what is older
     return check
 
 

@@ -236,6 +236,7 @@ async def test_reference_dataset_is_the_serving_variants_dataset_version(
     assert signals["prompt_terms"]["moved"] and signals["prompt_chars"]["moved"]
     assert "finish_reason" not in signals and "answer_tokens" not in signals  # a training file has neither
     assert "subscription" in {t["term"] for t in data["rose"]}
+    assert (await store.fetch("SELECT COUNT(*) FROM drift_descriptors"))[0][0] == 80  # the current window only
     path.write_text(path.read_text().replace("prod: 90", "prod: 5"))  # cand serves most now: its version is missing
     config = load_config(path).config
     with pytest.raises(DriftError, match=r"dataset support@v9: .*no such version"):
