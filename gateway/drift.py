@@ -125,7 +125,8 @@ async def check_route(store: Store, config: Config, route: str, now: float) -> C
         reference, label = await window_descriptors(store, route, start - window, start), drift.reference
     result = compare(reference, current, max_psi=drift.max_psi)
     data = {**dataclasses.asdict(result), "max_psi": drift.max_psi, "alpha": ALPHA, "min_samples": MIN_SAMPLES}
-    check = Check(route, now, start, now, label, result.published, orjson.dumps(data).decode())
+    closed = result.published or (window is not None and len(reference) < MIN_SAMPLES)
+    check = Check(route, now, start, now, label, result.published, closed, orjson.dumps(data).decode())
     await record_check(store, check, keep_s=KEEP_CHECKS_S)
     await forget_descriptors(store, route, start - (window or 0.0))  # no later check reads what is older
     return check

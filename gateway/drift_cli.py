@@ -93,7 +93,7 @@ def drift(args: argparse.Namespace) -> int:
         doc: dict[str, Any] = {
             "route": check.route, "checked_at": check.checked_at, "window_start": check.window_start,
             "window_end": check.window_end, "reference": check.reference, "published": check.published,
-            **check.data(),
+            "closed": check.closed, **check.data(),
         }  # fmt: skip
         Path(args.json).write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
     sys.stdout.write(render(check))

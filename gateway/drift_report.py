@@ -47,10 +47,12 @@ def render(check: Check) -> str:
         f"reference: {check.reference} ({data['n_reference']} interactions)",
     ]
     if not check.published:
-        lines.append(
-            f"not published: each side needs at least {data['min_samples']} interactions; the current window stays "
-            "open until it has them"
-        )
+        need = data["min_samples"]
+        if data["n_reference"] < need:
+            why = "the next check compares with this window" if check.closed else "check the reference"
+            lines.append(f"not published: the reference has fewer than {need} interactions; {why}")
+        else:
+            lines.append(f"not published: the current window needs {need} interactions and stays open until then")
         return "\n".join(lines) + "\n"
     scores = data["scores"]
     verdict = "DRIFT" if scores["overall"] > data["max_psi"] else "no drift"

@@ -7,7 +7,7 @@ is a uniform random sample whatever the traffic, and the work of a check is boun
 Usage::
 
     described = await window_descriptors(store, "support-bot", start, end, limit=5000)
-    await record_check(store, Check("support-bot", now, since, now, "window:30d", True, result_json))
+    await record_check(store, Check("support-bot", now, since, now, "window:30d", True, True, result_json))
     latest = await latest_published(store)   # {route: Check}
 """
 
@@ -33,7 +33,7 @@ _INSERT = (
     "INSERT INTO drift_descriptors (request_id, route, ts, descriptor) VALUES ($1, $2, $3, $4) "
     "ON CONFLICT (request_id) DO NOTHING"
 )
-_CHECK_COLUMNS = "route, checked_at, window_start, window_end, reference, published, result"
+_CHECK_COLUMNS = "route, checked_at, window_start, window_end, reference, published, closed, result"
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ class Check:
     window_end: float
     reference: str  # window:30d, or the dataset version compared with
     published: bool  # both sides had enough interactions
+    closed: bool  # the next check's window starts where this one ended (published, or no reference to wait for)
     result: str  # JSON: the comparison (scores, signals, terms) or why nothing was published
 
     def data(self) -> dict[str, Any]:
@@ -82,18 +83,20 @@ async def forget_descriptors(store: Store, route: str, before: float) -> int:
 async def record_check(store: Store, check: Check, *, keep_s: float) -> None:
     """Store a check; checks older than ``keep_s`` before it are deleted in the same transaction."""
     c = check
-    row = (c.route, c.checked_at, c.window_start, c.window_end, c.reference, int(c.published), c.result)
+    row = (c.route, c.checked_at, c.window_start, c.window_end, c.reference, int(c.published), int(c.closed), c.result)
     await store.transact(
         [
-            (f"INSERT INTO drift_checks ({_CHECK_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)", row),
+            (f"INSERT INTO drift_checks ({_CHECK_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", row),
             ("DELETE FROM drift_checks WHERE route = $1 AND checked_at < $2", (c.route, c.checked_at - keep_s)),
         ]
     )
 
 
 def _check(row: Sequence[Any]) -> Check:
-    route, checked_at, start, end, reference, published, result = row
-    return Check(str(route), float(checked_at), float(start), float(end), str(reference), bool(published), result)
+    route, checked_at, start, end, reference, published, closed, result = row
+    return Check(
+        str(route), float(checked_at), float(start), float(end), str(reference), bool(published), bool(closed), result
+    )
 
 
 async def checks(store: Store, route: str, limit: int = 1) -> list[Check]:
@@ -105,15 +108,15 @@ async def checks(store: Store, route: str, limit: int = 1) -> list[Check]:
 
 
 async def window_start(store: Store, route: str) -> float | None:
-    """Where the current window begins: the end of the last published check, else the start of the first
-    check (a check with too few interactions leaves its window open, so the next one sees more)."""
+    """Where the current window begins: the end of the last check that closed its window, else the start of
+    the first check (a check with too few current interactions leaves its window open, so the next sees more)."""
     rows = await store.fetch(
-        "SELECT MAX(window_end) FROM drift_checks WHERE route = $1 AND published = 1 UNION ALL "
+        "SELECT MAX(window_end) FROM drift_checks WHERE route = $1 AND closed = 1 UNION ALL "
         "SELECT MIN(window_start) FROM drift_checks WHERE route = $1",
         route,
     )
-    published, first = rows[0][0], rows[1][0]
-    found = published if published is not None else first
+    closed, first = rows[0][0], rows[1][0]
+    found = closed if closed is not None else first
     return None if found is None else float(found)
 
 

@@ -238,6 +238,13 @@ _DATASETS = """CREATE TABLE dataset_versions (
     PRIMARY KEY (name, version)
 )"""
 
+# a drift check closes its window when it published, or when the reference had too few interactions (nothing
+# before it to compare with: the next window's reference is this one)
+_DRIFT_CLOSED = [
+    "ALTER TABLE drift_checks ADD COLUMN closed INTEGER NOT NULL DEFAULT 0",
+    "UPDATE drift_checks SET closed = published",
+]
+
 MIGRATIONS: list[tuple[int, str, dict[str, list[str]]]] = [
     (1, "interactions and feedback", {"sqlite": _SQLITE_V1, "postgres": _POSTGRES_V1}),
     (2, "job state and leases", {"sqlite": [_JOBS.format(real="REAL")], "postgres": [_JOBS.format(real="FLOAT8")]}),
@@ -268,6 +275,7 @@ MIGRATIONS: list[tuple[int, str, dict[str, list[str]]]] = [
         },
     ),
     (7, "dataset versions", {"sqlite": [_DATASETS.format(real="REAL")], "postgres": [_DATASETS.format(real="FLOAT8")]}),
+    (8, "drift checks that close their window", {"sqlite": _DRIFT_CLOSED, "postgres": _DRIFT_CLOSED}),
 ]
 
 LATEST = MIGRATIONS[-1][0]

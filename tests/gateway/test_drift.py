@@ -97,13 +97,34 @@ async def test_too_few_interactions_keep_the_window_open(store: Store, dsn: str,
     await _seed(store, now, current=30)
     first = await check_route(store, config, "support-bot", now)
     assert not first.published and first.data()["n_current"] == 30
-    assert "not published: each side needs at least 50 interactions" in render(first)
+    assert "not published: the current window needs 50 interactions and stays open" in render(first)
     rng = random.Random(10)
     more = stored_rows(month6(rng, 30), route="support-bot", upstream="prod", start=now + 10, end=now + 3000, rng=rng)
     await store.write(more, [])
     second = await check_route(store, config, "support-bot", now + 3600)
     assert second.published and second.window_start == first.window_start and second.data()["n_current"] == 60
     assert [c.checked_at for c in await checks(store, "support-bot", 5)] == [now + 3600, now]
+
+
+async def test_a_new_deployment_compares_its_second_window_with_its_first(
+    store: Store, dsn: str, tmp_path: Path
+) -> None:
+    path = _config(tmp_path, dsn)
+    config = load_config(path).config
+    now = time.time()
+    rng = random.Random(14)
+    first_traffic = stored_rows(month1(rng, 60), route="support-bot", upstream="prod", start=now - 3000,
+                                end=now - 10, rng=rng)  # fmt: skip
+    await store.write(first_traffic, [])
+    first = await check_route(store, config, "support-bot", now)
+    assert not first.published and first.closed and first.data()["n_reference"] == 0
+    assert "the reference has fewer than 50 interactions; the next check compares with this window" in render(first)
+    more = stored_rows(month6(rng, 60), route="support-bot", upstream="prod", start=now + 10, end=now + 3000, rng=rng)
+    await store.write(more, [])
+    second = await check_route(store, config, "support-bot", now + 3600)
+    assert second.published and second.window_start == now
+    assert (second.data()["n_reference"], second.data()["n_current"]) == (60, 60)
+    assert second.data()["scores"]["input"] > 0.2
 
 
 async def test_upstream_models_record_each_new_pair_once(store: Store) -> None:
