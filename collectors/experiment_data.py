@@ -1,60 +1,80 @@
 """What the experiment analysis reads from the store, aggregated in SQL: per variant, the per-user sums of
-every metric (users, and for each metric sum x, sum y, sum x^2, sum y^2, sum xy over users) at ``BUCKETS``
-points in time, so the report can draw each difference over time from one query.
+every metric (users, and for each metric sum x, sum y, sum x^2, sum y^2, sum xy over users).
 
-The user is the unit: rows are first summed per (variant, user, time bucket), then running sums per user are
-taken with a window, and each user's running sums count in every snapshot from their bucket until their next
-active one. A request without a sticky key is its own unit. Feedback joins by request id, or by the upstream
-response id for feedback that carries only that; several ratings of one answer are averaged.
+The user is the unit (the ``unit`` column: a hash of the sticky key, or the request id for a request without
+one): rows are summed per (variant, user), then over users per variant. For the report's charts the same is
+done at ``BUCKETS`` points in time (running sums per user with a window). Feedback joins by request id, or by
+the upstream response id for feedback that carries only that; several ratings of one answer are averaged.
 
 Usage::
 
-    rows = await variant_sums(store, "support-bot", "v4-ab", since=t0, until=time.time())
-    rows.snapshots[-1]["cand"]["error_rate"]   # (users, x, y, xx, yy, xy)
+    data = await variant_sums(store, "support-bot", "v4-ab", since=t0, until=time.time())
+    data.final["cand"]["error_rate"]   # (users, x, y, xx, yy, xy)
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from collectors.store.base import Store
 
 BUCKETS = 12
+SERIES_ROWS = 200_000  # the series (charts) reads at most about this many interactions: a sample of users beyond
 METRICS = ("requests", "error_rate", "latency", "feedback_score", "thumbs_up", "task_completed", "tokens")
 
-_SQL = """
-WITH fk AS (
-    SELECT f.request_id AS rid, f.score, f.label, f.task_completed FROM feedback f
-      JOIN interactions i ON i.request_id = f.request_id
-     WHERE i.route = $1 AND i.experiment = $2 AND i.role = 'primary' AND i.ts >= $3 AND i.ts < $4
-    UNION ALL
-    SELECT i.request_id, f.score, f.label, f.task_completed FROM feedback f
-      JOIN interactions i ON i.response_id = f.response_id
-     WHERE f.request_id IS NULL AND i.route = $1 AND i.experiment = $2 AND i.role = 'primary'
-       AND i.ts >= $3 AND i.ts < $4
-),
-fb AS (
-    SELECT rid, AVG(score) AS score,
+# feedback per answer (several ratings of one answer averaged): keyed by request id, or by the upstream's
+# response id for feedback that carries only that (exact where response ids are unique, as SPEC says)
+_FEEDBACK = """
+fb AS MATERIALIZED (
+    SELECT request_id AS rid, AVG(score) AS score,
            AVG(CASE WHEN label = 'good' THEN 1.0 WHEN label = 'bad' THEN 0.0 END) AS up,
            AVG(task_completed * 1.0) AS done
-      FROM fk GROUP BY rid
+      FROM feedback WHERE request_id IS NOT NULL GROUP BY request_id
 ),
-per_request AS (
-    SELECT i.variant AS v, COALESCE(i.unit, i.request_id) AS u,
-           CAST(FLOOR((i.ts - $3) / $5) AS INTEGER) AS b,
+fr AS MATERIALIZED (
+    SELECT response_id AS rid, AVG(score) AS score,
+           AVG(CASE WHEN label = 'good' THEN 1.0 WHEN label = 'bad' THEN 0.0 END) AS up,
+           AVG(task_completed * 1.0) AS done
+      FROM feedback WHERE request_id IS NULL AND response_id IS NOT NULL GROUP BY response_id
+)"""
+_REQUEST = """
            CASE WHEN i.outcome IN ('upstream_error', 'timeout') OR i.status >= 500 THEN 1 ELSE 0 END AS err,
            LN(CASE WHEN i.latency_ms > 0.01 THEN i.latency_ms ELSE 0.01 END) AS lat,
-           COALESCE(i.tokens, 0) AS tok, fb.score, fb.up, fb.done
-      FROM interactions i LEFT JOIN fb ON fb.rid = i.request_id
-     WHERE i.route = $1 AND i.experiment = $2 AND i.role = 'primary' AND i.ts >= $3 AND i.ts < $4
-),
-per_bucket AS (
-    SELECT v, u, b, COUNT(*) AS n, SUM(err) AS err, SUM(lat) AS lat, SUM(tok) AS tok,
+           COALESCE(i.tokens, 0) AS tok, COALESCE(fb.score, fr.score) AS score, COALESCE(fb.up, fr.up) AS up,
+           COALESCE(fb.done, fr.done) AS done
+      FROM interactions i LEFT JOIN fb ON fb.rid = i.request_id LEFT JOIN fr ON fr.rid = i.response_id
+     WHERE i.route = $1 AND i.experiment = $2 AND i.role = 'primary' AND i.ts >= $3 AND i.ts < $4"""
+_PER_GROUP = """COUNT(*) AS n, SUM(err) AS err, SUM(lat) AS lat, SUM(tok) AS tok,
            COALESCE(SUM(score), 0) AS sc, COUNT(score) AS nsc, COALESCE(SUM(up), 0) AS up, COUNT(up) AS nup,
-           COALESCE(SUM(done), 0) AS dn, COUNT(done) AS ndn
-      FROM per_request GROUP BY v, u, b
-),
+           COALESCE(SUM(done), 0) AS dn, COUNT(done) AS ndn"""
+_OVER_USERS = """COUNT(*),
+       SUM(n), SUM(n * n),
+       SUM(err), SUM(err * err), SUM(err * n),
+       SUM(lat), SUM(lat * lat), SUM(lat * n),
+       SUM(sc), SUM(nsc), SUM(sc * sc), SUM(nsc * nsc), SUM(sc * nsc),
+       SUM(up), SUM(nup), SUM(up * up), SUM(nup * nup), SUM(up * nup),
+       SUM(dn), SUM(ndn), SUM(dn * dn), SUM(ndn * ndn), SUM(dn * ndn),
+       SUM(tok), SUM(tok * tok), SUM(tok * n)"""
+
+# the decision: per user, then per variant (users are grouped by the unit column alone so the planner can use
+# its statistics and hash the groups instead of sorting a million rows)
+_SQL = f"""
+WITH {_FEEDBACK},
+per_request AS (SELECT i.variant AS v, i.unit AS u, {_REQUEST}),
+per_user AS (SELECT v, u, {_PER_GROUP} FROM per_request GROUP BY v, u)
+SELECT v, {_OVER_USERS} FROM per_user GROUP BY v
+"""
+
+# the same figures at BUCKETS points in time: per (user, bucket), running sums per user (a window), each user's
+# running sums counted in every snapshot from their bucket until their next active one. Over more than
+# SERIES_ROWS interactions only a random share of users is drawn (units are uniform hex hashes: unit < $7).
+_SERIES_SQL = f"""
+WITH {_FEEDBACK},
+per_request AS (SELECT i.variant AS v, i.unit AS u, CAST(FLOOR((i.ts - $3) / $5) AS INTEGER) AS b, {_REQUEST}
+                AND i.unit < $7),
+per_bucket AS (SELECT v, u, b, {_PER_GROUP} FROM per_request GROUP BY v, u, b),
 running AS (
     SELECT v, u, b, LEAD(b) OVER (PARTITION BY v, u ORDER BY b) AS nb,
            SUM(n) OVER w AS n, SUM(err) OVER w AS err, SUM(lat) OVER w AS lat, SUM(tok) OVER w AS tok,
@@ -62,14 +82,7 @@ running AS (
            SUM(dn) OVER w AS dn, SUM(ndn) OVER w AS ndn
       FROM per_bucket WINDOW w AS (PARTITION BY v, u ORDER BY b ROWS UNBOUNDED PRECEDING)
 )
-SELECT v, b, COALESCE(nb, $6) AS nb, COUNT(*),
-       SUM(n), SUM(n * n),
-       SUM(err), SUM(err * err), SUM(err * n),
-       SUM(lat), SUM(lat * lat), SUM(lat * n),
-       SUM(sc), SUM(nsc), SUM(sc * sc), SUM(nsc * nsc), SUM(sc * nsc),
-       SUM(up), SUM(nup), SUM(up * up), SUM(nup * nup), SUM(up * nup),
-       SUM(dn), SUM(ndn), SUM(dn * dn), SUM(ndn * ndn), SUM(dn * ndn),
-       SUM(tok), SUM(tok * tok), SUM(tok * n)
+SELECT v, b, COALESCE(nb, $6) AS nb, {_OVER_USERS}
   FROM running GROUP BY v, b, COALESCE(nb, $6)
 """
 
@@ -87,12 +100,14 @@ Sums = tuple[int, float, float, float, float, float]  # users, x, y, xx, yy, xy
 class VariantData:
     since: float
     until: float
-    times: list[float]  # the end of each snapshot's bucket
-    snapshots: list[dict[str, dict[str, Sums]]]  # per bucket: variant -> metric -> Sums (cumulative)
+    final: dict[str, dict[str, Sums]]  # variant -> metric -> Sums over the whole window
+    times: list[float] = field(default_factory=list)  # the end of each snapshot's bucket (with the series)
+    snapshots: list[dict[str, dict[str, Sums]]] = field(default_factory=list)  # cumulative, per bucket
+    series_share: float = 1.0  # the share of users the series was drawn from
     latency_quantiles: dict[str, dict[str, float]] = field(default_factory=dict)  # variant -> p50/p95 ms
 
 
-def _metric_sums(users: int, r: tuple[float, ...]) -> dict[str, Sums]:
+def _metric_sums(users: int, r: Sequence[float]) -> dict[str, Sums]:
     n, nn = r[0], r[1]
     out: dict[str, Sums] = {"requests": (users, n, float(users), nn, float(users), n)}
     # error_rate, latency and tokens are per request: y = requests (n); the rest have their own y
@@ -105,9 +120,36 @@ def _metric_sums(users: int, r: tuple[float, ...]) -> dict[str, Sums]:
     return out
 
 
-async def variant_sums(store: Store, route: str, experiment: str, *, since: float, until: float) -> VariantData:
-    width = max((until - since) / BUCKETS, 1e-6)
-    rows = await store.fetch(_SQL, route, experiment, since, until, width, BUCKETS)
+async def variant_sums(
+    store: Store,
+    route: str,
+    experiment: str,
+    *,
+    since: float,
+    until: float,
+    series: bool = False,
+    series_rows: int = SERIES_ROWS,
+) -> VariantData:
+    """The per-user sums of every variant over [since, until); with ``series`` also at ``BUCKETS`` points."""
+    rows = await store.fetch(_SQL, route, experiment, since, until)
+    final = {v: _metric_sums(int(users), [float(x or 0) for x in figures]) for v, users, *figures in rows}
+    data = VariantData(since, until, final)
+    if series:
+        await _series(store, data, route, experiment, series_rows)
+    hist: dict[str, dict[int, int]] = {}
+    for v, k, count in await store.fetch(_LATENCY_SQL, route, experiment, since, until):
+        hist.setdefault(v, {})[int(k)] = int(count)
+    data.latency_quantiles = {v: _quantiles(h) for v, h in hist.items()}
+    return data
+
+
+async def _series(store: Store, data: VariantData, route: str, experiment: str, max_rows: int) -> None:
+    width = max((data.until - data.since) / BUCKETS, 1e-6)
+    requests = sum(m["requests"][1] for m in data.final.values())
+    share = min(1.0, max_rows / requests) if requests else 1.0
+    below = "g" if share >= 1.0 else f"{min(int(share * 16**6), 16**6 - 1):06x}"  # every hex unit is below "g"
+    data.series_share = 1.0 if share >= 1.0 else int(below, 16) / 16**6
+    rows = await store.fetch(_SERIES_SQL, route, experiment, data.since, data.until, width, BUCKETS, below)
     acc: list[dict[str, list[float]]] = [{} for _ in range(BUCKETS)]
     for v, b, nb, users, *figures in rows:
         start, end = min(int(b), BUCKETS - 1), min(int(nb), BUCKETS)
@@ -116,14 +158,8 @@ async def variant_sums(store: Store, route: str, experiment: str, *, since: floa
             cur[0] += users
             for i, value in enumerate(figures):
                 cur[i + 1] += float(value or 0)
-    snapshots = [{v: _metric_sums(int(vals[0]), tuple(vals[1:])) for v, vals in bucket.items()} for bucket in acc]
-    times = [since + width * (k + 1) for k in range(BUCKETS)]
-    data = VariantData(since, until, times, snapshots)
-    hist: dict[str, dict[int, int]] = {}
-    for v, k, count in await store.fetch(_LATENCY_SQL, route, experiment, since, until):
-        hist.setdefault(v, {})[int(k)] = int(count)
-    data.latency_quantiles = {v: _quantiles(h) for v, h in hist.items()}
-    return data
+    data.snapshots = [{v: _metric_sums(int(vals[0]), vals[1:]) for v, vals in bucket.items()} for bucket in acc]
+    data.times = [data.since + width * (k + 1) for k in range(BUCKETS)]
 
 
 def _quantiles(hist: dict[int, int]) -> dict[str, float]:

@@ -108,11 +108,12 @@ def _series(data: VariantData, settings: Settings, weights: Mapping[str, float],
     return points
 
 
-async def build_report(store: Store, config: Config, route: str, *, now: float) -> dict[str, Any]:
+async def build_report(store: Store, config: Config, route: str, *, now: float, series: bool = False) -> dict[str, Any]:
+    """The report; ``series`` adds the comparisons at points in time (for charts: a second, heavier query)."""
     settings = settings_for(config, route)
     since, weights, what = await window(store, config, route, now)
-    data = await variant_sums(store, route, config.experiment(route), since=since, until=now + 1e-3)
-    final = _sums(data.snapshots[-1])
+    data = await variant_sums(store, route, config.experiment(route), since=since, until=now + 1e-3, series=series)
+    final = _sums(data.final)
     decision: Decision = decide(settings, final, weights, now - since)
     reasons = list(decision.reasons)
     a = config.routes[route].analysis
@@ -140,6 +141,7 @@ async def build_report(store: Store, config: Config, route: str, *, now: float) 
         "winner": decision.winner,
         "reasons": reasons,
         "series": _series(data, settings, weights, since),
+        "series_share": data.series_share,
     }
 
 

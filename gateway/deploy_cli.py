@@ -67,7 +67,9 @@ def report(args: argparse.Namespace) -> int:
     found: dict[str, Any] = {}
 
     async def body(store: Store, loaded: Loaded) -> int:
-        found["report"] = await build_report(store, loaded.config, args.route, now=time.time())
+        found["report"] = await build_report(
+            store, loaded.config, args.route, now=time.time(), series=bool(args.json or args.html)
+        )
         return 0
 
     code = _with_store(args, body)

@@ -106,6 +106,14 @@ def _shares(report: Mapping[str, Any]) -> str:
     )
 
 
+def _sampled(report: Mapping[str, Any]) -> str:
+    share = report.get("series_share", 1.0)
+    if share >= 1.0:
+        return ""
+    return (f" These charts are drawn from a random {share:.1%} of the users (their bands are wider for it); "
+            "the decision above uses every user.")  # fmt: skip
+
+
 def _table(report: Mapping[str, Any]) -> str:
     cols = [("users", "{:d}"), ("requests", "{:d}"), ("error_rate", "{:.2%}"), ("latency_p50_ms", "{:.0f}"),
             ("latency_p95_ms", "{:.0f}"), ("feedback_score", "{:.3f}"), ("thumbs_up", "{:.1%}"),
@@ -159,7 +167,7 @@ at least {s["min_users"]} users per variant and {s["min_duration_s"] / 86400:.1f
 <h2>Who saw what</h2>{_shares(report)}
 <h2>Differences from the control over time</h2>
 <p>The line is the estimated difference, the band its always-valid 1-alpha interval: the report may be read
-every day without inflating false decisions. A band wholly on one side of 0 is a result.</p>
+every day without inflating false decisions. A band wholly on one side of 0 is a result.{_sampled(report)}</p>
 {"".join(charts)}
 <h2>Per variant</h2>{_table(report)}
 </body></html>

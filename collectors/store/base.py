@@ -43,7 +43,7 @@ class InteractionRow(NamedTuple):
     response_id: str | None
     record: str  # the whole interaction as JSON text
     # read out of the record by the writer, for the experiment analysis's SQL (migration 6)
-    unit: str | None = None  # the experiment unit: a hash of the sticky key
+    unit: str | None = None  # the experiment unit: a hash of the sticky key, else the request id
     tokens: float | None = None  # usage.total_tokens
     similarity: float | None = None  # a shadow's agreement with its primary
 

@@ -245,6 +245,8 @@ _DRIFT_CLOSED = [
     "UPDATE drift_checks SET closed = published",
 ]
 
+_UNITS = "UPDATE interactions SET unit = request_id WHERE unit IS NULL"
+
 MIGRATIONS: list[tuple[int, str, dict[str, list[str]]]] = [
     (1, "interactions and feedback", {"sqlite": _SQLITE_V1, "postgres": _POSTGRES_V1}),
     (2, "job state and leases", {"sqlite": [_JOBS.format(real="REAL")], "postgres": [_JOBS.format(real="FLOAT8")]}),
@@ -276,6 +278,8 @@ MIGRATIONS: list[tuple[int, str, dict[str, list[str]]]] = [
     ),
     (7, "dataset versions", {"sqlite": [_DATASETS.format(real="REAL")], "postgres": [_DATASETS.format(real="FLOAT8")]}),
     (8, "drift checks that close their window", {"sqlite": _DRIFT_CLOSED, "postgres": _DRIFT_CLOSED}),
+    # rows stored before migration 6 (or by a loader of an older release) are each their own experiment unit
+    (9, "experiment unit of older rows", {"sqlite": [_UNITS], "postgres": [_UNITS]}),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -78,7 +78,12 @@ class PostgresStore:
         if self._pool is not None:
             return self._pool
         try:
-            pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=2, timeout=5, command_timeout=30)
+            pool = await asyncpg.create_pool(
+                self.dsn, min_size=1, max_size=2, timeout=5, command_timeout=30,
+                # the experiment report's aggregation: JIT compiling costs more than it saves here, and its
+                # per-user hash table (100,000 users: ~20 MB) must not spill to disk
+                server_settings={"jit": "off", "work_mem": "64MB"},
+            )  # fmt: skip
         except Exception as exc:
             if _unavailable(exc) or isinstance(exc, asyncpg.PostgresError):
                 raise StoreUnavailable(f"{self.name}: {type(exc).__name__}: {exc}") from exc

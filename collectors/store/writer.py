@@ -73,7 +73,7 @@ def decode(line: bytes) -> Item:
             bool(data.get("stream")),
             data.get("response_id"),
             record,
-            _text(extra.get("unit")),
+            _text(extra.get("unit")) or str(data["request_id"]),  # no sticky key: the request is its own unit
             _number((data.get("usage") or {}).get("total_tokens")),
             _number((extra.get("comparison") or {}).get("similarity")),
         )

@@ -95,10 +95,12 @@ async def test_sql_sums_match_a_per_user_computation(dsn: str) -> None:
     try:
         truth = await traffic(store, users=300, weights={"prod": 50, "cand": 50}, since=1000.0,
                               error={"prod": 0.05, "cand": 0.2}, up={"prod": 0.6, "cand": 0.7}, seed=1)  # fmt: skip
-        data = await variant_sums(store, "bot", "bot", since=1000.0, until=1020.0)
+        data = await variant_sums(store, "bot", "bot", since=1000.0, until=1020.0, series=True)
     finally:
         await store.close()
-    final = data.snapshots[-1]
+    final = data.final
+    for v, metrics in final.items():  # the last point of the series is the whole window
+        assert {m: pytest.approx(t) for m, t in metrics.items()} == data.snapshots[-1][v]
     for variant in ("prod", "cand"):
         mine = [t for t in truth if t[1] == variant]
         users, x, y, xx, yy, xy = final[variant]["error_rate"]
@@ -114,6 +116,17 @@ async def test_sql_sums_match_a_per_user_computation(dsn: str) -> None:
     counts = [sum(s[v]["requests"][0] for v in s) for s in data.snapshots if s]
     assert counts == sorted(counts) and counts[-1] == len(truth)
     assert 100 < data.latency_quantiles["prod"]["p50"] < 160
+    # over a large window the series is drawn from a share of users (hashes: a uniform draw)
+    store = open_store(dsn)
+    await store.open()
+    try:
+        sampled = await variant_sums(store, "bot", "bot", since=1000.0, until=1020.0, series=True, series_rows=150)
+    finally:
+        await store.close()
+    assert 0.2 < sampled.series_share < 0.3
+    drawn = sum(m["requests"][0] for m in sampled.snapshots[-1].values())
+    assert abs(drawn - sampled.series_share * len(truth)) < 4 * (len(truth) * 0.25 * 0.75) ** 0.5
+    assert sampled.final == data.final  # the decision still uses everyone
 
 
 async def test_controller_steps_then_rolls_back_a_breach_and_the_overlay_follows(tmp_path: Path) -> None:
