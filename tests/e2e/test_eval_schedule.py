@@ -14,13 +14,18 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import yaml
 
 from collectors.evals.store import StoredRun, list_runs
+from collectors.evals.suite import load_suite
 from collectors.store import open_store
+from collectors.store.base import Query, joined
+from gateway.config import load_config
+from gateway.evals import run_suite
 from tests.collectors.pg import pg_dsn, postgres_server  # noqa: F401
 from tests.e2e.prometheus import PrometheusServer
 from tests.harness import GatewayProcess, write_config
@@ -200,3 +205,35 @@ def test_prometheus_fires_eval_score_low_for_the_bad_variant_only(tmp_path: Path
     names = {(a["labels"]["alertname"], a["labels"].get("variant")) for a in alerts}
     assert ("TurnoutEvalScoreLow", "good") not in names
     assert not {n for n, _ in names} & {"TurnoutEvalStale", "TurnoutJobFailing"}
+
+
+async def test_eval_calls_are_never_captured_even_through_a_turnout_upstream(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path}/turnout.db"
+    served = setup(tmp_path, db)
+    with GatewayProcess(served) as gateway:
+        evaluator = tmp_path / "evaluator.yaml"  # another team's config: the Turnout route is their upstream
+        evaluator.write_text(
+            f"upstreams: {{turnout: {{base_url: '{gateway.url}/v1', model: bot}}}}\n"
+            "routes: {r: {variants: {turnout: 1}}}\n"
+        )
+        run = await run_suite(load_config(evaluator).config, load_suite(tmp_path / "suite.yaml"), "turnout")
+        assert len(run.results) == 40 and all(r.error is None for r in run.results)
+        async with httpx.AsyncClient() as client:  # a user's request, captured as usual
+            body = {"model": "bot", "messages": [{"role": "user", "content": "a real user question"}]}
+            assert (await client.post(gateway.url + "/v1/chat/completions", json=body)).status_code == 200
+
+        async def stored() -> list[dict[str, Any]]:
+            store = open_store(db)
+            try:
+                await store.open()
+                return [row async for row in joined(store, Query())]
+            finally:
+                await store.close()
+
+        deadline = time.monotonic() + 15
+        while not (rows := await stored()):
+            assert time.monotonic() < deadline, "the user's request was not stored"
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(1.0)  # anything the eval left behind would be stored by now too
+        rows = await stored()
+    assert [r["request"]["messages"][0]["content"] for r in rows] == ["a real user question"]

@@ -105,3 +105,15 @@ def test_check_validates_scheduled_suites(files: tuple[Path, Path], capsys: pyte
         "evals.0: give either every (e.g. 6h) or cron (e.g. '0 */6 * * *')",
         "evals.1: invalid cron line 'x': Wrong number of fields",
     ]
+
+
+def test_the_example_suite_runs_against_the_example_config(capsys: pytest.CaptureFixture[str]) -> None:
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    suite, config = str(examples / "evals" / "support.yaml"), str(examples / "turnout.yaml")
+    assert (
+        main(["eval", "compare", suite, "-c", config, "--baseline", "prod-v3", "--candidate", "cand-v4", "--no-store"])
+        == 0
+    )
+    assert main(["eval", "run", suite, "-c", config, "--upstream", "cand-v4", "--no-store"]) == 0
+    assert main(["eval", "run", suite, "-c", config, "--upstream", "prod-v3", "--no-store"]) == 1  # below 0.85
+    assert "FAIL support-golden on prod-v3" in capsys.readouterr().out

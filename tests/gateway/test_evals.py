@@ -296,3 +296,25 @@ async def test_dummy_quality_knob(tmp_path: Path) -> None:
     bad.write_text("upstreams: {x: {base_url: 'http://h/v1', wrong_share: 0.2}}\nroutes: {r: {variants: {x: 1}}}\n")
     with pytest.raises(Exception, match="answers and wrong_share are for provider dummy only"):
         load_config(bad)
+
+
+async def test_concurrency_is_bounded_and_pays_off(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
+    fake_openai.set("prod-model", Behavior(delay_s=0.05))
+    cfg = config(tmp_path, fake_openai.url)
+    lines = [{"id": f"c{i}", "messages": [{"role": "user", "content": f"q{i}"}]} for i in range(32)]
+    (tmp_path / "many.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    suite = load_suite(suite_file(tmp_path, "suite: many\ncases_file: many.jsonl\n"))
+    took = {}
+    for concurrency in (1, 8):
+        done: list[str] = []
+        t0 = time.monotonic()
+        run = await run_suite(
+            cfg, suite, "prod", concurrency=concurrency, on_done=lambda r, seen=done: seen.append(r.case_id)
+        )
+        took[concurrency] = time.monotonic() - t0
+        assert run.pass_rate == 1.0 and sorted(done) == sorted(f"c{i}" for i in range(32))
+        assert [r.case_id for r in run.results] == [f"c{i}" for i in range(32)]  # the suite's order
+        spans = [(r.received_at, r.finished_at or 0.0) for r in fake_openai.requests[-32:]]
+        most = max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
+        assert most <= concurrency
+    assert took[8] < took[1] / 3, took  # 32 x 50 ms one at a time, against 4 rounds of 8
