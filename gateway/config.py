@@ -232,6 +232,7 @@ class ReviewFlag(_Model):
 class Review(_Model):
     sample: Share = 0.0  # share of captured primary chat interactions queued at random
     flag: ReviewFlag = ReviewFlag()
+    max_backlog: int = Field(1000, ge=1)  # TurnoutReviewBacklog: a route's queue above this for a day
 
 
 class DatasetInclude(_Model):

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from collectors.datasets.build import BuildResult, Spec, build
 from collectors.datasets.stored import latest_versions, pending, record_version
-from collectors.review.items import backlog
+from collectors.review.items import status_counts
 from collectors.store.base import Store
 from collectors.stored_metrics import Snapshot
 from gateway.config import Config
@@ -34,6 +34,8 @@ class Reading(Protocol):
     def config(self) -> Config: ...
     @property
     def out(self) -> Snapshot: ...
+    @property
+    def now(self) -> float: ...
 
 
 log = logging.getLogger(__name__)
@@ -75,15 +77,20 @@ def dataset_jobs(config: Config) -> list[Job]:
 
 
 async def read_datasets(ctx: Reading) -> None:
-    """``review_backlog{route}``, ``dataset_examples``, ``dataset_version_timestamp_seconds`` and
-    ``dataset_pending`` (approved items decided since the latest version) for every configured dataset."""
+    """``review_backlog{route}`` and ``review_decided_total{route}``; for every configured dataset
+    ``dataset_examples``, ``dataset_version_timestamp_seconds``, ``dataset_pending`` (approved items decided since
+    the latest version) and ``dataset_build_interval_seconds`` (its schedule, for TurnoutDatasetStale)."""
     config = ctx.config
     if config.review is None and not config.datasets:
         return
-    left = await backlog(ctx.store)
-    for route in sorted(set(config.routes) | set(left)):
-        ctx.out.gauge(
-            "review_backlog", "Interactions waiting for a person's review", {"route": route}, left.get(route, 0)
+    by_status = await status_counts(ctx.store)
+    for route in sorted(set(config.routes) | {r for r, _ in by_status}):
+        labels = {"route": route}
+        left = by_status.get((route, "pending"), 0)
+        decided = sum(n for (r, status), n in by_status.items() if r == route and status != "pending")
+        ctx.out.gauge("review_backlog", "Interactions waiting for a person's review", labels, left)
+        ctx.out.counter(
+            "review_decided_total", "Review items a person decided (approved, rejected, scored)", labels, decided
         )
     latest = await latest_versions(ctx.store)
     for name, dataset in sorted(config.datasets.items()):
@@ -94,3 +101,7 @@ async def read_datasets(ctx: Reading) -> None:
             ctx.out.gauge("dataset_version_timestamp_seconds", "When the latest version was built", labels, version[1])
         waiting = await pending(ctx.store, dataset.route, after=version[1] if version else None)
         ctx.out.gauge("dataset_pending", "Approved examples not yet in a version", labels, waiting)
+        if dataset.every:
+            schedule = Schedule.parse(dataset.every)
+            interval = schedule.next_after(schedule.next_after(ctx.now)) - schedule.next_after(ctx.now)
+            ctx.out.gauge("dataset_build_interval_seconds", "Time between scheduled builds", labels, interval)

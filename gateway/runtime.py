@@ -125,6 +125,8 @@ def _exported(
             }
         if route.drift is not None:
             signals["max_psi"] = route.drift.max_psi
+        if config.review is not None:
+            signals["max_review_backlog"] = float(config.review.max_backlog)
         if signals:
             thresholds[name] = {k: v for k, v in signals.items() if v is not None}
     deprecated = {name: up.deprecated_at.timestamp() for name, up in config.upstreams.items() if up.deprecated_at}

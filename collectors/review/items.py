@@ -94,6 +94,12 @@ async def count_items(store: Store, filters: Filters) -> int:
     return int(rows[0][0])
 
 
+async def status_counts(store: Store) -> dict[tuple[str, str], int]:
+    """(route, status) -> items (an index-only scan of review_items_route_status)."""
+    rows = await store.fetch("SELECT route, status, COUNT(*) FROM review_items GROUP BY route, status")
+    return {(str(route), str(status)): int(n) for route, status, n in rows}
+
+
 async def backlog(store: Store) -> dict[str, int]:
     """Pending items per route."""
     rows = await store.fetch("SELECT route, COUNT(*) FROM review_items WHERE status = 'pending' GROUP BY route")

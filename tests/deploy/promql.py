@@ -21,6 +21,7 @@ COUNTERS = {
     "turnout_rollout_transitions_total",
     "turnout_upstream_model_changes_total",
     "turnout_job_runs_total",
+    "turnout_review_decided_total",
 }
 HISTOGRAMS = {
     "turnout_request_duration_seconds",
@@ -49,6 +50,11 @@ GAUGES = {
     "turnout_job_last_success_timestamp_seconds",
     "turnout_eval_last_run_timestamp_seconds",
     "turnout_eval_interval_seconds",
+    "turnout_review_backlog",
+    "turnout_dataset_examples",
+    "turnout_dataset_version_timestamp_seconds",
+    "turnout_dataset_pending",
+    "turnout_dataset_build_interval_seconds",
 }
 # The series names a scrape of /metrics shows (histograms as their _bucket/_sum/_count series).
 EXPORTED = COUNTERS | GAUGES | {f"{name}{suffix}" for name in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}

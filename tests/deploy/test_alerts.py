@@ -36,6 +36,7 @@ OPERATIONS = {
     "TurnoutRolloutStalled",
 }
 OPERATIONS |= {"TurnoutEvalStale", "TurnoutJobFailing"}
+OPERATIONS |= {"TurnoutReviewBacklog", "TurnoutDatasetStale"}
 
 
 def _promtool() -> str:
@@ -95,7 +96,7 @@ def test_alert_is_labelled_and_annotated(name: str) -> None:
 
 def test_route_alerts_report_the_route() -> None:
     for case in _cases():
-        if case["alertname"] in (RETRAINING - UPSTREAM_ALERTS) | {"TurnoutHighErrorRate"}:
+        if case["alertname"] in (RETRAINING - UPSTREAM_ALERTS) | {"TurnoutHighErrorRate", "TurnoutReviewBacklog"}:
             for alert in case.get("exp_alerts") or []:
                 assert "route" in alert["exp_labels"], case["alertname"]
         if case["alertname"] in UPSTREAM_ALERTS:

@@ -92,7 +92,7 @@ def test_rows_cover_the_issue() -> None:
     rows = " | ".join(p["title"] for p in _dashboard()["panels"] if p["type"] == "row").lower()
     for topic in ("traffic", "errors", "latency", "tokens", "shadows", "feedback", "model age", "capture", "config"):
         assert topic in rows
-    for topic in ("drift",):
+    for topic in ("drift", "review", "datasets"):
         assert topic in rows
 
 

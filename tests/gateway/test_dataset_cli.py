@@ -145,4 +145,6 @@ async def test_scheduled_build_job_and_the_stored_figures(tmp_path: Path) -> Non
     assert 'turnout_dataset_version_timestamp_seconds{dataset="support"} 200.0' in text
     assert 'turnout_dataset_pending{dataset="support"} 1.0' in text
     assert 'turnout_review_backlog{route="bot"} 0.0' in text
+    assert 'turnout_review_decided_total{route="bot"} 4.0' in text
+    assert 'turnout_dataset_build_interval_seconds{dataset="support"} 604800.0' in text
     assert (tmp_path / "data" / "support" / "v0001" / "manifest.json").exists()
