@@ -172,7 +172,7 @@ def test_session_cookie_and_csrf(gateway: Served, browser: Browser) -> None:
     assert page.evaluate("document.cookie") == ""
     item_id = current(page)
     token = str(page.get_attribute("#approve-form input[name=csrf]", "value"))
-    form = {"action": "approve"}
+    form: dict[str, str | float | bool] = {"action": "approve"}
     refused = page.request.post(gateway.url + f"/admin/review/item/{item_id}", form=form)
     assert refused.status == 403
     refused = page.request.post(gateway.url + f"/admin/review/items/{item_id}", data={"action": "approve"})
