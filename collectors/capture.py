@@ -118,6 +118,9 @@ def interaction_payload(it: Interaction) -> dict[str, Any]:
         "stream": it.stream,
         "response_id": it.response_id,
         "extra": it.extra,
+        "client": it.client,
+        "tags": it.tags,
+        "cost_usd": it.cost_usd,
     }
 
 

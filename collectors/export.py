@@ -32,6 +32,7 @@ FORMATS = ("raw", "openai-chat")
 RAW_FIELDS = (
     "request_id", "ts", "route", "experiment", "variant", "role", "parent_id", "upstream", "endpoint", "request",
     "response", "status", "outcome", "latency_ms", "ttft_ms", "usage", "error", "stream", "response_id", "extra",
+    "client", "tags", "cost_usd",
 )  # fmt: skip
 MESSAGE_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id")
 
@@ -43,6 +44,9 @@ def iso(ts: float) -> str:
 def raw_line(record: dict[str, Any]) -> dict[str, Any]:
     out = {key: record.get(key) for key in RAW_FIELDS}
     out["ts"] = iso(record["ts"])
+    out["tags"] = record.get("tags") or []
+    metadata = (record.get("request") or {}).get("metadata")
+    out["metadata"] = metadata if isinstance(metadata, dict) else None  # OpenAI's request field, as sent
     if record.get("sanitized"):
         out["sanitized"] = record["sanitized"]
     out["feedback"] = [

@@ -142,6 +142,15 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livemostrecent",
         )
+        self.client_requests = Counter(
+            p + "client_requests",
+            "Requests of named clients (auth.clients)",
+            ["client", "route", "code"],
+            registry=registry,
+        )
+        self.client_tokens = Counter(
+            p + "client_tokens", "Tokens of named clients' answers", ["client", "route", "kind"], registry=registry
+        )
         self.reloads = Counter(p + "config_reloads", "Config reload attempts", ["result"], registry=registry)
         self.last_reload = Gauge(
             p + "config_last_reload_success_timestamp_seconds",
@@ -185,13 +194,22 @@ class Metrics:
         if it.ttft_ms is not None:
             self.child(self.ttft, route, variant, role).observe(it.ttft_ms / 1000.0)
         usage = it.usage or {}
+        client = it.client if role == "primary" else None
+        if client is not None:
+            self.child(self.client_requests, client, route, code_class(it.status)).inc()
         for kind, key in (("prompt", "prompt_tokens"), ("completion", "completion_tokens")):
             count = usage.get(key)
             if isinstance(count, int) and count > 0:
                 self.child(self.tokens, route, variant, role, kind).inc(count)
+                if client is not None:
+                    self.child(self.client_tokens, client, route, kind).inc(count)
         comparison = it.extra.get("comparison") if it.role == "shadow" else None
         if isinstance(comparison, dict) and isinstance(comparison.get("similarity"), float):
             self.child(self.shadow_agreement, it.route, it.variant).observe(comparison["similarity"])
+
+    def client_refused(self, client: str, route: str, status: int) -> None:
+        """A named client's request refused before any upstream call (outside its routes, over its rpm)."""
+        self.child(self.client_requests, client, route, code_class(status)).inc()
 
     def shadows_configured(self, route: str, shadow: str) -> None:
         """Start a configured shadow's outcome counters at 0, so rates and alerts work before any traffic."""

@@ -44,6 +44,9 @@ class Interaction:
     stream: bool
     capture: bool
     response_id: str | None = None
+    client: str | None = None  # the named client (auth.clients) that sent it
+    tags: tuple[str, ...] = ()  # x-turnout-tags
+    cost_usd: float | None = None  # from the upstream's price and the usage
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. shadow comparison scores
 
     def to_dict(self) -> dict[str, Any]:

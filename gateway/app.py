@@ -156,8 +156,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        if not loaded.config.auth.client_keys_env:
-            log.warning("auth.client_keys_env is not set: any client may call this gateway")
+        if not loaded.config.auth.client_keys_env and not loaded.config.auth.clients:
+            log.warning("neither auth.client_keys_env nor auth.clients is set: any client may call this gateway")
         await sink.start()
         await gw.start()
         reloader.start()

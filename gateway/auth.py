@@ -3,14 +3,17 @@
 Keys are kept only as SHA-256 digests, so a lookup compares digests (time independent of how much of a
 key matched) and the raw values live in ``Secrets`` alone.
 
-Usage: ``keys = Keys(["k1"], admin="a1")``; ``caller = keys.client(auth_header)`` raises ``Unauthorized``.
+A named client (``auth.clients``) is a key with a name: ``Caller.client`` says which.
+
+Usage: ``keys = Keys(["k1"], admin="a1", named={"billing-app": "k2"})``; ``caller = keys.client(auth_header)``
+raises ``Unauthorized``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from gateway.errors import Unauthorized
@@ -20,6 +23,7 @@ from gateway.errors import Unauthorized
 class Caller:
     key: str | None  # the bearer token presented (for sticky_by: api_key); never logged or stored
     admin: bool
+    client: str | None = None  # the name of a named client (auth.clients), stored with its interactions
 
 
 def _digest(token: str | bytes) -> bytes:
@@ -37,10 +41,11 @@ def bearer(header: bytes | None) -> bytes | None:
 
 
 class Keys:
-    def __init__(self, client: Iterable[str], admin: str | None) -> None:
+    def __init__(self, client: Iterable[str], admin: str | None, *, named: Mapping[str, str | None] = {}) -> None:
         self.client_digests = frozenset(_digest(k) for k in client)
+        self.named = {_digest(key): name for name, key in named.items() if key}  # auth.clients
         self.admin_digest = _digest(admin) if admin else None
-        self.open = not self.client_digests
+        self.open = not self.client_digests and not self.named
 
     def _is_admin(self, digest: bytes) -> bool:
         return self.admin_digest is not None and hmac.compare_digest(digest, self.admin_digest)
@@ -52,6 +57,8 @@ class Keys:
             digest = _digest(token)
             if self._is_admin(digest):
                 return Caller(token.decode("latin-1"), True)
+            if (name := self.named.get(digest)) is not None:
+                return Caller(token.decode("latin-1"), False, name)
             if self.open or digest in self.client_digests:
                 return Caller(token.decode("latin-1"), False)
             raise Unauthorized("invalid API key")

@@ -118,7 +118,7 @@ def export(args: argparse.Namespace) -> int:
         loaded = load_config(args.config, store_only=True)
     except ConfigError as exc:
         return _fail(exc)
-    query = Query(route=args.route, since=args.since, role=args.role)
+    query = Query(route=args.route, since=args.since, role=args.role, client=args.client, tag=args.tag)
 
     async def run(out: BinaryIO) -> int:
         store = open_store(loaded.secrets.store_dsn)
@@ -169,6 +169,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--role", choices=("primary", "shadow"), help="only this role (default: both for raw, primary for openai-chat)"
     )
+    p.add_argument("--client", help="only interactions of this named client (auth.clients)")
+    p.add_argument("--tag", help="only interactions carrying this tag (x-turnout-tags)")
     p.add_argument("--dedupe", action="store_true", help="keep one line per identical conversation (the first)")
     p.add_argument("-o", "--output", help="output file (default: standard output)")
     p.set_defaults(run=export)

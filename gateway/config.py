@@ -13,7 +13,7 @@ import itertools
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -79,9 +79,18 @@ class Server(_Model):
     body_timeout_s: float = Field(30, gt=0)  # the whole request body must arrive within this (else 408)
 
 
+class NamedClient(_Model):
+    """One application calling the gateway: its key, the routes it may use (all when unset), its rate limit."""
+
+    key_env: EnvName
+    routes: list[str] | None = None
+    rpm: int | None = Field(None, ge=1, le=1_000_000)  # requests per minute, per replica
+
+
 class Auth(_Model):
     client_keys_env: EnvName | None = None
     admin_key_env: EnvName | None = None
+    clients: dict[str, NamedClient] = {}
 
 
 class Upstream(_Model):
@@ -321,9 +330,10 @@ class Secrets:
     admin_key: str | None
     upstream_keys: Mapping[str, str | None]
     store_dsn: str
+    named_keys: Mapping[str, str | None] = field(default_factory=dict)  # auth.clients: name -> key
 
     def values(self) -> list[str]:
-        found = [*self.client_keys, self.admin_key, *self.upstream_keys.values()]
+        found = [*self.client_keys, self.admin_key, *self.upstream_keys.values(), *self.named_keys.values()]
         return [v for v in found if v]
 
 
@@ -432,7 +442,8 @@ def resolve_secrets(config: Config, environ: Mapping[str, str]) -> tuple[Secrets
     }
     dsn = read("store_env", config.store_env) if config.store_env else config.store
     client_keys = frozenset(k.strip() for k in (client_raw or "").split(",") if k.strip())
-    return Secrets(client_keys, admin, upstream_keys, dsn or config.store), errors
+    named = {name: read(f"auth.clients.{name}.key_env", c.key_env) for name, c in config.auth.clients.items()}
+    return Secrets(client_keys, admin, upstream_keys, dsn or config.store, named), errors
 
 
 def parse_config(

@@ -11,13 +11,19 @@ from typing import Any
 
 
 def reference_errors(data: dict[Any, Any]) -> list[str]:
-    """Names that must refer to an upstream, checked on the raw file so they are listed beside schema errors."""
+    """Names that must refer to an upstream or a route, checked on the raw file (listed beside schema errors)."""
     upstreams = data.get("upstreams")
     routes = data.get("routes")
     if not isinstance(upstreams, dict) or not isinstance(routes, dict):
         return []
     known = {str(name) for name in upstreams}
     errors = []
+    clients = (data.get("auth") or {}).get("clients") if isinstance(data.get("auth"), dict) else None
+    for name, client in clients.items() if isinstance(clients, dict) else ():
+        allowed = client.get("routes") if isinstance(client, dict) else None
+        for i, route in enumerate(allowed if isinstance(allowed, list) else ()):
+            if isinstance(route, str) and route not in routes:
+                errors.append(f"auth.clients.{name}.routes.{i}: unknown route {route!r}")
     for name, route in routes.items():
         if not isinstance(route, dict):
             continue

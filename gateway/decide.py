@@ -43,6 +43,7 @@ class Facts:
     skipped_shadows: list[str] = field(default_factory=list)  # not eligible (opted out, body over the cap)
     unit: str | None = None  # the experiment's unit: a one-way hash of the sticky key
     override_ignored: bool = False  # x-turnout-variant came without the admin key
+    client: str | None = None  # the named client (auth.clients) that sent it
 
 
 def sticky_key(
@@ -75,11 +76,12 @@ def decide(
     ts: float,
     t0: float,
 ) -> Facts:
-    """The ``Facts`` of a parsed request of ``size`` bytes; raises ``NotFound`` (no such route) or ``BadRequest``
-    (a forced variant the route does not have)."""
+    """The ``Facts`` of a parsed request of ``size`` bytes; raises ``NotFound`` (no such route, or one outside a
+    named client's ``routes``) or ``BadRequest`` (a forced variant the route does not have)."""
     route_name = body["model"]
     route = config.routes.get(route_name)
-    if route is None:
+    named = config.auth.clients.get(caller.client) if caller.client else None
+    if route is None or (named is not None and named.routes is not None and route_name not in named.routes):
         raise NotFound(f"unknown model {route_name!r}: no route of that name", param="model")
     experiment = route.experiment or route_name
     forced = headers.get(b"x-turnout-variant") if caller.admin else None
@@ -108,4 +110,5 @@ def decide(
         skipped_shadows=skipped,
         unit=None if key is None else unit_id(key),
         override_ignored=not caller.admin and b"x-turnout-variant" in headers,
+        client=caller.client,
     )

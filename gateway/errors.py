@@ -7,6 +7,7 @@
     ├── RequestTimeout      408 invalid_request_error (the body came too slowly)
     ├── PayloadTooLarge     413 invalid_request_error
     ├── HeadersTooLarge     431 invalid_request_error
+    ├── RateLimited         429 requests (rate_limit_exceeded: a named client over its rpm; with Retry-After)
     ├── Overloaded          503 server_error (with Retry-After)
     ├── RouteError          404/405 invalid_request_error (no such path, method not allowed)
     └── UpstreamFailure     502 upstream_error
@@ -96,6 +97,16 @@ class RouteError(GatewayError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class RateLimited(GatewayError):
+    status = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, wait_s: float) -> None:
+        super().__init__(message)
+        self.wait_s = wait_s  # sent as Retry-After (whole seconds, at least 1)
 
 
 class UpstreamFailure(GatewayError):

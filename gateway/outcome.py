@@ -90,5 +90,6 @@ class Outcome:
             stream=stream,
             capture=facts.capture,
             response_id=self.response_id,
+            client=facts.client,
             extra=extra,
         )

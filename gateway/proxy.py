@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import orjson
 
 from collectors.record import Interaction, new_id
+from gateway.auth import Caller
 from gateway.client_side import ClientSide
 from gateway.decide import Facts, decide
 from gateway.errors import (
@@ -28,6 +30,7 @@ from gateway.errors import (
     GatewayError,
     Overloaded,
     PayloadTooLarge,
+    RateLimited,
     RequestTimeout,
     StreamBroken,
     UpstreamFailure,
@@ -126,6 +129,27 @@ async def _cancel_on_disconnect(receive: Any, call: Call, task: asyncio.Task[Any
         task.cancel()
 
 
+def _admit(gw: Gateway, gen: Generation, client: str) -> None:
+    """Raise ``RateLimited`` when the named client is over its ``rpm`` on this replica."""
+    named = gen.config.auth.clients.get(client)
+    if named is not None and named.rpm is not None:
+        wait = gw.limiter.admit(client, named.rpm)
+        if wait is not None:
+            raise RateLimited(f"client {client!r} is over its limit of {named.rpm} requests per minute", wait_s=wait)
+
+
+def _refused(gw: Gateway, gen: Generation, client: str, body: dict[str, Any] | None, exc: GatewayError) -> None:
+    """Count a named client's refused request (outside its routes, over its rpm) under the route it named."""
+    route = body.get("model") if body is not None else None
+    if isinstance(route, str) and route in gen.config.routes:
+        gw.metrics.client_refused(client, route, exc.status)
+
+
+def _retry_after(exc: GatewayError) -> list[tuple[bytes, bytes]]:
+    wait = getattr(exc, "wait_s", None)
+    return [] if wait is None else [(b"retry-after", str(max(1, math.ceil(wait))).encode())]
+
+
 class Endpoint:
     """Raw ASGI app for one OpenAI endpoint kind."""
 
@@ -136,6 +160,8 @@ class Endpoint:
         gw: Gateway = scope["state"]["gateway"]
         gen = gw.generation
         headers = dict(scope["headers"])
+        caller: Caller | None = None
+        body: dict[str, Any] | None = None
         try:
             caller = gen.keys.client(headers.get(b"authorization"))
             limit = int(gen.config.server.max_body_mb * 1024 * 1024)
@@ -146,8 +172,12 @@ class Endpoint:
                 gen.config, gw.rng, body, headers, caller, len(raw),
                 request_id=new_id(), ts=time.time(), t0=time.perf_counter(),
             )  # fmt: skip
+            if caller.client is not None:
+                _admit(gw, gen, caller.client)
         except GatewayError as exc:
-            await send_error(send, exc)
+            if caller is not None and caller.client is not None:
+                _refused(gw, gen, caller.client, body, exc)
+            await send_error(send, exc, _retry_after(exc))
             return
         except ClientGone:
             return

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,6 +22,7 @@ from collectors.review.queue import ReviewPolicy
 from collectors.rollouts import RolloutRow
 from collectors.sink import Sink
 from gateway.auth import Keys
+from gateway.client_limits import RateLimiter
 from gateway.config import Config, Loaded
 from gateway.generation import Generation
 from gateway.resilience import Resilience
@@ -39,6 +41,7 @@ class Gateway:
         self.resilience = Resilience(metrics, self.rng)  # in-flight count, retry budget, ejection, drain
         self.session: aiohttp.ClientSession | None = None
         self.shadows = ShadowRunner(metrics, sink)
+        self.limiter = RateLimiter(Path(loaded.config.server.state_dir) / "clients")  # auth.clients rpm
         self.ready = False
         self._first = loaded
         self.file = loaded  # the config file's generation, before rollout overrides
@@ -75,13 +78,14 @@ class Gateway:
         }
         values = tuple(sorted({s.encode() for s in secrets.values()}, key=len, reverse=True))
         shadow_clients = self.shadows.clients(config, secrets)
-        keys = Keys(secrets.client_keys, secrets.admin_key)
+        keys = Keys(secrets.client_keys, secrets.admin_key, named=secrets.named_keys)
         self.generation = Generation(loaded, keys, clients, values, shadow_clients)
         self.metrics.config_applied(loaded.sha256, *_exported(config))
         self.sink.configure(capture_policy(config, secrets.values()))
 
     async def close(self) -> None:
         self.ready = False
+        self.limiter.close()
         self.resilience.close()
         await self.shadows.close(self.generation.config.shadow.drain_s)
         await close_clients([*self.generation.clients.values(), *self.generation.shadow_clients.values()])

@@ -124,7 +124,7 @@ class GatewayProcess:
                 start_new_session=True,
             )
 
-    def wait_ready(self, timeout: float = 20.0) -> None:
+    def wait_ready(self, timeout: float = 60.0) -> None:  # importing litellm alone takes seconds on a busy machine
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -46,6 +46,9 @@ class InteractionRow(NamedTuple):
     unit: str | None = None  # the experiment unit: a hash of the sticky key, else the request id
     tokens: float | None = None  # usage.total_tokens
     similarity: float | None = None  # a shadow's agreement with its primary
+    client: str | None = None  # the named client that sent it
+    tags: str | None = None  # its tags as a JSON array (x-turnout-tags)
+    cost_usd: float | None = None
 
 
 class FeedbackRow(NamedTuple):
@@ -73,6 +76,8 @@ class Query:
     route: str | None = None
     since: float | None = None  # unix seconds
     role: str | None = None
+    client: str | None = None  # only this named client's
+    tag: str | None = None  # only rows carrying this tag
 
 
 class Store(Protocol):

@@ -247,6 +247,15 @@ _DRIFT_CLOSED = [
 
 _UNITS = "UPDATE interactions SET unit = request_id WHERE unit IS NULL"
 
+# who sent it (a named client), its tags, and what it cost: columns the writer reads out of each record, so
+# export filters and cost sums run in SQL
+_ATTRIBUTION = [
+    "ALTER TABLE interactions ADD COLUMN client TEXT",
+    "ALTER TABLE interactions ADD COLUMN tags TEXT",
+    "ALTER TABLE interactions ADD COLUMN cost_usd {real}",
+    "CREATE INDEX interactions_client_ts ON interactions (client, ts) WHERE client IS NOT NULL",
+]
+
 MIGRATIONS: list[tuple[int, str, dict[str, list[str]]]] = [
     (1, "interactions and feedback", {"sqlite": _SQLITE_V1, "postgres": _POSTGRES_V1}),
     (2, "job state and leases", {"sqlite": [_JOBS.format(real="REAL")], "postgres": [_JOBS.format(real="FLOAT8")]}),
@@ -280,6 +289,14 @@ MIGRATIONS: list[tuple[int, str, dict[str, list[str]]]] = [
     (8, "drift checks that close their window", {"sqlite": _DRIFT_CLOSED, "postgres": _DRIFT_CLOSED}),
     # rows stored before migration 6 (or by a loader of an older release) are each their own experiment unit
     (9, "experiment unit of older rows", {"sqlite": [_UNITS], "postgres": [_UNITS]}),
+    (
+        10,
+        "client, tags and cost columns",
+        {
+            "sqlite": [q.format(real="REAL") for q in _ATTRIBUTION],
+            "postgres": [q.format(real="DOUBLE PRECISION") for q in _ATTRIBUTION],
+        },
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

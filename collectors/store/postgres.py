@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import asyncpg
+import orjson
 
 from collectors.store.base import Claimed, FeedbackRow, InteractionRow, Query, StoreUnavailable
 from collectors.store.migrations import MIGRATIONS, TRACKING
@@ -26,7 +27,7 @@ from collectors.store.migrations import MIGRATIONS, TRACKING
 _MIGRATION_LOCK = 0x7475726E  # "turn"
 _CLAIM_LOCK = 0x7475726E6F7574  # "turnout": orders the feedback claims of every writer
 _TYPES_I = ("text", "float8", "text", "text", "text", "text", "text", "text", "text", "int4", "text", "float8",
-            "float8", "bool", "text", "text", "text", "float8", "float8")  # fmt: skip
+            "float8", "bool", "text", "text", "text", "float8", "float8", "text", "text", "float8")  # fmt: skip
 _TYPES_F = ("text", "float8", "text", "text", "float8", "text", "text", "int4")
 _INSERT_INTERACTIONS = (
     f"INSERT INTO interactions ({', '.join(InteractionRow._fields)}) SELECT * FROM unnest("
@@ -184,6 +185,10 @@ class PostgresStore:
             where.append(f"ts >= {arg(query.since)}")
         if query.role is not None:
             where.append(f"role = {arg(query.role)}")
+        if query.client is not None:
+            where.append(f"client = {arg(query.client)}")
+        if query.tag is not None:  # tags is a JSON array: the quoted tag is one whole element
+            where.append(f"strpos(tags, {arg(orjson.dumps(query.tag).decode())}) > 0")
         sql = f"SELECT {', '.join(InteractionRow._fields)} FROM interactions"
         if where:
             sql += " WHERE " + " AND ".join(where)

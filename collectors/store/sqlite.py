@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import aiosqlite
+import orjson
 
 from collectors.store.base import Claimed, FeedbackRow, InteractionRow, Query, StoreUnavailable
 from collectors.store.migrations import MIGRATIONS, TRACKING
@@ -217,6 +218,12 @@ class SQLiteStore:
         if query.role is not None:
             where.append("role = ?")
             args.append(query.role)
+        if query.client is not None:
+            where.append("client = ?")
+            args.append(query.client)
+        if query.tag is not None:
+            where.append("instr(tags, ?) > 0")  # tags is a JSON array: the quoted tag is one whole element
+            args.append(orjson.dumps(query.tag).decode())
         sql = f"SELECT {', '.join(InteractionRow._fields)} FROM interactions"
         if where:
             sql += " WHERE " + " AND ".join(where)

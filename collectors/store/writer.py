@@ -76,6 +76,9 @@ def decode(line: bytes) -> Item:
             _text(extra.get("unit")) or str(data["request_id"]),  # no sticky key: the request is its own unit
             _number((data.get("usage") or {}).get("total_tokens")),
             _number((extra.get("comparison") or {}).get("similarity")),
+            _text(data.get("client")),
+            orjson.dumps(data["tags"]).decode() if data.get("tags") else None,
+            _number(data.get("cost_usd")),
         )
     if data["k"] == "f":
         score = data.get("score")
