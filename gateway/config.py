@@ -21,7 +21,7 @@ import yaml
 from cronsim import CronSim, CronSimError
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gateway.config_refs import env_errors, reference_errors
+from gateway.config_refs import env_errors, reference_errors, schema_errors
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -368,20 +368,6 @@ class ConfigError(Exception):
         super().__init__(f"{path}: " + "; ".join(errors))
 
 
-def _loc(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(part) for part in loc if not str(part).startswith("function-")) or "(top level)"
-
-
-def _pydantic_errors(exc: ValidationError) -> list[str]:
-    lines = []
-    for err in exc.errors():
-        message = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            message = "unknown key"
-        lines.append(f"{_loc(err['loc'])}: {message}")
-    return lines
-
-
 def _dataset_errors(config: Config) -> list[str]:
     errors = []
     for name, dataset in config.datasets.items():
@@ -475,7 +461,7 @@ def parse_config(
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        errors += _pydantic_errors(exc)
+        errors += schema_errors(exc)
     errors += reference_errors(data) + (_drift_errors(config) + _dataset_errors(config) if config is not None else [])
     if check_env:
         unset = env_errors(data, env)

@@ -1,5 +1,6 @@
-"""Checks of a raw config file (the parsed YAML, before or beside schema validation), so ``turnout check`` lists
-them together with the schema's errors: names that must refer to an upstream, and ``*_env`` variables.
+"""The error lines of a config file: the schema's (pydantic's, with key paths) and checks of the raw file run
+beside them, so ``turnout check`` lists everything at once: names that must refer to an upstream or a route,
+and ``*_env`` variables.
 
 Usage: ``errors = reference_errors(data) + env_errors(data, os.environ)``; each line is ``key.path: message``.
 """
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+
+from pydantic import ValidationError
 
 
 def reference_errors(data: dict[Any, Any]) -> list[str]:
@@ -56,3 +59,18 @@ def env_errors(data: Any, environ: Mapping[str, str], path: str = "") -> list[st
         for i, item in enumerate(data):
             errors.extend(env_errors(item, environ, f"{path}.{i}"))
     return errors
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc if not str(part).startswith("function-")) or "(top level)"
+
+
+def schema_errors(exc: ValidationError) -> list[str]:
+    """pydantic's errors as ``key.path: message`` lines."""
+    lines = []
+    for err in exc.errors():
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{_loc(err['loc'])}: {message}")
+    return lines
