@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from collectors.evals.assertions.judge import judge_request
-from collectors.evals.store import list_runs, run_results
+from collectors.evals.store import RunHeader, latest_complete, list_runs, run_results, start_run
 from collectors.evals.suite import load_suite
 from collectors.store import open_store
 from gateway.config import Config, load_config
@@ -270,6 +270,12 @@ async def test_runs_are_stored(tmp_path: Path, dsn: str) -> None:
         assert [r.run_id for r in await list_runs(store, now=time.time(), upstream="worse")] == [
             cmp.candidate.header.run_id
         ]
+        killed = RunHeader("killed", "times", "x", "good", "good", None, None, "cli", time.time() - 7 * 3600, 30, 0.9)
+        await start_run(store, killed)  # a run whose process died: never completed
+        found = {r.run_id: r for r in await list_runs(store, now=time.time())}
+        assert found["killed"].status == "abandoned" and found["killed"].pass_rate is None
+        latest = {(r.upstream, r.run_id) for r in await latest_complete(store)}
+        assert latest == {("good", good.run_id), ("worse", cmp.candidate.header.run_id)}
     finally:
         await store.close()
 
