@@ -152,20 +152,26 @@ def test_a_broken_candidate_is_rolled_back_and_its_users_return(
             time.sleep(0.1)
         assert (weight(a.url, "cand"), weight(b.url, "cand")) == (30.0, 30.0)
         users = Users("bad")
+        breach = time.monotonic()  # the candidate's first failures are in this round
         users.round([a.url, b.url])
         on_candidate = sorted(u for u, v in users.seen.items() if v == "cand")
         assert on_candidate  # about 30 % of 20 users
-        breach = time.monotonic()
         while (weight(a.url, "cand"), weight(b.url, "cand")) != (0.0, 0.0) and time.monotonic() - breach < 30:
             users.round([a.url, b.url], users=5)
             time.sleep(0.1)
         to_zero = time.monotonic() - breach
         assert (weight(a.url, "cand"), weight(b.url, "cand")) == (0.0, 0.0)
         with capsys.disabled():
-            print(f"\nguardrail breach to weight 0 on both replicas: {to_zero:.1f} s")
+            print(f"\nfirst failed requests to weight 0 on both replicas: {to_zero:.1f} s")
         assert to_zero < 15  # a check every 2 s, a store read every 2 s, the loader's batches
         out = status(path, capsys)
         assert phase(path, capsys) == "rolled_back" and "error_rate" in out, out
+        for url in (a.url, b.url):  # every replica exports the rollout from the store
+            text = httpx.get(url + "/metrics", timeout=5).text
+            assert 'turnout_rollout_step{route="bot"} 0.0' in text
+            assert 'turnout_rollout_rolled_back{route="bot"} 1.0' in text
+            assert 'turnout_rollout_transitions_total{route="bot",to="rolled_back"} 1.0' in text
+            assert 'turnout_rollout_transitions_total{route="bot",to="step"} 1.0' in text
         client = httpx.Client(timeout=5)
         for i, user in enumerate(on_candidate):
             url = (a.url, b.url)[i % 2]
