@@ -23,7 +23,7 @@ from collectors.store.base import Store
 from gateway.config import Config
 from gateway.rollout_state import plan_of, state_of
 from policies.experiments import METRICS, Decision, Settings, Sums, decide, metric_of
-from policies.rollout import candidate_percent, effective_weights
+from policies.rollout import State, candidate_percent, effective_weights
 
 
 def settings_for(config: Config, route: str) -> Settings:
@@ -48,22 +48,29 @@ def _sums(raw: Mapping[str, Mapping[str, tuple[int, float, float, float, float, 
     return {v: {m: Sums(*t) for m, t in metrics.items()} for v, metrics in raw.items()}
 
 
-async def window(store: Store, config: Config, route: str, now: float) -> tuple[float, dict[str, float], str]:
-    """(since, weights in force, what the window is) for the route now."""
+async def window(store: Store, config: Config, route: str, now: float) -> tuple[float, float, dict[str, float], str]:
+    """(since, until, the weights in force, what the window is) for the route now: the current step of a
+    rollout, the last step of a finished one (what the controller judged), else the whole experiment."""
     weights = dict(config.routes[route].variants)
     row = await rollouts.load(store, route)
-    if row is not None and row.phase in ("step", "paused"):
+    if row is not None and row.phase in ("step", "paused", "succeeded", "rolled_back"):
         plan, state = plan_of(row), state_of(row)
-        if candidate_percent(plan, state) is not None and plan.candidate in weights:
-            weights = effective_weights(weights, plan, state)
-            return row.since, weights, f"rollout step {candidate_percent(plan, state)} % since {row.since:.0f}"
+        if row.phase in ("step", "paused") and plan.candidate in weights:
+            pct = candidate_percent(plan, state)
+            return row.since, now, effective_weights(weights, plan, state), f"rollout step {pct} % (current)"
+        steps = [a for a in await rollouts.audit_log(store, route, limit=200) if a.ts >= row.started_at]
+        last = next((a for a in steps if a.to_phase == "step"), None)  # newest first
+        if last is not None and plan.candidate in weights:
+            at = State("step", plan.steps.index(last.to_percent or 0), last.ts, row.started_at)
+            what = f"rollout step {last.to_percent} % (the last one, before {row.phase.replace('_', ' ')})"
+            return last.ts, row.since, effective_weights(weights, plan, at), what
     first = await store.fetch(
         "SELECT MIN(ts) FROM interactions WHERE route = $1 AND experiment = $2 AND role = 'primary'",
         route,
         config.experiment(route),
     )
     since = float(first[0][0]) if first and first[0][0] is not None else now
-    return since, weights, "the whole experiment"
+    return since, now, weights, "the whole experiment"
 
 
 def _figures(sums: Mapping[str, Sums], quantiles: Mapping[str, float]) -> dict[str, Any]:
@@ -111,10 +118,10 @@ def _series(data: VariantData, settings: Settings, weights: Mapping[str, float],
 async def build_report(store: Store, config: Config, route: str, *, now: float, series: bool = False) -> dict[str, Any]:
     """The report; ``series`` adds the comparisons at points in time (for charts: a second, heavier query)."""
     settings = settings_for(config, route)
-    since, weights, what = await window(store, config, route, now)
-    data = await variant_sums(store, route, config.experiment(route), since=since, until=now + 1e-3, series=series)
+    since, until, weights, what = await window(store, config, route, now)
+    data = await variant_sums(store, route, config.experiment(route), since=since, until=until + 1e-3, series=series)
     final = _sums(data.final)
-    decision: Decision = decide(settings, final, weights, now - since)
+    decision: Decision = decide(settings, final, weights, until - since)
     reasons = list(decision.reasons)
     a = config.routes[route].analysis
     if a is not None and a.primary == "eval_score":
@@ -123,7 +130,7 @@ async def build_report(store: Store, config: Config, route: str, *, now: float, 
     return {
         "route": route,
         "experiment": config.experiment(route),
-        "window": {"since": since, "until": now, "what": what},
+        "window": {"since": since, "until": until, "what": what},
         "weights": weights,
         "settings": {
             "control": settings.control,

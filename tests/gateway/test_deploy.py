@@ -14,6 +14,7 @@ from collectors import rollouts as stored
 from collectors.experiment_data import variant_sums
 from collectors.store import open_store
 from collectors.store.base import FeedbackRow, InteractionRow, Store
+from gateway.analysis import build_report
 from gateway.cli import main
 from gateway.config import ConfigError, load_config, parse_config
 from gateway.config_edit import rewrite, set_weights
@@ -156,6 +157,11 @@ async def test_controller_steps_then_rolls_back_a_breach_and_the_overlay_follows
         assert "error_rate" in back.reason
         served = overlay(config, await stored.load_all(store)).routes["bot"].variants
         assert served == {"prod": 100.0, "cand": 0.0}
+        # the report after it shows what the controller judged: the last step, its weights, the rollback
+        report = await build_report(store, config, "bot", now=t0 + 100)
+        assert report["window"]["what"] == "rollout step 50 % (the last one, before rolled back)"
+        assert report["weights"] == {"prod": 50.0, "cand": 50.0}
+        assert report["decision"] == "rollback" and "error_rate" in report["reasons"][0]
         log = await stored.audit_log(store, "bot")
         assert [(a.to_phase, a.to_percent) for a in reversed(log)] == [("step", 20), ("step", 50), ("rolled_back", 0)]
         assert log[0].actor.startswith("controller@") and log[0].figures["analysis"]["breach"] is True
