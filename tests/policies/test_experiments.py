@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats
 
 from policies.experiments import (
@@ -199,3 +201,33 @@ def test_users_needed_grows_as_the_effect_shrinks() -> None:
     two = users_needed(0.02, 0.5, 0.025, 400)
     assert 500 < five < two
     print(f"users per arm at the defaults (sd 0.5): 5 points {five}, 2 points {two}")
+
+
+sums_st = st.builds(
+    lambda n, p, k: Sums(n, p * n * k, n * k, p * n * k * k, n * k * k, p * n * k * k),
+    st.integers(2, 5000),
+    st.floats(0.01, 0.99),
+    st.integers(1, 4),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(sums_st, sums_st, st.floats(0.001, 0.2))
+def test_interval_properties(control: Sums, candidate: Sums, alpha: float) -> None:
+    iv = difference(control, candidate, alpha, 400)
+    swapped = difference(candidate, control, alpha, 400)
+    assert iv is not None and swapped is not None
+    assert iv.low <= iv.estimate <= iv.high
+    assert swapped.estimate == pytest.approx(-iv.estimate) and swapped.high == pytest.approx(-iv.low)
+    wider = difference(control, candidate, alpha / 2, 400)
+    assert wider is not None and wider.high - wider.low >= iv.high - iv.low  # less alpha, a wider interval
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(200, 50_000), st.floats(0.3, 0.7))
+def test_identical_arms_never_decide_and_srm_is_silent(n: int, p: float) -> None:
+    arm = Sums(n, p * n, n, p * n, n, p * n)
+    d = decide(SETTINGS, {"prod": {"thumbs_up": arm, "error_rate": Sums(n, 0, n, 0, n, 0)},
+                          "cand": {"thumbs_up": arm, "error_rate": Sums(n, 0, n, 0, n, 0)}},
+               {"prod": 50, "cand": 50}, 30 * 86400)  # fmt: skip
+    assert d.decision in ("continue", "inconclusive") and d.srm_p == 1.0
