@@ -40,7 +40,7 @@ PROXY_CPU = 0
 LOAD_CPU = 1
 ALL_SUBJECTS = ["direct", "passthrough", "turnout-plain", "turnout", "turnout-shadow", "turnout-drift", "nginx",
                 "litellm"]  # fmt: skip
-# name -> (capture, shadow, drift): turnout-drift is turnout with a drift check every 10s (its jobs child included)
+# name -> (capture, shadow, drift): turnout-drift is turnout with a drift check every minute (its jobs child included)
 TURNOUT_SUBJECTS = {
     "turnout-plain": (False, False, False),
     "turnout": (True, False, False),

@@ -111,7 +111,7 @@ def turnout_config(
     workdir: Path, name: str, mock_url: str, port: int, *, capture: bool, shadow: bool, drift: bool = False
 ) -> Path:
     """Write a Turnout config: route `bench` -> upstream `mock`; capture at the default or off; one shadow; a
-    drift check every 10s."""
+    drift check every minute."""
     home = workdir / name
     home.mkdir(exist_ok=True)
     route = ["  bench:", "    variants: {mock: 100}"]
@@ -120,7 +120,7 @@ def turnout_config(
     if shadow:
         route.append("    shadows: [{upstream: mock-shadow, sample: 1.0}]")
     if drift:
-        route.append("    drift: {reference: window:30d, every: 10s}")
+        route.append("    drift: {reference: window:30d, every: 1m}")
     lines = [
         f"server: {{host: 127.0.0.1, port: {port}, state_dir: {home / 'state'}}}",
         f"store: sqlite:///{home / 'turnout.db'}",

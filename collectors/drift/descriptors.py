@@ -55,17 +55,19 @@ def _text(content: Any) -> str:
     return ""
 
 
-def _script(text: str) -> str:
+def _script(text: str, letters: int) -> str:
+    if not letters:
+        return "none"
+    if text.isascii():
+        return "latin"
     counts: dict[str, int] = {}
     for ch in text:
         if ch.isalpha():
             point = ord(ch)
             name = "latin" if point < 0x80 else next((s for lo, hi, s in _SCRIPTS if lo <= point <= hi), "other")
             counts[name] = counts.get(name, 0) + 1
-    if not counts:
-        return "none"
     top, n = max(counts.items(), key=lambda kv: kv[1])
-    return top if n >= 0.8 * sum(counts.values()) else "mixed"
+    return top if n >= 0.8 * letters else "mixed"
 
 
 def terms(text: str) -> list[str]:
@@ -103,14 +105,14 @@ def _asks_json(request: dict[str, Any]) -> bool:
 
 def describe_prompt(request: dict[str, Any]) -> dict[str, Any]:
     text, system, turns = _prompt(request)
-    letters = sum(ch.isalpha() for ch in text)
-    visible = sum(not ch.isspace() for ch in text)
+    letters = sum(map(str.isalpha, text))
+    visible = len(text) - sum(map(str.isspace, text))
     return {
         "prompt_chars": len(text),
         "prompt_tokens": len(_TOKEN.findall(text)),
         "prompt_nonletter": round(1 - letters / visible, 3) if visible else 0.0,
         "prompt_turns": turns,
-        "prompt_script": _script(text),
+        "prompt_script": _script(text, letters),
         "prompt_tools": bool(request.get("tools") or request.get("functions")),
         "prompt_json_mode": _asks_json(request),
         "system_prompt": hashlib.sha256(system.encode()).hexdigest()[:8] if system else "none",
