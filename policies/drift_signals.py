@@ -12,6 +12,7 @@ Usage::
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -104,16 +105,18 @@ def _category(value: Any) -> str:
 
 
 def _numeric(ref: list[float], cur: list[float]) -> tuple[list[int], list[int], list[str]]:
-    edges = quantile_edges(ref, NUMERIC_BINS)
+    """Bins at the reference's deciles, plus one below its minimum and one above its maximum, so values the
+    reference never had (a constant that changed) land in bins of their own."""
+    lo, hi = min(ref), max(ref)
+    edges = [lo, *quantile_edges(ref, NUMERIC_BINS)]
+    edges.append(math.nextafter(hi, math.inf))
 
     def label(i: int) -> str:
-        if not edges:
-            return "all"
         if i == 0:
-            return f"< {edges[0]:g}"
+            return f"< {lo:g}"
         if i == len(edges):
-            return f">= {edges[-1]:g}"
-        return f"{edges[i - 1]:g} .. {edges[i]:g}"
+            return f"> {hi:g}"
+        return f"{hi:g}" if edges[i - 1] == hi else f"{edges[i - 1]:g} .. {edges[i]:g}"
 
     return histogram(ref, edges), histogram(cur, edges), [label(i) for i in range(len(edges) + 1)]
 

@@ -31,7 +31,6 @@ def test_month_six_against_month_one_moves_input_and_names_the_terms(pool: list[
     assert result.published and (result.n_reference, result.n_current) == (1000, MIN_SAMPLES)
     moved = {s.signal for s in result.signals if s.moved}
     assert {"prompt_chars", "prompt_tokens", "prompt_terms"} <= moved
-    assert all(SIGNALS[name][0] == "input" for name in moved)
     assert result.scores["input"] > MAX_PSI and result.scores["overall"] == result.scores["input"]
     rose, fell = {t.term for t in result.rose}, {t.term for t in result.fell}
     assert {"subscription", "cancel", "premium"} & rose and not rose & {"refund", "shipping", "tracking"}
@@ -39,7 +38,7 @@ def test_month_six_against_month_one_moves_input_and_names_the_terms(pool: list[
     top = result.rose[0]
     assert top.reference == 0.0 and top.current > 0.4
     chars = next(s for s in result.signals if s.signal == "prompt_chars")
-    assert chars.shifts[0].label.startswith(">=") and chars.shifts[0].current > 0.9  # month 6 is longer
+    assert chars.shifts[0].label.startswith("> ") and chars.shifts[0].current > 0.5  # longer than any of month 1
 
 
 def test_nothing_is_published_below_the_minimum_sample(pool: list[dict[str, Any]]) -> None:
@@ -77,8 +76,20 @@ def test_answers_turning_into_refusals_move_the_output_side(pool: list[dict[str,
     assert yes.reference == 0.0 and yes.current == pytest.approx(0.6)
 
 
-def test_a_higher_max_psi_keeps_a_small_shift_quiet(pool: list[dict[str, Any]]) -> None:
+def test_a_higher_max_psi_keeps_the_same_shift_quiet(pool: list[dict[str, Any]]) -> None:
     current = _described(month6(random.Random(6), 200))
-    assert compare(pool[:1000], current, max_psi=MAX_PSI).scores["input"] > 3.0
-    quiet = compare(pool[:1000], current, max_psi=10.0)
-    assert not any(s.moved for s in quiet.signals)
+    loud = compare(pool[:1000], current, max_psi=MAX_PSI)
+    assert loud.scores["input"] > 3.0
+    quiet = compare(pool[:1000], current, max_psi=max(s.score for s in loud.signals) + 0.1)
+    assert not any(s.moved for s in quiet.signals) and quiet.scores == loud.scores
+
+
+def test_a_constant_that_changes_is_seen(pool: list[dict[str, Any]]) -> None:
+    """Every month-1 prompt has 2 messages; conversations of 6 land above the reference's maximum."""
+    records = month1(random.Random(7), 100)
+    for r in records:
+        r["request"]["messages"] = r["request"]["messages"] * 3
+    result = compare(pool[:1000], _described(records), max_psi=MAX_PSI)
+    turns = next(s for s in result.signals if s.signal == "prompt_turns")
+    assert turns.moved
+    assert {(b.label, b.reference, b.current) for b in turns.shifts} == {("2", 1.0, 0.0), ("> 2", 0.0, 1.0)}
