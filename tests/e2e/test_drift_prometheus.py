@@ -96,10 +96,21 @@ def test_drift_and_fingerprint_change_fire_their_alerts(tmp_path: Path) -> None:
             _send(client, "faq-bot", month1(rng, 100))
             time.sleep(2.5)  # older than the first check's window (2s)
             write_config(tmp_path, CONFIG.format(**fields, drift=DRIFT))
+            # the jobs ran once: the model watch has read fp_a, the current windows are open (Prometheus renames
+            # the metric's `job` label exported_job: its own target label is `job`)
+            jobs = ("upstream-models", "drift:support-bot", "drift:faq-bot")
             _wait(
-                lambda: prom.query('turnout_upstream_model_changes_total{upstream="prod"} == 0'),
-                "the model watch's first reading in Prometheus",
+                lambda: (
+                    len(
+                        prom.query(
+                            'turnout_job_last_success_timestamp_seconds{exported_job=~"upstream-models|drift:.*"}'
+                        )
+                    )
+                    == len(jobs)
+                ),
+                f"a first successful run of {jobs} in Prometheus",
             )
+            assert prom.query('turnout_upstream_model_changes_total{upstream="prod"} == 0')
             assert not prom.query("turnout_drift_score"), "published before the current window had 50 interactions"
             # month 6, and the provider updates the model behind prod
             fake.set("support-v3", Behavior(fingerprint="fp_b"))
