@@ -32,7 +32,7 @@ from collectors.store import UnknownStore, open_store
 from collectors.store.base import Store, StoreUnavailable
 from gateway.config import ConfigError, Loaded, load_config
 from gateway.eval_schedule import suite_path
-from gateway.evals import Comparison, EvalError, SuiteRun, compare_upstreams, run_suite, targets
+from gateway.evals import Comparison, EvalError, SuiteRun, compare_upstreams, run_targets, targets
 
 
 def _err(message: str) -> int:
@@ -130,16 +130,11 @@ def run(args: argparse.Namespace) -> int:
 
     async def go() -> list[SuiteRun]:
         async with _store(loaded, not args.no_store) as store:
-            runs = []
-            for upstream in upstreams:
-                with _progress(len(suite.cases)) as on_done:
-                    runs.append(
-                        await run_suite(
-                            config, suite, upstream, store=store, route=args.route, concurrency=args.concurrency,
-                            on_done=on_done,
-                        )
-                    )  # fmt: skip
-            return runs
+            with _progress(len(suite.cases) * len(upstreams)) as on_done:
+                return await run_targets(
+                    config, suite, upstreams, store=store, route=args.route, concurrency=args.concurrency,
+                    on_done=on_done,
+                )  # fmt: skip
 
     try:
         runs = asyncio.run(go())

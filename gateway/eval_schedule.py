@@ -28,7 +28,7 @@ from collectors.evals.store import latest_complete
 from collectors.evals.suite import Suite, SuiteError, load_suite
 from collectors.store.base import Store
 from gateway.config import Config, EvalSchedule
-from gateway.evals import run_suite, targets
+from gateway.evals import run_targets, targets
 from gateway.schedule import Job, JobContext, Schedule
 
 log = logging.getLogger(__name__)
@@ -43,15 +43,17 @@ def suite_path(config_path: Path, entry: EvalSchedule) -> Path:
 
 
 async def run_scheduled(ctx: JobContext, entry: EvalSchedule) -> None:
-    """One tick: the suite against each of the route's targets, every run stored; raises when none could run."""
+    """One tick: the suite against each of the route's targets, every run stored; raises when it cannot run."""
     suite = load_suite(suite_path(ctx.config_path, entry))
     config = ctx.config
-    for upstream in targets(config, entry.route):
-        run = await run_suite(
-            config, suite, upstream, store=ctx.store, route=entry.route, source="schedule",
-            concurrency=entry.concurrency,
-        )  # fmt: skip
-        log.info("scheduled eval %s on %s/%s: pass rate %.3f", suite.name, entry.route, upstream, run.pass_rate)
+    runs = await run_targets(
+        config, suite, targets(config, entry.route), store=ctx.store, route=entry.route, source="schedule",
+        concurrency=entry.concurrency,
+    )  # fmt: skip
+    for run in runs:
+        log.info(
+            "scheduled eval %s on %s/%s: pass rate %.3f", suite.name, entry.route, run.header.upstream, run.pass_rate
+        )
 
 
 def eval_jobs(config: Config) -> list[Job]:

@@ -223,6 +223,31 @@ async def run_suite(
     return SuiteRun(header, results, finished, kappa, notes)
 
 
+async def run_targets(
+    config: Config,
+    suite: Suite,
+    upstreams: list[str],
+    *,
+    store: Store | None = None,
+    route: str | None = None,
+    source: str = "cli",
+    concurrency: int = 16,
+    on_done: Callable[[CaseResult], None] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> list[SuiteRun]:
+    """The suite on each upstream in turn (``--route``, a scheduled tick): one caller, the judge calibrated once."""
+    _check_upstreams(config, suite, upstreams)
+    async with UpstreamCaller(config, environ) as caller:
+        calibration = await calibrate(suite, caller)
+        return [
+            await run_suite(
+                config, suite, upstream, store=store, route=route, source=source, concurrency=concurrency,
+                call=caller, calibration=calibration, on_done=on_done,
+            )
+            for upstream in upstreams
+        ]  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Comparison:
     """Both runs on the same cases and the paired decision; ``not_worse`` is the gate."""

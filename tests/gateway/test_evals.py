@@ -15,7 +15,7 @@ from collectors.evals.store import RunHeader, latest_complete, list_runs, run_re
 from collectors.evals.suite import load_suite
 from collectors.store import open_store
 from gateway.config import Config, load_config
-from gateway.evals import EvalError, compare_upstreams, run_suite
+from gateway.evals import EvalError, compare_upstreams, run_suite, run_targets
 from gateway.upstream import make_client
 from tests.collectors.pg import pg_dsn, postgres_server  # noqa: F401
 from tests.fakes.openai_server import Behavior, FakeOpenAI
@@ -324,3 +324,28 @@ async def test_concurrency_is_bounded_and_pays_off(tmp_path: Path, fake_openai: 
         most = max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
         assert most <= concurrency
     assert took[8] < took[1] / 3, took  # 32 x 50 ms one at a time, against 4 rounds of 8
+
+
+async def test_the_judge_is_calibrated_once_per_tick(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
+    fake_openai.set("prod-model", Behavior(text="fine"))
+    fake_openai.set("tools-model", Behavior(text="fine"))
+    fake_openai.set("judge-model", Behavior(text='{"pass": true}'))
+    _gold(tmp_path)
+    cfg = config(tmp_path, fake_openai.url)
+    suite = load_suite(
+        suite_file(
+            tmp_path,
+            """
+suite: judged
+judge: {upstream: judge}
+judge_check: {gold: gold.jsonl, min_kappa: 0.6}
+cases:
+  - {id: a, messages: [{role: user, content: hi}], assert: [{type: llm_judge, rubric: r}]}
+""",
+        )
+    )
+    runs = await run_targets(cfg, suite, ["prod", "tools"])
+    judged = [r for r in fake_openai.requests if r.body["model"] == "judge-model"]
+    assert len(judged) == len(GOLD) + 2  # the gold file once, then one verdict per upstream
+    assert all(r.judge_kappa == 0.0 and "not calibrated" in r.notes[0] for r in runs)  # always "pass": kappa 0
+    assert all(r.results[0].passed and not r.results[0].assertions[0].counted for r in runs)
