@@ -142,6 +142,7 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livemostrecent",
         )
+        self.cost = Counter(p + "cost_usd", "What answers cost (USD, from upstream prices)", rvr, registry=registry)
         self.client_requests = Counter(
             p + "client_requests",
             "Requests of named clients (auth.clients)",
@@ -194,6 +195,8 @@ class Metrics:
         if it.ttft_ms is not None:
             self.child(self.ttft, route, variant, role).observe(it.ttft_ms / 1000.0)
         usage = it.usage or {}
+        if it.cost_usd:
+            self.child(self.cost, route, variant, role).inc(it.cost_usd)
         client = it.client if role == "primary" else None
         if client is not None:
             self.child(self.client_requests, client, route, code_class(it.status)).inc()

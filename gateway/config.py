@@ -93,6 +93,11 @@ class Auth(_Model):
     clients: dict[str, NamedClient] = {}
 
 
+class UpstreamPrice(_Model):
+    input_per_1m: float = Field(ge=0)  # USD per million prompt (input) tokens
+    output_per_1m: float = Field(ge=0)  # USD per million completion (output) tokens
+
+
 class Upstream(_Model):
     provider: Literal["openai", "litellm", "dummy"] = "openai"
     base_url: str | None = None
@@ -102,6 +107,7 @@ class Upstream(_Model):
     connect_timeout_s: float = Field(5, gt=0)
     retries: int = Field(2, ge=0, le=10)  # more attempts on connect errors, 429 and 5xx, before the first byte
     trained_at: Date | None = None
+    price: UpstreamPrice | None = None  # else litellm's price list, where it knows the model
     dataset: str | None = None
     answers: dict[str, str] = {}  # dummy only: the right answer to these prompts (others are echoed)
     wrong_share: Share = 0.0  # dummy only: this share of prompts (the same ones on every upstream) answered wrong

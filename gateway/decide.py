@@ -44,6 +44,7 @@ class Facts:
     unit: str | None = None  # the experiment's unit: a one-way hash of the sticky key
     override_ignored: bool = False  # x-turnout-variant came without the admin key
     client: str | None = None  # the named client (auth.clients) that sent it
+    tags: tuple[str, ...] = ()  # x-turnout-tags
 
 
 def sticky_key(
@@ -62,6 +63,20 @@ def sticky_key(
         if isinstance(body.get("user"), str) and body["user"]:
             return str(body["user"])
     return api_key
+
+
+MAX_TAGS = 16
+MAX_TAG_CHARS = 64
+
+
+def request_tags(header: bytes | None) -> tuple[str, ...]:
+    """``x-turnout-tags: a, b`` as ``("a", "b")``; too many or too long tags are a 400."""
+    if not header:
+        return ()
+    tags = tuple(dict.fromkeys(t.strip() for t in header.decode("latin-1").split(",") if t.strip()))
+    if len(tags) > MAX_TAGS or any(len(t) > MAX_TAG_CHARS for t in tags):
+        raise BadRequest(f"x-turnout-tags: at most {MAX_TAGS} comma-separated tags of up to {MAX_TAG_CHARS} characters")
+    return tags
 
 
 def decide(
@@ -111,4 +126,5 @@ def decide(
         unit=None if key is None else unit_id(key),
         override_ignored=not caller.admin and b"x-turnout-variant" in headers,
         client=caller.client,
+        tags=request_tags(headers.get(b"x-turnout-tags")),
     )

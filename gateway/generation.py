@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from collectors.cost import Price
 from gateway.auth import Keys
 from gateway.config import Config, Loaded
 from gateway.upstream import Client
@@ -24,6 +25,7 @@ class Generation:
     clients: dict[str, Client]
     secrets: tuple[bytes, ...]  # every secret value, to scrub from anything an upstream echoes
     shadow_clients: dict[str, Client] = field(default_factory=dict)  # on the shadow runner's own pool
+    prices: dict[str, Price] = field(default_factory=dict)  # per upstream; absent: no cost known
 
     @property
     def config(self) -> Config:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from collectors.cost import Price, cost_usd
 from collectors.record import Interaction, new_id
 from gateway.decide import Facts
 
@@ -29,6 +30,7 @@ class Outcome:
     response_id: str | None = None
     error: str | None = None
     first_token_at: float | None = None  # perf_counter of the first streamed token
+    price: Price | None = None  # the answering upstream's, for the cost
 
     def answered(self, parsed: dict[str, Any]) -> None:
         """A whole JSON answer: its body, usage and id."""
@@ -91,5 +93,7 @@ class Outcome:
             capture=facts.capture,
             response_id=self.response_id,
             client=facts.client,
+            tags=facts.tags,
+            cost_usd=cost_usd(self.usage, self.price),
             extra=extra,
         )

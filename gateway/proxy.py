@@ -343,6 +343,7 @@ class Call:
         """Hand the one interaction of this call to the sink and to the shadows waiting for it; returns what to
         wait for until it is journaled (a large record is encoded off the loop), if anything."""
         extra = {"attempts": self.attempts.records, "unit": self.facts.unit}
+        self.outcome.price = self.gen.prices.get(self.outcome.upstream)
         it = self.outcome.primary(self.facts, self.endpoint, now=time.perf_counter(), extra=extra)
         journaled = self.gw.sink.finish(it)
         if self.answered is not None and not self.answered.done():

@@ -25,6 +25,7 @@ from gateway.auth import Keys
 from gateway.client_limits import RateLimiter
 from gateway.config import Config, Loaded
 from gateway.generation import Generation
+from gateway.pricing import upstream_prices
 from gateway.resilience import Resilience
 from gateway.rollout_state import overlay
 from gateway.shadow import ShadowRunner
@@ -79,7 +80,7 @@ class Gateway:
         values = tuple(sorted({s.encode() for s in secrets.values()}, key=len, reverse=True))
         shadow_clients = self.shadows.clients(config, secrets)
         keys = Keys(secrets.client_keys, secrets.admin_key, named=secrets.named_keys)
-        self.generation = Generation(loaded, keys, clients, values, shadow_clients)
+        self.generation = Generation(loaded, keys, clients, values, shadow_clients, upstream_prices(config))
         self.metrics.config_applied(loaded.sha256, *_exported(config))
         self.sink.configure(capture_policy(config, secrets.values()))
 

@@ -37,6 +37,7 @@ import aiohttp
 import orjson
 
 from collectors.compare import compare
+from collectors.cost import Price
 from collectors.metrics import Metrics
 from collectors.record import Interaction
 from collectors.sink import Sink
@@ -64,6 +65,7 @@ class Job:
     answered: asyncio.Future[Interaction]
     primary_wait_s: float
     scrub: Callable[[bytes], bytes]  # removes every secret an upstream might echo
+    price: Price | None  # the shadow upstream's, for the cost
 
 
 class ShadowRunner:
@@ -120,7 +122,10 @@ class ShadowRunner:
                 self.metrics.child(self.metrics.shadow_requests, facts.route, name, "dropped").inc()
                 continue
             client = gen.shadow_clients[name]
-            job = Job(name, client, endpoint, facts, body, limits.timeout_s, answered, primary_wait_s, gen.scrub)
+            job = Job(
+                name, client, endpoint, facts, body, limits.timeout_s, answered, primary_wait_s, gen.scrub,
+                gen.prices.get(name),
+            )  # fmt: skip
             self.in_flight[name] += 1
             task = asyncio.get_running_loop().create_task(self._run(job), name=f"shadow:{name}")
             self.tasks.add(task)
@@ -145,7 +150,7 @@ class ShadowRunner:
         await self._finish(job, shadow)
 
     async def _call(self, job: Job, ts: float, t0: float) -> Interaction:
-        result = Outcome(upstream=job.shadow, outcome="upstream_error")
+        result = Outcome(upstream=job.shadow, outcome="upstream_error", price=job.price)
         try:
             async with asyncio.timeout(job.timeout_s):
                 reply = await job.client.call(job.endpoint, job.body, stream=False, request_id=job.facts.request_id)

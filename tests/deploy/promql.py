@@ -10,6 +10,9 @@ import re
 
 COUNTERS = {
     "turnout_requests_total",
+    "turnout_cost_usd_total",
+    "turnout_client_requests_total",
+    "turnout_client_tokens_total",
     "turnout_tokens_total",
     "turnout_upstream_errors_total",
     "turnout_upstream_attempts_total",

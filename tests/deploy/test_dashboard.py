@@ -18,6 +18,9 @@ DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 # metrics with a `route` label: every panel selecting one filters it by the $route variable
 ROUTE_LABELLED = {
     "turnout_requests_total",
+    "turnout_cost_usd_total",
+    "turnout_client_requests_total",
+    "turnout_client_tokens_total",
     "turnout_tokens_total",
     "turnout_shadow_requests_total",
     "turnout_feedback_total",
@@ -92,7 +95,7 @@ def test_rows_cover_the_issue() -> None:
     rows = " | ".join(p["title"] for p in _dashboard()["panels"] if p["type"] == "row").lower()
     for topic in ("traffic", "errors", "latency", "tokens", "shadows", "feedback", "model age", "capture", "config"):
         assert topic in rows
-    for topic in ("drift", "review", "datasets"):
+    for topic in ("drift", "review", "datasets", "cost", "clients"):
         assert topic in rows
 
 
