@@ -4,6 +4,7 @@ reads, `turnout drift` on the command line, and the upstream model watch."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import random
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from gateway.drift_report import render
 from gateway.jobs import jobs_for
 from tests.collectors.pg import pg_dsn, postgres_server  # noqa: F401
 from tests.drift_traffic import month1, month6, stored_rows
+from tests.harness import served
 
 DAY = 86400.0
 CONFIG = """
@@ -262,3 +264,15 @@ async def test_reference_dataset_is_the_serving_variants_dataset_version(
     config = load_config(path).config
     with pytest.raises(DriftError, match=r"dataset support@v9: .*no such version"):
         await check_route(store, config, "support-bot", now + 60)
+
+
+def test_deprecation_date_and_max_psi_are_exported_from_the_config(tmp_path: Path) -> None:
+    path = _config(tmp_path, f"sqlite:///{tmp_path}/turnout.db")
+    with served(path) as gw:
+        deprecated = gw.metric("turnout_upstream_deprecated_timestamp_seconds", upstream="prod")
+        assert deprecated == dt.datetime(2027, 3, 1, tzinfo=dt.UTC).timestamp()
+        assert gw.metric("turnout_retraining_threshold", route="support-bot", signal="max_psi") == 0.2
+        assert (
+            gw.registry.get_sample_value("turnout_retraining_threshold", {"route": "plain", "signal": "max_psi"})
+            is None
+        )
