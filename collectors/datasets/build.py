@@ -78,6 +78,7 @@ class Example:
     label: str | None
     source: str  # approved | edited | feedback
     line: dict[str, Any]
+    data: bytes = b""  # the canonical, redacted line of train.jsonl
 
 
 def prompt_key(line: dict[str, Any]) -> str:
@@ -145,7 +146,8 @@ async def collect(store: Store, spec: Spec, *, now: float) -> tuple[list[Example
         if example is None:
             skipped += 1
             continue
-        example = replace(example, line=redactor.value(example.line))
+        # one pass over the serialised line (as capture does), not one per string value
+        example = replace(example, data=redactor.line(canonical(redactor.optional(example.line))))
         key = prompt_key(example.line)
         previous = kept.get(key)
         if previous is not None:
@@ -195,7 +197,7 @@ def write_version(
     root: Path, spec: Spec, examples: list[Example], left_out: dict[str, int], *, now: float, dry_run: bool
 ) -> BuildResult:
     """Write ``examples`` as the next version unless it would equal the latest (blocking file work)."""
-    lines = [canonical(e.line) for e in examples]
+    lines = [e.data for e in examples]
     train = b"".join(lines)
     digest = hashlib.sha256(train).hexdigest()
     index = b"".join(

@@ -95,15 +95,14 @@ async def count_items(store: Store, filters: Filters) -> int:
 
 
 async def status_counts(store: Store) -> dict[tuple[str, str], int]:
-    """(route, status) -> items (an index-only scan of review_items_route_status)."""
-    rows = await store.fetch("SELECT route, status, COUNT(*) FROM review_items GROUP BY route, status")
+    """(route, status) -> items, from the counts the store's triggers keep (no scan of the queue)."""
+    rows = await store.fetch("SELECT route, status, n FROM review_counts WHERE n > 0")
     return {(str(route), str(status)): int(n) for route, status, n in rows}
 
 
 async def backlog(store: Store) -> dict[str, int]:
     """Pending items per route."""
-    rows = await store.fetch("SELECT route, COUNT(*) FROM review_items WHERE status = 'pending' GROUP BY route")
-    return {str(route): int(n) for route, n in rows}
+    return {route: n for (route, status), n in (await status_counts(store)).items() if status == "pending"}
 
 
 def _marks(n: int, start: int = 1) -> str:
@@ -121,7 +120,8 @@ async def records_for(store: Store, ids: Sequence[str]) -> dict[str, dict[str, A
         )
         response_ids = sorted({str(r[1]) for r in rows if r[1]})
         feedback = await store.feedback_for([str(r[0]) for r in rows], response_ids) if rows else []
-        owners = await store.latest_for(response_ids) if response_ids else {}
+        keyed = sorted({fb.response_id for fb in feedback if fb.request_id is None and fb.response_id})
+        owners = await store.latest_for(keyed) if keyed else {}  # only feedback keyed by response id needs it
         attached: dict[str, list[Any]] = {}
         for fb in feedback:
             owner = fb.request_id if fb.request_id is not None else owners.get(fb.response_id or "")

@@ -143,4 +143,10 @@ async def enqueue(
     if not found:
         return 0
     statements = [(_QUEUE, (request_id, reason, now)) for request_id, reason in sorted(found.items())]
-    return sum(await store.transact(statements))
+    locked = store.name.startswith("postgres")
+    if locked:
+        # one batch may touch the counts of several routes (review_counts): loaders queue one at a time, so two
+        # never lock those rows in opposite orders (a deadlock); SQLite's write lock does this already
+        statements.insert(0, ("SELECT pg_advisory_xact_lock(7215103)", ()))
+    changed = await store.transact(statements)
+    return sum(changed[1:] if locked else changed)

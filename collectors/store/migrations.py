@@ -256,6 +256,43 @@ _ATTRIBUTION = [
     "CREATE INDEX interactions_client_ts ON interactions (client, ts) WHERE client IS NOT NULL",
 ]
 
+# review items per (route, status), kept by triggers in the same transaction as each insert or status change,
+# so the page and every replica's review_backlog read a few rows instead of counting the queue
+_REVIEW_COUNTS = """CREATE TABLE review_counts (
+    route TEXT NOT NULL,
+    status TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (route, status)
+)"""
+_REVIEW_COUNTS_FILL = (
+    "INSERT INTO review_counts (route, status, n) "
+    "SELECT route, status, COUNT(*) FROM review_items GROUP BY route, status"
+)
+_COUNT_UP = (
+    "INSERT INTO review_counts (route, status, n) VALUES (NEW.route, NEW.status, 1) "
+    "ON CONFLICT (route, status) DO UPDATE SET n = review_counts.n + 1;"
+)
+_COUNT_DOWN = "UPDATE review_counts SET n = n - 1 WHERE route = OLD.route AND status = OLD.status;"
+_SQLITE_REVIEW_COUNTS = [
+    _REVIEW_COUNTS,
+    _REVIEW_COUNTS_FILL,
+    f"CREATE TRIGGER review_items_insert AFTER INSERT ON review_items BEGIN {_COUNT_UP} END",
+    f"CREATE TRIGGER review_items_delete AFTER DELETE ON review_items BEGIN {_COUNT_DOWN} END",
+    "CREATE TRIGGER review_items_status AFTER UPDATE OF status ON review_items WHEN OLD.status <> NEW.status "
+    f"BEGIN {_COUNT_DOWN} {_COUNT_UP} END",
+]
+_POSTGRES_REVIEW_COUNTS = [
+    _REVIEW_COUNTS,
+    _REVIEW_COUNTS_FILL,
+    "CREATE FUNCTION review_count() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+    f"IF TG_OP IN ('UPDATE', 'DELETE') THEN {_COUNT_DOWN} END IF; "
+    f"IF TG_OP IN ('INSERT', 'UPDATE') THEN {_COUNT_UP} END IF; RETURN NULL; END $$",
+    "CREATE TRIGGER review_items_counted AFTER INSERT OR DELETE ON review_items "
+    "FOR EACH ROW EXECUTE FUNCTION review_count()",
+    "CREATE TRIGGER review_items_status AFTER UPDATE OF status ON review_items "
+    "FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION review_count()",
+]
+
 MIGRATIONS: list[tuple[int, str, dict[str, list[str]]]] = [
     (1, "interactions and feedback", {"sqlite": _SQLITE_V1, "postgres": _POSTGRES_V1}),
     (2, "job state and leases", {"sqlite": [_JOBS.format(real="REAL")], "postgres": [_JOBS.format(real="FLOAT8")]}),
@@ -297,6 +334,7 @@ MIGRATIONS: list[tuple[int, str, dict[str, list[str]]]] = [
             "postgres": [q.format(real="DOUBLE PRECISION") for q in _ATTRIBUTION],
         },
     ),
+    (11, "review counts", {"sqlite": _SQLITE_REVIEW_COUNTS, "postgres": _POSTGRES_REVIEW_COUNTS}),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -10,7 +10,7 @@ import pytest
 from scipy.stats import binomtest
 
 from collectors.review.decisions import Decision, InvalidDecision, decide
-from collectors.review.items import Filters, backlog, count_items, list_items, load_items
+from collectors.review.items import Filters, backlog, count_items, list_items, load_items, status_counts
 from collectors.review.queue import ReviewPolicy, enqueue, sampled
 from collectors.store import open_store
 from collectors.store.base import Store
@@ -118,6 +118,9 @@ async def test_decisions_keep_history_and_the_latest_wins(store: Store) -> None:
     assert (await load_items(store, ["c"]))[0]["decision"]["status"] == "approved"
     rows = await store.fetch("SELECT COUNT(*) FROM review_decisions")
     assert int(rows[0][0]) == 6
+    counted = await store.fetch("SELECT route, status, COUNT(*) FROM review_items GROUP BY route, status")
+    assert await status_counts(store) == {(r, s): n for r, s, n in counted}  # what the triggers keep
+    assert await status_counts(store) == {("r1", "approved"): 1, ("r1", "scored"): 1, ("r2", "approved"): 1}
 
 
 @pytest.mark.parametrize(
