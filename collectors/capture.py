@@ -1,5 +1,5 @@
 """Interaction capture: redact and sanitise, append to the journal (the durable step, on the request path),
-and let the loader process (batch writer and retention, ``collectors/store/loader.py``) take it from there.
+and let the loader process (batch writer and retention, ``collectors/spool/loader_child.py``) take it from there.
 
 Usage (in the app lifespan)::
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -26,13 +27,13 @@ from typing import Any
 
 import orjson
 
-from collectors.journal import Journal, SpoolFull
 from collectors.metrics import Metrics
-from collectors.record import Interaction
+from collectors.record import RECORD_FIELDS, Interaction
 from collectors.redact import Redactor
 from collectors.review.queue import ReviewPolicy
 from collectors.sanitize import MAX_STRING, sanitize
-from collectors.store.loader_process import LoaderProcess
+from collectors.spool.journal import Journal, SpoolFull
+from collectors.spool.loader_supervisor import LoaderSupervisor
 
 log = logging.getLogger(__name__)
 
@@ -95,33 +96,14 @@ def _encode(payload: dict[str, Any], line: bytes | None, redactor: Redactor) -> 
     return redactor.line(line) + b"\n"
 
 
+_record_values = operator.attrgetter(*RECORD_FIELDS)
+
+
 def interaction_payload(it: Interaction) -> dict[str, Any]:
-    return {
-        "k": "i",
-        "request_id": it.request_id,
-        "ts": it.ts,
-        "route": it.route,
-        "experiment": it.experiment,
-        "variant": it.variant,
-        "role": it.role,
-        "parent_id": it.parent_id,
-        "upstream": it.upstream,
-        "endpoint": it.endpoint,
-        "request": it.request,
-        "response": it.response,
-        "status": it.status,
-        "outcome": it.outcome,
-        "latency_ms": it.latency_ms,
-        "ttft_ms": it.ttft_ms,
-        "usage": it.usage,
-        "error": it.error,
-        "stream": it.stream,
-        "response_id": it.response_id,
-        "extra": it.extra,
-        "client": it.client,
-        "tags": it.tags,
-        "cost_usd": it.cost_usd,
-    }
+    """The journal record of ``it``: kind ``"i"`` and every field of ``RECORD_FIELDS``."""
+    payload: dict[str, Any] = {"k": "i"}
+    payload.update(zip(RECORD_FIELDS, _record_values(it), strict=True))
+    return payload
 
 
 class Capture:
@@ -137,7 +119,7 @@ class Capture:
     ) -> None:
         self.metrics = metrics
         self.journal = Journal(state_dir / "journal", max_pending_bytes=max_spool_bytes)
-        self.loader = LoaderProcess(
+        self.loader = LoaderSupervisor(
             store_dsn,
             self.journal,
             metrics=metrics,

@@ -26,14 +26,10 @@ from typing import IO, Any
 
 import orjson
 
+from collectors.record import RECORD_FIELDS
 from collectors.store.base import Query, Store, feedback_summary, joined
 
 FORMATS = ("raw", "openai-chat")
-RAW_FIELDS = (
-    "request_id", "ts", "route", "experiment", "variant", "role", "parent_id", "upstream", "endpoint", "request",
-    "response", "status", "outcome", "latency_ms", "ttft_ms", "usage", "error", "stream", "response_id", "extra",
-    "client", "tags", "cost_usd",
-)  # fmt: skip
 MESSAGE_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id")
 
 
@@ -42,11 +38,8 @@ def iso(ts: float) -> str:
 
 
 def raw_line(record: dict[str, Any]) -> dict[str, Any]:
-    out = {key: record.get(key) for key in RAW_FIELDS}
+    out = {key: record.get(key) for key in RECORD_FIELDS}
     out["ts"] = iso(record["ts"])
-    out["tags"] = record.get("tags") or []
-    metadata = (record.get("request") or {}).get("metadata")
-    out["metadata"] = metadata if isinstance(metadata, dict) else None  # OpenAI's request field, as sent
     if record.get("sanitized"):
         out["sanitized"] = record["sanitized"]
     out["feedback"] = [

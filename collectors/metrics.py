@@ -30,7 +30,7 @@ TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 CODES = ("2xx", "4xx", "5xx")
 FEEDBACK_LABELS = ("good", "bad", "none")
-DROP_REASONS = ("queue_full", "spool_full", "journal_error", "store_rejected")
+DROP_REASONS = ("spool_full", "journal_error", "store_rejected")
 SHADOW_OUTCOMES = ("ok", "error", "timeout", "dropped", "skipped")
 
 LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]+_(\d+)\.db")

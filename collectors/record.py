@@ -1,13 +1,13 @@
 """Interaction: the one record every collector receives, made of plain strings, numbers and dicts.
 
 Usage: the gateway builds one per answered (or failed, or cancelled) call, primary or shadow, and hands it
-to ``Collectors.finish``; metrics, the journal and the store all read the same object.
+to ``Sink.finish``; metrics, the journal and the store all read the same object.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 _ids = random.Random()  # seeded from os.urandom; ids are unique, never secret
@@ -16,10 +16,6 @@ _ids = random.Random()  # seeded from os.urandom; ids are unique, never secret
 def new_id() -> str:
     """A fresh 128-bit id, 32 hex digits: as unique as uuid4, without its syscall (1/20 of its cost)."""
     return f"{_ids.getrandbits(128):032x}"
-
-
-# outcome: what happened to the call, a small fixed set
-OUTCOMES = ("ok", "upstream_error", "timeout", "client_cancelled", "shutdown_aborted", "dropped")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,5 +45,6 @@ class Interaction:
     cost_usd: float | None = None  # from the upstream's price and the usage
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. shadow comparison scores
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+
+# every field as journaled, stored (in the record) and exported; ``capture`` only tells the sink to journal
+RECORD_FIELDS = tuple(f.name for f in fields(Interaction) if f.name != "capture")

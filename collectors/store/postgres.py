@@ -19,16 +19,18 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import asyncpg
-import orjson
 
 from collectors.store.base import Claimed, FeedbackRow, InteractionRow, Query, StoreUnavailable
 from collectors.store.migrations import MIGRATIONS, TRACKING
 
 _MIGRATION_LOCK = 0x7475726E  # "turn"
 _CLAIM_LOCK = 0x7475726E6F7574  # "turnout": orders the feedback claims of every writer
-_TYPES_I = ("text", "float8", "text", "text", "text", "text", "text", "text", "text", "int4", "text", "float8",
-            "float8", "bool", "text", "text", "text", "float8", "float8", "text", "text", "float8")  # fmt: skip
-_TYPES_F = ("text", "float8", "text", "text", "float8", "text", "text", "int4")
+# the array type of each column sent through unnest(); every other column is text
+_TYPES = {"ts": "float8", "status": "int4", "latency_ms": "float8", "ttft_ms": "float8", "stream": "bool",
+          "tokens": "float8", "similarity": "float8", "cost_usd": "float8", "score": "float8",
+          "task_completed": "int4"}  # fmt: skip
+_TYPES_I = tuple(_TYPES.get(name, "text") for name in InteractionRow._fields)
+_TYPES_F = tuple(_TYPES.get(name, "text") for name in FeedbackRow._fields)
 _INSERT_INTERACTIONS = (
     f"INSERT INTO interactions ({', '.join(InteractionRow._fields)}) SELECT * FROM unnest("
     + ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_TYPES_I))
@@ -79,12 +81,7 @@ class PostgresStore:
         if self._pool is not None:
             return self._pool
         try:
-            pool = await asyncpg.create_pool(
-                self.dsn, min_size=1, max_size=2, timeout=5, command_timeout=30,
-                # the experiment report's aggregation: JIT compiling costs more than it saves here, and its
-                # per-user hash table (100,000 users: ~20 MB) must not spill to disk
-                server_settings={"jit": "off", "work_mem": "64MB"},
-            )  # fmt: skip
+            pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=2, timeout=5, command_timeout=30)
         except Exception as exc:
             if _unavailable(exc) or isinstance(exc, asyncpg.PostgresError):
                 raise StoreUnavailable(f"{self.name}: {type(exc).__name__}: {exc}") from exc
@@ -185,10 +182,6 @@ class PostgresStore:
             where.append(f"ts >= {arg(query.since)}")
         if query.role is not None:
             where.append(f"role = {arg(query.role)}")
-        if query.client is not None:
-            where.append(f"client = {arg(query.client)}")
-        if query.tag is not None:  # tags is a JSON array: the quoted tag is one whole element
-            where.append(f"strpos(tags, {arg(orjson.dumps(query.tag).decode())}) > 0")
         sql = f"SELECT {', '.join(InteractionRow._fields)} FROM interactions"
         if where:
             sql += " WHERE " + " AND ".join(where)

@@ -10,11 +10,12 @@ Usage: ``store = SQLiteStore("/var/lib/turnout/turnout.db"); await store.open()`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -73,6 +74,12 @@ def _claims(found: Sequence[Sequence[object]]) -> dict[str, tuple[float, Claimed
 def _numbered(sql: str) -> str:
     """``$1`` (PostgreSQL's placeholders, the seam's one spelling) -> ``?1`` (SQLite's numbered form)."""
     return _PLACEHOLDER.sub(r"?\1", sql)
+
+
+def _interaction(row: Sequence[Any]) -> InteractionRow:
+    """A row of ``SELECT <InteractionRow's columns>``: SQLite keeps booleans as integers."""
+    read = InteractionRow._make(row)
+    return read._replace(stream=bool(read.stream))
 
 
 def _probe(path: Path) -> None:
@@ -151,26 +158,36 @@ class SQLiteStore:
     @_locked
     async def write(self, interactions: Sequence[InteractionRow], feedback: Sequence[FeedbackRow]) -> list[Claimed]:
         db = await self._connect()
-        try:
-            await db.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            await self._drop()
-            raise StoreUnavailable(f"{self.name}: {exc}") from exc
-        try:
+        async with self._transaction(db):
             if interactions:
                 await db.executemany(_INSERT_INTERACTION, interactions)
             if feedback:
                 await db.executemany(_INSERT_FEEDBACK, feedback)
             claimed = await self._claim(db, interactions, feedback)
-            await db.execute("COMMIT")
+        return claimed
+
+    @contextlib.asynccontextmanager
+    async def _outage(self, db: aiosqlite.Connection) -> AsyncIterator[None]:
+        """An ``OperationalError`` (locked, read-only, disk full) becomes ``StoreUnavailable``: an open
+        transaction is rolled back and the connection dropped; the next call reopens it."""
+        try:
+            yield
         except sqlite3.OperationalError as exc:
             await self._rollback(db)
             await self._drop()
             raise StoreUnavailable(f"{self.name}: {exc}") from exc
-        except BaseException:
-            await self._rollback(db)
-            raise
-        return claimed
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self, db: aiosqlite.Connection) -> AsyncIterator[None]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on any error, an outage as in ``_outage``."""
+        async with self._outage(db):
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                await db.execute("COMMIT")
+            except BaseException:
+                await self._rollback(db)
+                raise
 
     async def _rollback(self, db: aiosqlite.Connection) -> None:
         if db.in_transaction:
@@ -228,7 +245,7 @@ class SQLiteStore:
         if where:
             sql += " WHERE " + " AND ".join(where)
         rows = await db.execute_fetchall(sql + " ORDER BY ts, request_id LIMIT ?", (*args, limit))
-        return [InteractionRow(*(*r[:13], bool(r[13]), *r[14:])) for r in rows]
+        return [_interaction(r) for r in rows]
 
     @_locked
     async def feedback_for(self, request_ids: Sequence[str], response_ids: Sequence[str]) -> list[FeedbackRow]:
@@ -257,8 +274,7 @@ class SQLiteStore:
             where, args = "route = ? AND ts < ?", [route, cutoff]
         else:
             where, args = f"route NOT IN ({_marks(len(keep_routes))}) AND ts < ?", [*keep_routes, cutoff]
-        try:
-            await db.execute("BEGIN IMMEDIATE")
+        async with self._transaction(db):
             doomed = await db.execute_fetchall(
                 f"SELECT request_id, response_id FROM interactions WHERE {where} LIMIT ?", (*args, limit)
             )
@@ -274,34 +290,23 @@ class SQLiteStore:
                     f"AND response_id IN ({_marks(len(rids))}))",
                     (*rids, *rids),
                 )
-            await db.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            await self._rollback(db)
-            await self._drop()
-            raise StoreUnavailable(f"{self.name}: {exc}") from exc
         return len(ids)
 
     @_locked
     async def delete_orphan_feedback(self, cutoff: float, limit: int) -> int:
         db = await self._connect()
-        try:
+        async with self._outage(db):
             cursor = await db.execute(
                 "DELETE FROM feedback WHERE feedback_id IN (SELECT feedback_id FROM feedback WHERE ts < ? LIMIT ?)",
                 (cutoff, limit),
             )
-        except sqlite3.OperationalError as exc:
-            await self._drop()
-            raise StoreUnavailable(f"{self.name}: {exc}") from exc
         return int(cursor.rowcount)
 
     @_locked
     async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         db = await self._connect()
-        try:
+        async with self._outage(db):
             return [tuple(row) for row in await db.execute_fetchall(_numbered(sql), args)]
-        except sqlite3.OperationalError as exc:
-            await self._drop()
-            raise StoreUnavailable(f"{self.name}: {exc}") from exc
 
     async def execute(self, sql: str, *args: Any) -> int:
         return (await self.transact([(sql, args)]))[0]
@@ -312,22 +317,9 @@ class SQLiteStore:
     @_locked
     async def transact(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[int]:
         db = await self._connect()
-        try:
-            await db.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            await self._drop()
-            raise StoreUnavailable(f"{self.name}: {exc}") from exc
-        try:
-            changed = []
+        changed = []
+        async with self._transaction(db):
             for sql, args in statements:
                 cursor = await db.execute(_numbered(sql), tuple(args))
                 changed.append(max(int(cursor.rowcount), 0))
-            await db.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            await self._rollback(db)
-            await self._drop()
-            raise StoreUnavailable(f"{self.name}: {exc}") from exc
-        except BaseException:
-            await self._rollback(db)
-            raise
         return changed

@@ -14,10 +14,10 @@ from pydantic import TypeAdapter
 from collectors.capture import encode, interaction_payload
 from collectors.export import export
 from collectors.redact import Redactor
+from collectors.spool.writer import decode
 from collectors.store.base import Query, Store
 from collectors.store.retention import expire
 from collectors.store.sqlite import SQLiteStore
-from collectors.store.writer import decode
 from tests.collectors.records import interaction
 
 MESSAGES = TypeAdapter(list[ChatCompletionMessageParam])

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from collectors.journal import Cursor, Journal, Position, SpoolFull, adopt
+from collectors.spool.journal import Cursor, Journal, Position, SpoolFull, adopt
 from tests.harness import ROOT
 
 CHILD = textwrap.dedent(
     """
     import os, signal, sys, time
     from pathlib import Path
-    from collectors.journal import Journal
+    from collectors.spool.journal import Journal
     journal = Journal(Path(sys.argv[1]))
     journal.open()
     for i in range(3):
@@ -159,7 +159,7 @@ FULL_DISK = textwrap.dedent(
     """
     import resource, signal, sys
     from pathlib import Path
-    from collectors.journal import Cursor, Journal
+    from collectors.spool.journal import Cursor, Journal
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit a write fails with EFBIG, like ENOSPC
     journal = Journal(Path(sys.argv[1]))
     journal.open()

@@ -13,10 +13,10 @@ import pytest
 
 from collectors.capture import encode, interaction_payload
 from collectors.redact import Redactor
+from collectors.spool.writer import decode
 from collectors.store import open_store
 from collectors.store.base import Claimed, FeedbackRow, Query, Store, joined
 from collectors.store.migrations import LATEST
-from collectors.store.writer import decode
 from tests.collectors.pg import pg_dsn, postgres_server  # noqa: F401
 from tests.collectors.records import interaction
 

@@ -45,7 +45,7 @@ def loader_of(gateway_pid: int, within: float = 10.0, other_than: int | None = N
                 cmdline = (entry / "cmdline").read_bytes()
             except (OSError, IndexError, ValueError):
                 continue
-            if ppid == gateway_pid and b"collectors.store.loader" in cmdline:
+            if ppid == gateway_pid and b"collectors.spool.loader_child" in cmdline:
                 return int(entry.name)
         assert time.monotonic() < deadline, "no capture loader process"
         time.sleep(0.05)

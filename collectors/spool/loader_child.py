@@ -8,7 +8,7 @@ With ``--idle`` it runs as ``SCHED_IDLE``: on a core it shares with the serving 
 one-CPU cpuset) it runs only when that core has nothing else to do, so a batch never delays a request (at
 normal priority it added ~2 ms to p99 at concurrency 1 there). A core kept busy by requests for long makes it
 fall behind; the serving process then restarts it without ``--idle`` until it has caught up
-(``LoaderProcess._steer``).
+(``LoaderSupervisor._steer``).
 Each batch or change of state goes to the serving process as one ``Report`` line on the report pipe. Control
 lines come on the control pipe: ``{"retention": {"routes": {route: seconds}, "default": seconds}}`` and
 ``{"review": {policy}}`` (which interactions it queues for review after each batch, ``collectors/review/queue.py``;
@@ -16,9 +16,9 @@ batches wait for the first one, which comes with the config right after start) a
 (drain that long, report, exit). End of file there means the serving process is gone:
 stop now (at most the batch in flight is cut; the next start replays it, inserts are idempotent).
 
-Usage (``LoaderProcess`` in ``collectors/store/loader_process.py`` starts it)::
+Usage (``LoaderSupervisor`` in ``collectors/spool/loader_supervisor.py`` starts it)::
 
-    TURNOUT_STORE_DSN=sqlite:///turnout.db python -m collectors.store.loader --journal DIR --lock-fd 5 \\
+    TURNOUT_STORE_DSN=sqlite:///turnout.db python -m collectors.spool.loader_child --journal DIR --lock-fd 5 \\
         --control-fd 6 --report-fd 7 --dead-letter state/dead-letter.jsonl --idle
 """
 
@@ -36,15 +36,15 @@ from pathlib import Path
 
 import orjson
 
-from collectors.journal import Cursor
 from collectors.review.queue import ReviewPolicy, enqueue
+from collectors.spool.journal import Cursor
+from collectors.spool.report import Report
+from collectors.spool.writer import Writer
 from collectors.store import open_store
 from collectors.store.base import FeedbackRow, InteractionRow, Store
-from collectors.store.report import Report
 from collectors.store.retention import retention_loop
-from collectors.store.writer import Writer
 
-log = logging.getLogger("collectors.store.loader")
+log = logging.getLogger("collectors.spool.loader_child")
 
 DSN_ENV = "TURNOUT_STORE_DSN"
 POLICY_WAIT_S = 30.0  # a review policy that has not come by then: batches go on without review (logged)

@@ -1,4 +1,4 @@
-"""The serving process's side of the capture loader (``collectors/store/loader.py``): starts it, applies its
+"""The serving process's side of the capture loader (``collectors/spool/loader_child.py``): starts it, applies its
 reports to the metrics and the journal's accounting, restarts it if it dies, and drains it at shutdown.
 
 The loader gets the journal's lock fd (``pass_fds``: flock locks belong to the open file description, so the
@@ -7,7 +7,7 @@ gone, SIGKILL included) and a report pipe; the store URL goes in its environment
 
 Usage::
 
-    loader = LoaderProcess("sqlite:///turnout.db", journal, metrics=metrics, dead_letter=state_dir / "dl.jsonl")
+    loader = LoaderSupervisor("sqlite:///turnout.db", journal, metrics=metrics, dead_letter=state_dir / "dl.jsonl")
     await loader.start()                        # waits for its first report: is the store available?
     loader.retention({"support-bot": 86400.0}, None)
     loader.degraded, loader.idle
@@ -29,11 +29,11 @@ from pathlib import Path
 import orjson
 
 import collectors
-from collectors.journal import Journal
 from collectors.metrics import Metrics
+from collectors.spool.journal import Journal
+from collectors.spool.loader_child import DSN_ENV
+from collectors.spool.report import Report
 from collectors.store.base import Claimed
-from collectors.store.loader import DSN_ENV
-from collectors.store.report import Report
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ STEER_S = 1.0  # how often the serving process looks at how far behind the loade
 _ROOT = str(Path(collectors.__file__).resolve().parent.parent)
 
 
-class LoaderProcess:
+class LoaderSupervisor:
     def __init__(
         self,
         store_dsn: str,
@@ -150,7 +150,7 @@ class LoaderProcess:
         command = [
             sys.executable,
             "-m",
-            "collectors.store.loader",
+            "collectors.spool.loader_child",
             "--journal",
             str(self.journal.directory),
             "--lock-fd",

@@ -7,7 +7,7 @@ bytes are in the page cache and survive a crash of the process (no fsync on the 
 ``Cursor`` reads a directory from its ``checkpoint`` (how far the store has it) and, once the store
 committed a batch, moves the checkpoint and deletes the segments it has passed. Directories whose lock is
 free belong to a process that is gone; the loader adopts them, replays them and removes them. The loader is a
-child process (``collectors/store/loader.py``): it inherits the lock fd, so the directory stays owned while
+child process (``collectors/spool/loader_child.py``): it inherits the lock fd, so the directory stays owned while
 either process lives, and it tells the journal's owner how far it got (``Journal.loaded``).
 
 Usage::

@@ -1,5 +1,5 @@
 """The batch writer: drains journals into the store in bounded batches (in the loader process, off the
-serving process: see ``collectors/store/loader.py``).
+serving process: see ``collectors/spool/loader_child.py``).
 
 It tails the serving process's journal (and first replays journals left by processes that died), writes each
 batch in one transaction and only then moves the journal checkpoint, so nothing leaves the spool before it is
@@ -32,9 +32,9 @@ from typing import Any
 
 import orjson
 
-from collectors.journal import Cursor, adopt, release
+from collectors.spool.journal import Cursor, adopt, release
+from collectors.spool.report import Report
 from collectors.store.base import FeedbackRow, InteractionRow, Store, StoreUnavailable
-from collectors.store.report import Report
 
 log = logging.getLogger(__name__)
 

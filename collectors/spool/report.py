@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from collectors.journal import Position
+from collectors.spool.journal import Position
 from collectors.store.base import Claimed
 
 
