@@ -24,8 +24,8 @@ from collectors.capture import encode, interaction_payload
 from collectors.datasets.build import Spec, build
 from collectors.redact import Redactor
 from collectors.review.queue import ReviewPolicy, enqueue
+from collectors.spool.writer import decode
 from collectors.store import open_store
-from collectors.store.writer import decode
 from tests.collectors.records import interaction
 from tests.harness import GatewayProcess, write_config
 

@@ -142,7 +142,9 @@ async def enqueue(
     found = await candidates(store, interactions, feedback, policy)
     if not found:
         return 0
-    statements = [(_QUEUE, (request_id, reason, now)) for request_id, reason in sorted(found.items())]
+    statements: list[tuple[str, Sequence[Any]]] = [
+        (_QUEUE, (request_id, reason, now)) for request_id, reason in sorted(found.items())
+    ]
     locked = store.name.startswith("postgres")
     if locked:
         # one batch may touch the counts of several routes (review_counts): loaders queue one at a time, so two
