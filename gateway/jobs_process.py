@@ -53,7 +53,9 @@ class JobsProcess:
             path = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-P", "-m", "gateway.jobs_process", str(self.config_path),
-                stdin=asyncio.subprocess.PIPE, cwd=_ROOT, env={**os.environ, "PYTHONPATH": path},
+                # the serving process's working directory: a relative sqlite:///turnout.db, state_dir and
+                # datasets_dir mean the same files here (-P and PYTHONPATH find the code)
+                stdin=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": path},
             )  # fmt: skip
             code = await self.proc.wait()
             log.error("jobs process exited with %s; restarting it in %.1fs", code, delay)
