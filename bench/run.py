@@ -1,7 +1,8 @@
 """Benchmark harness: every subject in front of the same mock upstream, measured side by side.
 
 Subjects: direct (no proxy), passthrough (bench/passthrough.py), turnout-plain (capture off), turnout
-(defaults: capture + metrics), turnout-shadow (one shadow at 100 %), nginx and litellm when installed.
+(defaults: capture + metrics), turnout-shadow (one shadow at 100 %), nginx and litellm when installed; on
+request, turnout-w2 (``--workers 2`` on both CPUs) and turnout-base (``turnout`` from ``--base-root``: A/B).
 The proxy runs on CPU 0; wrk, the asyncio clients, the mock and this harness on CPU 1. Every repetition
 measures every subject once per figure, and the ratios are computed within each repetition.
 
@@ -38,17 +39,23 @@ from bench.subjects import (
 
 PROXY_CPU = 0
 LOAD_CPU = 1
-ALL_SUBJECTS = ["direct", "passthrough", "turnout-plain", "turnout", "turnout-shadow", "turnout-drift", "nginx",
-                "litellm"]  # fmt: skip
+ALL_SUBJECTS = ["direct", "passthrough", "turnout-plain", "turnout", "turnout-shadow", "turnout-drift", "turnout-w2",
+                "turnout-base", "nginx", "litellm"]  # fmt: skip
+DEFAULT_SUBJECTS = [s for s in ALL_SUBJECTS if s not in ("turnout-w2", "turnout-base")]
 # name -> (capture, shadow, drift): turnout-drift is turnout with a drift check every minute (its jobs child included)
 TURNOUT_SUBJECTS = {
     "turnout-plain": (False, False, False),
     "turnout": (True, False, False),
     "turnout-shadow": (True, True, False),
     "turnout-drift": (True, False, True),
+    "turnout-w2": (True, False, False),  # `--workers 2` on both CPUs (the load shares the second one)
+    "turnout-base": (True, False, False),  # `turnout` from the --base-root checkout: an A/B within one run
 }
 RATIOS = [
     ("turnout", "passthrough"),
+    ("turnout-w2", "turnout"),
+    ("turnout", "turnout-base"),
+    ("turnout-base", "passthrough"),
     ("turnout-plain", "passthrough"),
     ("turnout-shadow", "turnout"),
     ("turnout-drift", "turnout"),
@@ -69,9 +76,11 @@ def start_subjects(args: argparse.Namespace, workdir: Path, mock_url: str) -> li
             subjects.append(start_passthrough(workdir, PROXY_CPU, mock_url))
         elif name in TURNOUT_SUBJECTS:
             capture, shadow, drift = TURNOUT_SUBJECTS[name]
+            workers, cpus = (2, f"{PROXY_CPU},{LOAD_CPU}") if name == "turnout-w2" else (1, str(PROXY_CPU))
+            root = args.base_root if name == "turnout-base" else args.gateway_root
             subjects.append(
                 start_turnout(
-                    workdir, PROXY_CPU, mock_url, args.gateway_root, name, capture=capture, shadow=shadow, drift=drift
+                    workdir, cpus, mock_url, root, name, capture=capture, shadow=shadow, drift=drift, workers=workers
                 )
             )
         elif name == "nginx":
@@ -200,12 +209,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=100, help="open-loop requests/s (default 100)")
     parser.add_argument("--events", type=int, default=32, help="SSE events per streamed answer")
     parser.add_argument("--event-delay-ms", type=float, default=1.0, help="spacing of the mock's SSE events")
-    parser.add_argument("--subjects", nargs="+", default=ALL_SUBJECTS, choices=ALL_SUBJECTS)
+    parser.add_argument("--subjects", nargs="+", default=DEFAULT_SUBJECTS, choices=ALL_SUBJECTS)
     parser.add_argument("--gateway-root", type=Path, default=REPO_ROOT, help="checkout holding gateway/")
+    parser.add_argument("--base-root", type=Path, help="checkout the turnout-base subject runs (an A/B of a change)")
     parser.add_argument("--litellm", help="LiteLLM proxy binary (default: `litellm` on PATH, if it works)")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     parser.add_argument("--readme", action="store_true", help="write the tables into bench/README.md")
     args = parser.parse_args()
+    if "turnout-base" in args.subjects and args.base_root is None:
+        parser.error("the turnout-base subject needs --base-root")
     args.reps = args.reps or (2 if args.quick else 3)
     args.duration = args.duration or (2.0 if args.quick else 10.0)
     args.stream_duration = args.stream_duration or (2.0 if args.quick else 6.0)
@@ -250,7 +262,7 @@ def main() -> None:
     if results["turnout"].get("startup_s"):
         ordered.setdefault("turnout", {})["startup_s"] = results["turnout"]["startup_s"]
     figures = [f"cpu_us_c{c}" for c in args.connections] + ["stream_cpu_us_per_event"]
-    figures += [f"rps_c{c}" for c in args.connections]
+    figures += [f"rps_c{c}" for c in args.connections] + ["added_p50_ms_c1"]
     ratio_values = ratios(ordered, figures)
     settings = (
         f"Gateway at commit {commit(args.gateway_root)}; {args.reps} repetitions; "

@@ -38,7 +38,7 @@ def free_port() -> int:
 
 
 def spawn(
-    command: list[str], cpu: int, log: Path, *, cwd: Path | None = None, env: dict[str, str] | None = None
+    command: list[str], cpu: int | str, log: Path, *, cwd: Path | None = None, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
     """Start `command` pinned to `cpu`, its output in `log` (taskset execs, so the pid is the command's)."""
     with log.open("ab") as out:
@@ -135,7 +135,7 @@ def turnout_config(
     return path
 
 
-def turnout_command(config: Path, port: int) -> list[str]:
+def turnout_command(config: Path, port: int, workers: int = 1) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -147,6 +147,8 @@ def turnout_command(config: Path, port: int) -> list[str]:
         "127.0.0.1",
         "--port",
         str(port),
+        "--workers",
+        str(workers),
     ]
 
 
@@ -156,7 +158,7 @@ def turnout_env(gateway_root: Path) -> dict[str, str]:
 
 def start_turnout(
     workdir: Path,
-    cpu: int,
+    cpu: int | str,
     mock_url: str,
     gateway_root: Path,
     name: str,
@@ -164,10 +166,11 @@ def start_turnout(
     capture: bool,
     shadow: bool,
     drift: bool = False,
+    workers: int = 1,
 ) -> Subject:
     port = free_port()
     config = turnout_config(workdir, name, mock_url, port, capture=capture, shadow=shadow, drift=drift)
-    command = turnout_command(config, port)
+    command = turnout_command(config, port, workers)
     process = spawn(command, cpu, workdir / f"{name}.log", cwd=config.parent, env=turnout_env(gateway_root))
     url = f"http://127.0.0.1:{port}"
     wait_ready(url + "/readyz", process, 60, body=None)
