@@ -7,7 +7,8 @@ every random draw comes from ``rng`` (so a seeded RNG gives the same ``Facts`` e
 
 Usage::
 
-    facts = decide(gen.config, gw.rng, body, headers, caller, len(raw),
+    routes = route_views(config)  # once per config generation: ``Generation.routes``
+    facts = decide(routes, gw.rng, body, headers, caller, len(raw),
                    request_id=new_id(), ts=time.time(), t0=time.perf_counter())
 """
 
@@ -24,6 +25,36 @@ from gateway.errors import BadRequest, NotFound
 from policies.capture import should_capture
 from policies.routing import choose_variant, unit_id
 from policies.shadows import pick_shadows
+
+
+@dataclass(frozen=True, slots=True)
+class RouteView:
+    """What ``decide`` reads of one route, taken from the config once per generation (not per request)."""
+
+    experiment: str
+    sticky_by: str
+    variants: Mapping[str, float]
+    sample: float  # capture.sample
+    shadows: tuple[tuple[str, float], ...]  # (upstream, sample) of the shadows with a positive sample
+    shadow_max_bytes: float  # shadow.max_body_mb in bytes: a larger request is not mirrored
+    refused: frozenset[str]  # the named clients whose ``routes`` leave this route out
+
+
+def route_views(config: Config) -> dict[str, RouteView]:
+    max_bytes = config.shadow.max_body_mb * 1024 * 1024
+    clients = config.auth.clients
+    return {
+        name: RouteView(
+            experiment=route.experiment or name,
+            sticky_by=route.sticky_by,
+            variants=route.variants,
+            sample=route.capture.sample,
+            shadows=tuple((s.upstream, s.sample) for s in route.shadows if s.sample > 0),
+            shadow_max_bytes=max_bytes,
+            refused=frozenset(c for c, conf in clients.items() if conf.routes is not None and name not in conf.routes),
+        )
+        for name, route in config.routes.items()
+    }
 
 
 @dataclass(slots=True)
@@ -80,7 +111,7 @@ def request_tags(header: bytes | None) -> tuple[str, ...]:
 
 
 def decide(
-    config: Config,
+    routes: Mapping[str, RouteView],
     rng: random.Random,
     body: dict[str, Any],
     headers: Mapping[bytes, bytes],
@@ -94,11 +125,10 @@ def decide(
     """The ``Facts`` of a parsed request of ``size`` bytes; raises ``NotFound`` (no such route, or one outside a
     named client's ``routes``) or ``BadRequest`` (a forced variant the route does not have)."""
     route_name = body["model"]
-    route = config.routes.get(route_name)
-    named = config.auth.clients.get(caller.client) if caller.client else None
-    if route is None or (named is not None and named.routes is not None and route_name not in named.routes):
+    route = routes.get(route_name)
+    if route is None or (caller.client is not None and caller.client in route.refused):
         raise NotFound(f"unknown model {route_name!r}: no route of that name", param="model")
-    experiment = route.experiment or route_name
+    experiment = route.experiment
     forced = headers.get(b"x-turnout-variant") if caller.admin else None
     key = sticky_key(route.sticky_by, headers, body, caller.key)
     if forced:
@@ -108,9 +138,12 @@ def decide(
     else:
         variant = choose_variant(experiment, key, route.variants, rng)
     opted_out = headers.get(b"x-turnout-no-capture", b"").strip() in (b"1", b"true")
-    capture = should_capture(route.capture.sample, opted_out=opted_out, rng=rng)
-    eligible = not opted_out and size <= config.shadow.max_body_mb * 1024 * 1024
-    shadows, skipped = pick_shadows(((s.upstream, s.sample) for s in route.shadows), rng, eligible=eligible)
+    capture = should_capture(route.sample, opted_out=opted_out, rng=rng)
+    if route.shadows:
+        eligible = not opted_out and size <= route.shadow_max_bytes
+        shadows, skipped = pick_shadows(route.shadows, rng, eligible=eligible)
+    else:
+        shadows, skipped = [], []
     return Facts(
         request_id=request_id,
         ts=ts,

@@ -40,7 +40,7 @@ from gateway.errors import (
 from gateway.generation import Generation
 from gateway.limits import check_shape
 from gateway.outcome import Outcome
-from gateway.retry import Attempts, plan
+from gateway.retry import Attempts
 from gateway.runtime import Gateway
 from gateway.stream import SSETee, relay
 from gateway.upstream import Reply
@@ -164,12 +164,11 @@ class Endpoint:
         body: dict[str, Any] | None = None
         try:
             caller = gen.keys.client(headers.get(b"authorization"))
-            limit = int(gen.config.server.max_body_mb * 1024 * 1024)
             async with asyncio.timeout(gen.config.server.body_timeout_s):
-                raw = await read_body(receive, limit, headers.get(b"content-length"))
+                raw = await read_body(receive, gen.max_body_bytes, headers.get(b"content-length"))
             body = parse_body(raw, self.endpoint)
             facts = decide(
-                gen.config, gw.rng, body, headers, caller, len(raw),
+                gen.routes, gw.rng, body, headers, caller, len(raw),
                 request_id=new_id(), ts=time.time(), t0=time.perf_counter(),
             )  # fmt: skip
             if caller.client is not None:
@@ -207,7 +206,7 @@ class Call:
         self.answered: asyncio.Future[Interaction] | None = None  # shadows compare against it
         self.shutting = False
         self.task: asyncio.Task[None] | None = None
-        candidates, deadline_s = plan(gen.config, facts.route, facts.variant)
+        candidates, deadline_s = gen.plans[facts.route, facts.variant]
         self.attempts = Attempts(
             gen, candidates=candidates, deadline=time.monotonic() + deadline_s, guard=gw.resilience
         )

@@ -26,7 +26,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.config import Config
 from gateway.errors import UpstreamFailure, UpstreamTimeout, UpstreamUnreachable
 from gateway.generation import Generation
 from gateway.resilience import Resilience
@@ -37,14 +36,6 @@ log = logging.getLogger(__name__)
 BACKOFF_BASE_S = 0.1
 BACKOFF_CAP_S = 2.0
 MIN_ATTEMPT_S = 0.05  # an attempt with less time than this left is not started
-
-
-def plan(config: Config, route: str, variant: str) -> tuple[list[str], float]:
-    """The upstreams to try for this request, in order, and the route deadline in seconds."""
-    conf = config.routes[route]
-    candidates = [variant, *conf.fallbacks]
-    deadline_s = conf.timeout_s or max(config.upstreams[name].timeout_s for name in candidates)
-    return candidates, deadline_s
 
 
 def backoff(retry: int, rng_random: Callable[[], float]) -> float:

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from gateway.config import Upstream
 from gateway.dummy import DummyClient
@@ -25,6 +26,7 @@ from gateway.errors import UpstreamFailure, UpstreamTimeout, UpstreamUnreachable
 from gateway.reply import JSON, SSE, Reply, sse_event
 
 log = logging.getLogger(__name__)
+SAME_TIMEOUT_S = 0.01  # a first attempt's time left is its upstream's timeout less what routing took: the same
 PATHS = {"chat.completions": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
 
 
@@ -50,22 +52,29 @@ class OpenAIClient:
         self.name = name
         self.model = conf.model
         self.base = (conf.base_url or "").rstrip("/")
+        self.urls = {endpoint: URL(self.base + path) for endpoint, path in PATHS.items()}  # parsed once
         self.timeout_s = conf.timeout_s
         self.connect_timeout_s = conf.connect_timeout_s
+        self.timeout = self._timeout(conf.timeout_s)  # an attempt with the upstream's whole timeout uses this one
         self.session = session
         self.headers = {"content-type": JSON, **(headers or {})}
         if api_key:
             self.headers["authorization"] = f"Bearer {api_key}"
+
+    def _timeout(self, total: float) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(total=total, sock_connect=min(total, self.connect_timeout_s))
 
     async def call(
         self, endpoint: str, body: dict[str, Any], *, stream: bool, request_id: str, timeout_s: float | None = None
     ) -> Reply:
         payload = orjson.dumps({**body, "model": self.model})
         headers = {**self.headers, "x-turnout-request-id": request_id}
-        total = self.timeout_s if timeout_s is None else timeout_s
-        timeout = aiohttp.ClientTimeout(total=total, sock_connect=min(total, self.connect_timeout_s))
+        if timeout_s is None or timeout_s > self.timeout_s - SAME_TIMEOUT_S:
+            total, timeout = self.timeout_s, self.timeout
+        else:
+            total, timeout = timeout_s, self._timeout(timeout_s)
         try:
-            resp = await self.session.post(self.base + PATHS[endpoint], data=payload, headers=headers, timeout=timeout)
+            resp = await self.session.post(self.urls[endpoint], data=payload, headers=headers, timeout=timeout)
         except aiohttp.ConnectionTimeoutError:
             raise UpstreamUnreachable(f"upstream {self.name!r} did not accept a connection in time") from None
         except TimeoutError:

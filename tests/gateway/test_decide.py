@@ -10,7 +10,7 @@ import pytest
 
 from gateway.auth import Caller
 from gateway.config import Config, parse_config
-from gateway.decide import Facts, decide, sticky_key
+from gateway.decide import Facts, decide, route_views, sticky_key
 from gateway.errors import BadRequest, NotFound
 from policies.routing import sticky_variant
 
@@ -42,7 +42,15 @@ def run(config: Config, route: str, *, headers: dict[bytes, bytes] | None = None
         rng: random.Random | None = None, size: int = 10, **body: Any) -> Facts:  # fmt: skip
     request = {"model": route, "messages": [{"role": "user", "content": "hi"}], **body}
     return decide(
-        config, rng or random.Random(0), request, headers or {}, caller, size, request_id="r1", ts=1.5, t0=2.5
+        route_views(config),
+        rng or random.Random(0),
+        request,
+        headers or {},
+        caller,
+        size,
+        request_id="r1",
+        ts=1.5,
+        t0=2.5,
     )
 
 
