@@ -28,6 +28,7 @@ from typing import Any
 import aiohttp
 from prometheus_client import CollectorRegistry
 
+from collectors.datasets.manifest import UnknownVersion, parse_ref
 from collectors.evals.answer import Call, Reply, answer_of
 from collectors.evals.calibration import judge_pairs, read_gold
 from collectors.evals.runner import CaseResult, mean_score, pass_rate, run_cases
@@ -171,6 +172,16 @@ async def calibrate(suite: Suite, call: Call, *, concurrency: int = 8) -> tuple[
     return kappa, [f"judge {judge!r} calibrated: Cohen's kappa {kappa:.2f} >= {floor} on {len(pairs)} examples"]
 
 
+def lineage(dataset: str | None) -> str | None:
+    """The dataset version an evaluated model was trained on, spelled as ``turnout dataset list`` does."""
+    if dataset is None:
+        return None
+    try:
+        return "@".join(parse_ref(dataset))
+    except UnknownVersion:
+        return dataset
+
+
 async def run_suite(
     config: Config,
     suite: Suite,
@@ -203,7 +214,7 @@ async def run_suite(
             )
     conf = config.upstreams[upstream]
     header = RunHeader(
-        new_id(), suite.name, suite.sha256, upstream, conf.model, route, conf.dataset, source, time.time(),
+        new_id(), suite.name, suite.sha256, upstream, conf.model, route, lineage(conf.dataset), source, time.time(),
         len(suite.cases), suite.threshold,
     )  # fmt: skip
     if store is not None:

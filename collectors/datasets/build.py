@@ -3,13 +3,14 @@
 The examples are the route's primary chat interactions that pass the filters: with ``reviewed: approved`` the
 items a person approved (an edited answer replaces the model's); otherwise those whose latest feedback passes
 ``label`` / ``min_score``, never one a person rejected. A feedback ``correction`` replaces the answer unless a
-reviewer's edit came later in the pipeline (an edit always wins). Each line is redacted with the capture
-redaction (secrets always, the route's ``capture.redact`` kinds), then near-duplicate prompts are collapsed:
-two examples whose prompts (every message before the answer, plus tools) are equal after Unicode NFKC,
-case-folding, dropping punctuation and collapsing whitespace are one, and the latest interaction wins (its
-review is the most recent judgement). Lines are canonical JSON (sorted keys, no spaces, UTF-8) in interaction
-order (time, then id), so the same inputs give the same bytes and the same sha256 on any machine. A build whose
-``train.jsonl`` would equal the latest version's writes nothing.
+reviewer's edit came later in the pipeline (an edit always wins). Redaction reuses the capture redaction: captured
+text had secrets and the route's ``capture.redact`` kinds masked when it was journaled, a reviewer's edit gets the
+whole redaction here, and the route's current kinds apply to every line (a kind added since capture too). Then
+near-duplicate prompts are collapsed: two examples whose prompts (every message before the answer, plus tools) are
+equal after Unicode NFKC, case-folding, dropping punctuation and collapsing whitespace are one, and the latest
+interaction wins (its review is the most recent judgement). Lines are canonical JSON (sorted keys, no spaces,
+UTF-8) in interaction order (time, then id), so the same inputs give the same bytes and the same sha256 on any
+machine. A build whose ``train.jsonl`` would equal the latest version's writes nothing.
 
 Usage::
 
@@ -26,7 +27,7 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +36,12 @@ import orjson
 from collectors.datasets.manifest import build_lock, latest, publish, version_name, versions
 from collectors.export import chat_line, iso
 from collectors.redact import Redactor
-from collectors.review.items import CHUNK, records_for
+from collectors.review.items import feedback_by_owner
 from collectors.store.base import Query, Store, feedback_summary, joined
 
 _PUNCT = re.compile(r"[^\w\s]", re.UNICODE)
 _SPACE = re.compile(r"\s+")
+PAGE = 2000  # approved items read per query
 
 
 @dataclass(frozen=True)
@@ -95,18 +97,25 @@ def prompt_key(line: dict[str, Any]) -> str:
 
 
 async def _reviewed(store: Store, spec: Spec, cutoff: float | None) -> AsyncIterator[tuple[dict[str, Any], str | None]]:
-    sql = "SELECT id, answer FROM review_items WHERE route = $1 AND status = 'approved'"
-    args: list[Any] = [spec.route]
-    if cutoff is not None:
-        sql += " AND ts >= $2"
-        args.append(cutoff)
-    approved = await store.fetch(sql + " ORDER BY ts, id", *args)
-    for start in range(0, len(approved), CHUNK):
-        chunk = approved[start : start + CHUNK]
-        records = await records_for(store, [str(r[0]) for r in chunk])
-        for item_id, answer in chunk:
-            if str(item_id) in records:
-                yield records[str(item_id)], answer
+    """Approved items with their stored interaction, a page at a time (one join, then the page's feedback)."""
+    after: tuple[float, str] = (float("-inf"), "")
+    while True:
+        rows = await store.fetch(
+            "SELECT r.ts, r.id, r.answer, i.response_id, i.record FROM review_items r "
+            "JOIN interactions i ON i.request_id = r.id WHERE r.route = $1 AND r.status = 'approved' AND r.ts >= $2 "
+            "AND (r.ts > $3 OR (r.ts = $3 AND r.id > $4)) ORDER BY r.ts, r.id LIMIT $5",
+            spec.route, float("-inf") if cutoff is None else cutoff, after[0], after[1], PAGE,
+        )  # fmt: skip
+        if not rows:
+            return
+        after = (float(rows[-1][0]), str(rows[-1][1]))
+        feedback = await feedback_by_owner(store, [(str(r[1]), r[3]) for r in rows])
+        for _, item_id, answer, _, record in rows:
+            data = orjson.loads(record)
+            data["feedback"] = feedback.get(str(item_id), [])
+            yield data, answer
+        if len(rows) < PAGE:
+            return
 
 
 async def _by_feedback(store: Store, spec: Spec, cutoff: float | None) -> AsyncIterator[tuple[dict[str, Any], None]]:
@@ -117,21 +126,24 @@ async def _by_feedback(store: Store, spec: Spec, cutoff: float | None) -> AsyncI
             yield record, None
 
 
-def _example(record: dict[str, Any], answer: str | None, spec: Spec) -> Example | None:
+def _example(record: dict[str, Any], answer: str | None, spec: Spec, redactor: Redactor) -> Example | None:
     label, score, correction = feedback_summary(record.get("feedback", []))
     if spec.label is not None and label != spec.label:
         return None
     if spec.min_score is not None and (score is None or score < spec.min_score):
         return None
-    if answer is not None:
-        record = {**record, "feedback": [*record.get("feedback", []), {"correction": {"content": answer}}]}
+    if answer is not None:  # a reviewer's text never went through capture: all of the redaction
+        edit = {"correction": {"content": redactor.text(answer)}}
+        record = {**record, "feedback": [*record.get("feedback", []), edit]}
     line = chat_line(record)
     if line is None:
         return None
     source = "edited" if answer is not None else ("feedback" if spec.reviewed is None else "approved")
     if answer is None and correction is not None:
         source = "corrected"
-    return Example(record["request_id"], float(record["ts"]), record["route"], record["variant"], label, source, line)
+    line = redactor.optional(line)  # captured text had its secrets masked at capture; kinds added since apply too
+    it = (record["request_id"], float(record["ts"]), record["route"], record["variant"], label, source)
+    return Example(*it, line, canonical(line))
 
 
 async def collect(store: Store, spec: Spec, *, now: float) -> tuple[list[Example], dict[str, int]]:
@@ -142,12 +154,10 @@ async def collect(store: Store, spec: Spec, *, now: float) -> tuple[list[Example
     kept: dict[str, Example] = {}
     skipped = collapsed = 0
     async for record, answer in source:
-        example = _example(record, answer, spec)
+        example = _example(record, answer, spec, redactor)
         if example is None:
             skipped += 1
             continue
-        # one pass over the serialised line (as capture does), not one per string value
-        example = replace(example, data=redactor.line(canonical(redactor.optional(example.line))))
         key = prompt_key(example.line)
         previous = kept.get(key)
         if previous is not None:

@@ -109,6 +109,23 @@ def _marks(n: int, start: int = 1) -> str:
     return ", ".join(f"${i}" for i in range(start, start + n))
 
 
+async def feedback_by_owner(store: Store, owners: Sequence[tuple[str, str | None]]) -> dict[str, list[dict[str, Any]]]:
+    """request id -> its feedback objects, oldest first, for (request id, response id) pairs of primaries."""
+    response_ids = sorted({rid for _, rid in owners if rid})
+    found = await store.feedback_for([i for i, _ in owners], response_ids) if owners else []
+    keyed = sorted({fb.response_id for fb in found if fb.request_id is None and fb.response_id})
+    latest = await store.latest_for(keyed) if keyed else {}  # only feedback keyed by response id needs it
+    attached: dict[str, list[Any]] = {}
+    for fb in found:
+        owner = fb.request_id if fb.request_id is not None else latest.get(fb.response_id or "")
+        if owner is not None:
+            attached.setdefault(owner, []).append(fb)
+    return {
+        owner: [orjson.loads(fb.record) for fb in sorted(fbs, key=lambda fb: (fb.ts, fb.feedback_id))]
+        for owner, fbs in attached.items()
+    }
+
+
 async def records_for(store: Store, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
     """request id -> the stored interaction with its ``feedback`` (oldest first), for primaries among ``ids``."""
     found: dict[str, dict[str, Any]] = {}
@@ -118,19 +135,10 @@ async def records_for(store: Store, ids: Sequence[str]) -> dict[str, dict[str, A
             f"SELECT request_id, response_id, record FROM interactions WHERE request_id IN ({_marks(len(chunk))})",
             *chunk,
         )
-        response_ids = sorted({str(r[1]) for r in rows if r[1]})
-        feedback = await store.feedback_for([str(r[0]) for r in rows], response_ids) if rows else []
-        keyed = sorted({fb.response_id for fb in feedback if fb.request_id is None and fb.response_id})
-        owners = await store.latest_for(keyed) if keyed else {}  # only feedback keyed by response id needs it
-        attached: dict[str, list[Any]] = {}
-        for fb in feedback:
-            owner = fb.request_id if fb.request_id is not None else owners.get(fb.response_id or "")
-            if owner is not None:
-                attached.setdefault(owner, []).append(fb)
+        feedback = await feedback_by_owner(store, [(str(r[0]), r[1]) for r in rows])
         for request_id, _, record in rows:
             data = orjson.loads(record)
-            mine = sorted(attached.get(str(request_id), ()), key=lambda fb: (fb.ts, fb.feedback_id))
-            data["feedback"] = [orjson.loads(fb.record) for fb in mine]
+            data["feedback"] = feedback.get(str(request_id), [])
             found[str(request_id)] = data
     return found
 

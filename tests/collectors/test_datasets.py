@@ -156,6 +156,11 @@ async def test_redaction_and_feedback_filters(store: Store, tmp_path: Path) -> N
     assert secret not in text and "ana@example.com" not in text
     assert "[redacted:secret]" in text and "[redacted:email]" in text
     await decide(store, "p3", Decision("approve", "ana"), now=7.0)
+    await decide(store, "p1", Decision("edit", "ana", answer=f"use the key {secret} or bo@example.org"), now=7.0)
+    reviewed = await build(store, tmp_path / "r", Spec("r", route="bot", redact=frozenset({"email"})), now=2e9)
+    edited = (tmp_path / "r" / "r" / "v0001" / "train.jsonl").read_text()
+    assert reviewed.manifest["ids"] == ["p1", "p3"] and secret not in edited and "bo@example.org" not in edited
+    assert "use the key [redacted:secret] or [redacted:email]" in edited
     result = await build(store, tmp_path / "d", spec, now=2e9)
     assert (
         result.manifest["ids"] == ["p1", "p3"]

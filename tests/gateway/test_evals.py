@@ -262,7 +262,7 @@ async def test_runs_are_stored(tmp_path: Path, dsn: str) -> None:
         runs = await list_runs(store, now=time.time())
         assert {r.upstream for r in runs} == {"good", "worse"}
         good = next(r for r in runs if r.upstream == "good")
-        assert good.status == "complete" and good.dataset == "sup@v3" and good.model == "good"
+        assert good.status == "complete" and good.dataset == "sup@v0003" and good.model == "good"
         assert good.cases == 30 and good.pass_rate == cmp.baseline.pass_rate and good.source == "compare"
         assert good.suite_sha256 == cmp.baseline.header.suite_sha256 and good.finished is not None
         results = await run_results(store, good.run_id)
