@@ -2,8 +2,10 @@
 and shapes the result for the terminal, ``--json`` and ``--html``.
 
 The window is the whole experiment (its ``experiment`` name on the route) unless a rollout is on a step, whose
-weights are then the ones in force since the step began; that step's start opens the window (weights must
-be constant over the window for the sample-ratio check to mean anything).
+weights are then the ones in force since the step began; the window opens ``SETTLE_S`` after the step's start,
+once every replica serves the step's weights (they must be constant over the window for the sample-ratio check
+to mean anything: a user still sent to the control in the seconds a replica takes to apply the step would be
+counted on both sides, and at a few hundred requests a second that alone fails the check).
 
 Usage::
 
@@ -24,6 +26,8 @@ from gateway.config import Config
 from gateway.rollout_state import plan_of, state_of
 from policies.experiments import METRICS, Decision, Settings, Sums, decide, metric_of
 from policies.rollout import State, candidate_percent, effective_weights
+
+SETTLE_S = 5.0  # each serving process reads rollout state every 2 s and applies it at once: 5 s covers every replica
 
 
 def settings_for(config: Config, route: str) -> Settings:
@@ -57,13 +61,14 @@ async def window(store: Store, config: Config, route: str, now: float) -> tuple[
         plan, state = plan_of(row), state_of(row)
         if row.phase in ("step", "paused") and plan.candidate in weights:
             pct = candidate_percent(plan, state)
-            return row.since, now, effective_weights(weights, plan, state), f"rollout step {pct} % (current)"
+            since = min(row.since + SETTLE_S, now)
+            return since, now, effective_weights(weights, plan, state), f"rollout step {pct} % (current)"
         steps = [a for a in await rollouts.audit_log(store, route, limit=200) if a.ts >= row.started_at]
         last = next((a for a in steps if a.to_phase == "step"), None)  # newest first
         if last is not None and plan.candidate in weights:
             at = State("step", plan.steps.index(last.to_percent or 0), last.ts, row.started_at)
             what = f"rollout step {last.to_percent} % (the last one, before {row.phase.replace('_', ' ')})"
-            return last.ts, row.since, effective_weights(weights, plan, at), what
+            return min(last.ts + SETTLE_S, row.since), row.since, effective_weights(weights, plan, at), what
     first = await store.fetch(
         "SELECT MIN(ts) FROM interactions WHERE route = $1 AND experiment = $2 AND role = 'primary'",
         route,

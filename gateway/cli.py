@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from gateway import dataset_cli, drift_cli, eval_cli
+from gateway import dataset_cli, demo, drift_cli, eval_cli
 from gateway.config import ConfigError, duration_seconds, load_config
 from gateway.deploy_cli import add_commands
 
@@ -178,6 +178,7 @@ def parser() -> argparse.ArgumentParser:
     drift_cli.add_parser(sub)
     add_commands(sub)
     dataset_cli.add_parsers(sub)
+    demo.add_parser(sub)
     return top
 
 
