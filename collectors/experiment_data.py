@@ -18,26 +18,30 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from collectors.store.base import Store
+from collectors.store.base import SAME_CALLER_SQL, Store
 
 BUCKETS = 12
 SERIES_ROWS = 200_000  # the series (charts) reads at most about this many interactions: a sample of users beyond
 METRICS = ("requests", "error_rate", "latency", "feedback_score", "thumbs_up", "task_completed", "tokens")
 
 # feedback per answer (several ratings of one answer averaged): keyed by request id, or by the upstream's
-# response id for feedback that carries only that (exact where response ids are unique, as SPEC says)
-_FEEDBACK = """
+# response id for feedback that carries only that (exact where response ids are unique, as SPEC says); only
+# feedback from the caller that made the request, or from the admin key, counts (SAME_CALLER_SQL)
+_FEEDBACK = f"""
 fb AS MATERIALIZED (
-    SELECT request_id AS rid, AVG(score) AS score,
-           AVG(CASE WHEN label = 'good' THEN 1.0 WHEN label = 'bad' THEN 0.0 END) AS up,
-           AVG(task_completed * 1.0) AS done
-      FROM feedback WHERE request_id IS NOT NULL GROUP BY request_id
+    SELECT f.request_id AS rid, AVG(f.score) AS score,
+           AVG(CASE WHEN f.label = 'good' THEN 1.0 WHEN f.label = 'bad' THEN 0.0 END) AS up,
+           AVG(f.task_completed * 1.0) AS done
+      FROM feedback f JOIN interactions i ON i.request_id = f.request_id AND {SAME_CALLER_SQL}
+     WHERE i.route = $1 GROUP BY f.request_id
 ),
 fr AS MATERIALIZED (
-    SELECT response_id AS rid, AVG(score) AS score,
-           AVG(CASE WHEN label = 'good' THEN 1.0 WHEN label = 'bad' THEN 0.0 END) AS up,
-           AVG(task_completed * 1.0) AS done
-      FROM feedback WHERE request_id IS NULL AND response_id IS NOT NULL GROUP BY response_id
+    SELECT f.response_id AS rid, COALESCE(i.caller, '') AS who, AVG(f.score) AS score,
+           AVG(CASE WHEN f.label = 'good' THEN 1.0 WHEN f.label = 'bad' THEN 0.0 END) AS up,
+           AVG(f.task_completed * 1.0) AS done
+      FROM feedback f JOIN interactions i ON i.response_id = f.response_id AND i.role = 'primary'
+       AND {SAME_CALLER_SQL}
+     WHERE f.request_id IS NULL AND i.route = $1 GROUP BY f.response_id, COALESCE(i.caller, '')
 )"""
 _REQUEST = """
            CASE WHEN i.outcome IN ('upstream_error', 'timeout') OR i.status >= 500 THEN 1 ELSE 0 END AS err,
@@ -45,6 +49,7 @@ _REQUEST = """
            COALESCE(i.tokens, 0) AS tok, COALESCE(fb.score, fr.score) AS score, COALESCE(fb.up, fr.up) AS up,
            COALESCE(fb.done, fr.done) AS done
       FROM interactions i LEFT JOIN fb ON fb.rid = i.request_id LEFT JOIN fr ON fr.rid = i.response_id
+           AND fr.who = COALESCE(i.caller, '')
      WHERE i.route = $1 AND i.experiment = $2 AND i.role = 'primary' AND i.ts >= $3 AND i.ts < $4"""
 _PER_GROUP = """COUNT(*) AS n, SUM(err) AS err, SUM(lat) AS lat, SUM(tok) AS tok,
            COALESCE(SUM(score), 0) AS sc, COUNT(score) AS nsc, COALESCE(SUM(up), 0) AS up, COUNT(up) AS nup,
@@ -84,7 +89,7 @@ running AS (
 )
 SELECT v, b, COALESCE(nb, $6) AS nb, {_OVER_USERS}
   FROM running GROUP BY v, b, COALESCE(nb, $6)
-"""
+""".replace("SAME_CALLER", SAME_CALLER_SQL)  # feedback counts only from the caller who made the request
 
 _LATENCY_SQL = """
 SELECT variant, CAST(FLOOR(LN(CASE WHEN latency_ms > 0.01 THEN latency_ms ELSE 0.01 END) * 20) AS INTEGER) AS k,

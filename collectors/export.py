@@ -38,12 +38,13 @@ def iso(ts: float) -> str:
 
 
 def raw_line(record: dict[str, Any]) -> dict[str, Any]:
-    out = {key: record.get(key) for key in RECORD_FIELDS}
+    out = {key: record.get(key) for key in RECORD_FIELDS if key != "caller"}  # the caller hash stays in the store
     out["ts"] = iso(record["ts"])
     if record.get("sanitized"):
         out["sanitized"] = record["sanitized"]
     out["feedback"] = [
-        {**{k: v for k, v in fb.items() if k != "k"}, "ts": iso(fb["ts"])} for fb in record.get("feedback", ())
+        {**{k: v for k, v in fb.items() if k not in ("k", "caller")}, "ts": iso(fb["ts"])}
+        for fb in record.get("feedback", ())
     ]
     return out
 

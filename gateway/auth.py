@@ -5,8 +5,13 @@ key matched) and the raw values live in ``Secrets`` alone.
 
 A named client (``auth.clients``) is a key with a name: ``Caller.client`` says which.
 
+Feedback joins an interaction only when it comes from the same caller, so each stored interaction and feedback
+carries ``Keys.caller_hash``: an HMAC (keyed by ``auth.caller_key_env``, else the admin key) of the client key,
+or with no client auth of the user (``x-turnout-user``, the body's ``user``, else the bearer token); the admin
+key is ``*`` and joins anything.
+
 Usage: ``keys = Keys(["k1"], admin="a1", named={"billing-app": "k2"})``; ``caller = keys.client(auth_header)``
-raises ``Unauthorized``.
+raises ``Unauthorized``; ``keys.caller_hash(caller, user)``.
 """
 
 from __future__ import annotations
@@ -40,12 +45,33 @@ def bearer(header: bytes | None) -> bytes | None:
     return token
 
 
+ADMIN_CALLER = "*"
+
+
 class Keys:
-    def __init__(self, client: Iterable[str], admin: str | None, *, named: Mapping[str, str | None] = {}) -> None:
+    def __init__(
+        self,
+        client: Iterable[str],
+        admin: str | None,
+        *,
+        named: Mapping[str, str | None] = {},
+        caller_key: str | None = None,
+    ) -> None:
         self.client_digests = frozenset(_digest(k) for k in client)
         self.named = {_digest(key): name for name, key in named.items() if key}  # auth.clients
         self.admin_digest = _digest(admin) if admin else None
         self.open = not self.client_digests and not self.named
+        self._caller_key = _digest("turnout caller v1\0" + (caller_key or admin or ""))
+
+    def caller_hash(self, caller: Caller, user: str | None) -> str:
+        """Who is calling, as stored with interactions and feedback (never the key itself)."""
+        if caller.admin:
+            return ADMIN_CALLER
+        if self.open:
+            identity = "user:" + (user or caller.key or "")
+        else:
+            identity = "key:" + (caller.key or "")
+        return hmac.new(self._caller_key, identity.encode(), hashlib.sha256).hexdigest()[:32]
 
     def _is_admin(self, digest: bytes) -> bool:
         return self.admin_digest is not None and hmac.compare_digest(digest, self.admin_digest)

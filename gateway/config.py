@@ -91,6 +91,7 @@ class Auth(_Model):
     client_keys_env: EnvName | None = None
     admin_key_env: EnvName | None = None
     clients: dict[str, NamedClient] = {}
+    caller_key_env: EnvName | None = None  # keys the stored caller hashes; default: the admin key
 
 
 class UpstreamPrice(_Model):
@@ -337,9 +338,11 @@ class Secrets:
     upstream_keys: Mapping[str, str | None]
     store_dsn: str
     named_keys: Mapping[str, str | None] = field(default_factory=dict)  # auth.clients: name -> key
+    caller_key: str | None = None
 
     def values(self) -> list[str]:
-        found = [*self.client_keys, self.admin_key, *self.upstream_keys.values(), *self.named_keys.values()]
+        found = [*self.client_keys, self.admin_key, self.caller_key, *self.upstream_keys.values()]
+        found += self.named_keys.values()
         return [v for v in found if v]
 
 
@@ -433,9 +436,10 @@ def resolve_secrets(config: Config, environ: Mapping[str, str]) -> tuple[Secrets
         name: read(f"upstreams.{name}.api_key_env", up.api_key_env) for name, up in config.upstreams.items()
     }
     dsn = read("store_env", config.store_env) if config.store_env else config.store
+    caller_key = read("auth.caller_key_env", config.auth.caller_key_env)
     client_keys = frozenset(k.strip() for k in (client_raw or "").split(",") if k.strip())
     named = {name: read(f"auth.clients.{name}.key_env", c.key_env) for name, c in config.auth.clients.items()}
-    return Secrets(client_keys, admin, upstream_keys, dsn or config.store, named), errors
+    return Secrets(client_keys, admin, upstream_keys, dsn or config.store, named, caller_key), errors
 
 
 def parse_config(
@@ -475,6 +479,9 @@ def parse_config(
     if errors or config is None:
         raise ConfigError(path, errors)
     secrets, _ = resolve_secrets(config, env)  # its missing variables are in env_errors (unless check_env is off)
+    if check_env and not secrets.client_keys and env.get(keys_env := config.auth.client_keys_env or ""):
+        # "," or " " must not load as "no client keys": that would leave the gateway open to any token
+        raise ConfigError(path, [f"auth.client_keys_env: environment variable {keys_env} holds no key"])
     return Loaded(config, secrets, hashlib.sha256(text).hexdigest(), Path(path))
 
 

@@ -76,6 +76,8 @@ class Facts:
     override_ignored: bool = False  # x-turnout-variant came without the admin key
     client: str | None = None  # the named client (auth.clients) that sent it
     tags: tuple[str, ...] = ()  # x-turnout-tags
+    caller: str | None = None  # ``Keys.caller_hash`` of who sent it: feedback joins only from the same caller
+    correlation_id: str = ""  # what upstreams and shadows see (never the request id, the feedback key)
 
 
 def sticky_key(
@@ -121,6 +123,8 @@ def decide(
     request_id: str,
     ts: float,
     t0: float,
+    caller_hash: str | None = None,
+    correlation_id: str = "",
 ) -> Facts:
     """The ``Facts`` of a parsed request of ``size`` bytes; raises ``NotFound`` (no such route, or one outside a
     named client's ``routes``) or ``BadRequest`` (a forced variant the route does not have)."""
@@ -160,4 +164,6 @@ def decide(
         override_ignored=not caller.admin and b"x-turnout-variant" in headers,
         client=caller.client,
         tags=request_tags(headers.get(b"x-turnout-tags")),
+        caller=caller_hash,
+        correlation_id=correlation_id,
     )

@@ -1,8 +1,10 @@
 """``POST /v1/feedback``: validate a feedback object and make it durable (the capture journal) before ``202``.
 
 The key is ``request_id`` (Turnout's, from ``x-turnout-request-id``) or ``response_id`` (the ``id`` of the
-answer body); an id not (yet) stored is accepted too: feedback is joined to its interaction when read.
-Wrong types are a 400 naming the field; unknown fields are ignored.
+answer body); an id not (yet) stored is accepted too: feedback is joined to its interaction when read, and
+only when it comes from the caller that made the request or from the admin key (``Keys.caller_hash`` is
+stored with it). Feedback from anyone else is answered the same 202 and never joined. Wrong types are a 400
+naming the field; unknown fields are ignored.
 
 Usage: ``Route("/v1/feedback", feedback_endpoint, methods=["POST"])``.
 """
@@ -94,13 +96,17 @@ async def _read(request: Request) -> bytes:
 async def feedback_endpoint(request: Request) -> Response:
     gw: Gateway = request.state.gateway
     try:
-        gw.generation.keys.client(request.headers.get("authorization", "").encode("latin-1") or None)
+        keys = gw.generation.keys
+        caller = keys.client(request.headers.get("authorization", "").encode("latin-1") or None)
         raw = await _read(request)
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise BadRequest(f"request body is not valid JSON: {exc.msg}") from None
         fields = validate(body)
+        user = request.headers.get("x-turnout-user") or (body["user"] if isinstance(body.get("user"), str) else None)
+        # joined only to this caller's interactions (the admin key: any); the answer is the same either way
+        fields["caller"] = keys.caller_hash(caller, user)
         try:
             feedback_id = gw.sink.feedback(fields)
         except CaptureUnavailable as exc:

@@ -96,4 +96,6 @@ class Outcome:
             tags=facts.tags,
             cost_usd=cost_usd(self.usage, self.price),
             extra=extra,
+            caller=facts.caller,
+            correlation_id=facts.correlation_id,
         )

@@ -108,9 +108,18 @@ def parse_body(raw: bytes, endpoint: str) -> dict[str, Any]:
     return body
 
 
+def _user(headers: dict[bytes, bytes], body: dict[str, Any]) -> str | None:
+    """The user a request names (``x-turnout-user``, else the body's ``user``): with no client auth, the caller."""
+    user = headers.get(b"x-turnout-user")
+    if user:
+        return user.decode("latin-1")
+    return body["user"] if isinstance(body.get("user"), str) else None
+
+
 def _response_headers(facts: Facts) -> list[tuple[bytes, bytes]]:
     headers = [
         (b"x-turnout-request-id", facts.request_id.encode()),
+        (b"x-turnout-correlation-id", facts.correlation_id.encode()),  # what the upstream saw (not a feedback key)
         (b"x-turnout-route", facts.route.encode()),
         (b"x-turnout-variant", facts.variant.encode()),
     ]
@@ -170,6 +179,7 @@ class Endpoint:
             facts = decide(
                 gen.routes, gw.rng, body, headers, caller, len(raw),
                 request_id=new_id(), ts=time.time(), t0=time.perf_counter(),
+                caller_hash=gen.keys.caller_hash(caller, _user(headers, body)), correlation_id=new_id(),
             )  # fmt: skip
             if caller.client is not None:
                 _admit(gw, gen, caller.client)
@@ -250,7 +260,7 @@ class Call:
 
     async def _reply(self, body: dict[str, Any], stream: bool) -> tuple[str, Reply]:
         """Run the attempts; a stream waiting longer than ``heartbeat_s`` gets its headers and SSE comments."""
-        call = self.attempts.run(self.endpoint, body, stream=stream, request_id=self.facts.request_id)
+        call = self.attempts.run(self.endpoint, body, stream=stream, request_id=self.facts.correlation_id)
         heartbeat_s = self.gen.config.server.heartbeat_s
         if not (stream and heartbeat_s):
             return await call

@@ -79,7 +79,7 @@ class Gateway:
         }
         values = tuple(sorted({s.encode() for s in secrets.values()}, key=len, reverse=True))
         shadow_clients = self.shadows.clients(config, secrets)
-        keys = Keys(secrets.client_keys, secrets.admin_key, named=secrets.named_keys)
+        keys = Keys(secrets.client_keys, secrets.admin_key, named=secrets.named_keys, caller_key=secrets.caller_key)
         self.generation = Generation(loaded, keys, clients, values, shadow_clients, upstream_prices(config))
         self.metrics.config_applied(loaded.sha256, *_exported(config))
         self.sink.configure(capture_policy(config, secrets.values()))

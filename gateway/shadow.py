@@ -6,8 +6,8 @@ slow shadow cannot starve another), and a task set holding strong references, dr
 ``shadow.drain_s`` on shutdown. Nothing here can delay, fail or change the primary: ``mirror`` only creates
 tasks, and each task catches everything it can raise. A shadow is never retried, is always sent whole
 (``stream`` removed, so a streamed primary gets a non-streamed shadow), with the model of its own upstream,
-that upstream's own key and never the client's, the primary's id in ``x-turnout-request-id`` and the
-marker ``x-turnout-shadow: 1``.
+that upstream's own key and never the client's, the primary's ``x-turnout-correlation-id`` (never the request
+id) and the marker ``x-turnout-shadow: 1``.
 
 Every sampled shadow is counted exactly once in ``turnout_shadow_requests_total``: ``ok``, ``error``,
 ``timeout``, or ``dropped`` (over the cap, or cut at shutdown). Each call that was made becomes an
@@ -153,7 +153,7 @@ class ShadowRunner:
         result = Outcome(upstream=job.shadow, outcome="upstream_error", price=job.price)
         try:
             async with asyncio.timeout(job.timeout_s):
-                reply = await job.client.call(job.endpoint, job.body, stream=False, request_id=job.facts.request_id)
+                reply = await job.client.call(job.endpoint, job.body, stream=False, request_id=job.facts.correlation_id)
         except (UpstreamTimeout, TimeoutError):
             result.status, result.outcome, result.error = 504, "timeout", f"shadow timed out after {job.timeout_s:g}s"
         except UpstreamFailure as exc:

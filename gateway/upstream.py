@@ -1,6 +1,7 @@
 """The one seam to model endpoints: OpenAI pass-through, litellm translation, and a built-in dummy.
 
-Every kind answers ``call(endpoint, body, stream=..., request_id=...)`` with a ``Reply``: a status, a content
+Every kind answers ``call(endpoint, body, stream=..., request_id=...)`` (``request_id`` is the correlation id,
+sent as ``x-turnout-correlation-id``; never the feedback key) with a ``Reply``: a status, a content
 type and either a whole body or an async iterator of raw SSE bytes. Transport failures raise
 ``UpstreamFailure`` / ``UpstreamTimeout`` naming the upstream, never its key. This module is the only
 importer of litellm, imported lazily so start-up stays fast when no litellm upstream is configured.
@@ -68,7 +69,7 @@ class OpenAIClient:
         self, endpoint: str, body: dict[str, Any], *, stream: bool, request_id: str, timeout_s: float | None = None
     ) -> Reply:
         payload = orjson.dumps({**body, "model": self.model})
-        headers = {**self.headers, "x-turnout-request-id": request_id}
+        headers = {**self.headers, "x-turnout-correlation-id": request_id}
         if timeout_s is None or timeout_s > self.timeout_s - SAME_TIMEOUT_S:
             total, timeout = self.timeout_s, self.timeout
         else:
@@ -206,7 +207,7 @@ class LitellmClient:
             kwargs["api_key"] = self.api_key
         if self.conf.base_url:
             kwargs["api_base"] = self.conf.base_url
-        kwargs["extra_headers"] = {**self.headers, "x-turnout-request-id": request_id}
+        kwargs["extra_headers"] = {**self.headers, "x-turnout-correlation-id": request_id}
         started = time.perf_counter()
         try:
             return await self._call(endpoint, kwargs, stream, total)

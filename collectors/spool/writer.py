@@ -79,6 +79,7 @@ def decode(line: bytes) -> Item:
             _text(data.get("client")),
             orjson.dumps(data["tags"]).decode() if data.get("tags") else None,
             _number(data.get("cost_usd")),
+            data.get("caller"),
         )
     if data["k"] == "f":
         score = data.get("score")
@@ -91,6 +92,7 @@ def decode(line: bytes) -> Item:
             data.get("label"),
             record,
             int(done) if isinstance(done := data.get("task_completed"), bool) else None,
+            data.get("caller"),
         )
     raise ValueError(f"unknown journal record kind {data['k']!r}")
 

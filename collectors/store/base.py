@@ -49,6 +49,7 @@ class InteractionRow(NamedTuple):
     client: str | None = None  # the named client that sent it
     tags: str | None = None  # its tags as a JSON array (x-turnout-tags)
     cost_usd: float | None = None
+    caller: str | None = None  # keyed hash of who made the request, "*" for the admin key, None before release 2
 
 
 class FeedbackRow(NamedTuple):
@@ -60,6 +61,7 @@ class FeedbackRow(NamedTuple):
     label: str | None
     record: str  # the whole feedback object as JSON text
     task_completed: int | None = None  # 1, 0 or not said
+    caller: str | None = None  # keyed hash of who gave it, "*" for the admin key, None before release 2
 
 
 class Claimed(NamedTuple):
@@ -100,7 +102,11 @@ class Store(Protocol):
         ...
 
     async def latest_for(self, response_ids: Sequence[str]) -> dict[str, str]:
-        """response_id -> request_id of the latest primary interaction carrying it."""
+        """response_id -> request_id of the latest primary interaction carrying it (whoever made it)."""
+        ...
+
+    async def primaries_for(self, response_ids: Sequence[str]) -> list[tuple[str, str, str | None]]:
+        """(response_id, request_id, caller) of every primary interaction carrying one of them, oldest first."""
         ...
 
     async def delete_expired(self, cutoff: float, route: str | None, keep_routes: Sequence[str], limit: int) -> int:
@@ -127,6 +133,17 @@ class Store(Protocol):
     async def transact(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[int]:
         """Run several statements in one transaction; returns the rows each changed."""
         ...
+
+
+ADMIN_CALLER = "*"
+# the SQL form of ``same_caller`` (feedback f, interaction i), the same on both backends
+SAME_CALLER_SQL = "(f.caller = '*' OR COALESCE(f.caller, '') = COALESCE(i.caller, ''))"
+
+
+def same_caller(feedback_caller: str | None, interaction_caller: str | None) -> bool:
+    """Feedback joins an interaction only from the caller that made it, or from the admin key; feedback and
+    interactions stored before callers were recorded (both None) keep joining each other."""
+    return feedback_caller == ADMIN_CALLER or feedback_caller == interaction_caller
 
 
 def feedback_summary(feedback: list[dict[str, Any]]) -> tuple[str | None, float | None, dict[str, Any] | None]:
@@ -157,11 +174,16 @@ async def joined(store: Store, query: Query, page_size: int = 500) -> AsyncItera
                 by_request.setdefault(fb.request_id, []).append(fb)
             elif fb.response_id is not None:
                 by_response.setdefault(fb.response_id, []).append(fb)
-        owners = await store.latest_for(sorted(by_response)) if by_response else {}
+        owners: dict[str, list[tuple[str, str | None]]] = {}
+        for rid, req, caller in await store.primaries_for(sorted(by_response)) if by_response else ():
+            owners.setdefault(rid, []).append((req, caller))
         for row in rows:
-            attached = list(by_request.get(row.request_id, ()))
-            if row.response_id and owners.get(row.response_id) == row.request_id:
-                attached += by_response.get(row.response_id, ())
+            attached = [fb for fb in by_request.get(row.request_id, ()) if same_caller(fb.caller, row.caller)]
+            for fb in by_response.get(row.response_id or "", ()) if row.role == "primary" else ():
+                # by response id: the latest primary with that id among those this caller may rate
+                mine = [req for req, caller in owners.get(fb.response_id or "", ()) if same_caller(fb.caller, caller)]
+                if mine and mine[-1] == row.request_id:
+                    attached.append(fb)
             attached.sort(key=lambda fb: (fb.ts, fb.feedback_id))
             record = orjson.loads(row.record)
             record["feedback"] = [orjson.loads(fb.record) for fb in attached]

@@ -293,6 +293,8 @@ _POSTGRES_REVIEW_COUNTS = [
     "FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION review_count()",
 ]
 
+_CALLER = ["ALTER TABLE interactions ADD COLUMN caller TEXT", "ALTER TABLE feedback ADD COLUMN caller TEXT"]
+
 MIGRATIONS: list[tuple[int, str, dict[str, list[str]]]] = [
     (1, "interactions and feedback", {"sqlite": _SQLITE_V1, "postgres": _POSTGRES_V1}),
     (2, "job state and leases", {"sqlite": [_JOBS.format(real="REAL")], "postgres": [_JOBS.format(real="FLOAT8")]}),
@@ -335,6 +337,9 @@ MIGRATIONS: list[tuple[int, str, dict[str, list[str]]]] = [
         },
     ),
     (11, "review counts", {"sqlite": _SQLITE_REVIEW_COUNTS, "postgres": _POSTGRES_REVIEW_COUNTS}),
+    # who made a request and who gave feedback (a keyed hash, "*" for the admin key): feedback joins only its
+    # own caller's interactions. Rows of earlier releases keep NULL: such feedback joins only such interactions.
+    (12, "caller of interactions and feedback", {"sqlite": _CALLER, "postgres": _CALLER}),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -20,7 +20,7 @@ from typing import Any
 
 import asyncpg
 
-from collectors.store.base import Claimed, FeedbackRow, InteractionRow, Query, StoreUnavailable
+from collectors.store.base import SAME_CALLER_SQL, Claimed, FeedbackRow, InteractionRow, Query, StoreUnavailable
 from collectors.store.migrations import MIGRATIONS, TRACKING
 
 _MIGRATION_LOCK = 0x7475726E  # "turn"
@@ -41,21 +41,22 @@ _INSERT_FEEDBACK = (
     + ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_TYPES_F))
     + ") ON CONFLICT (feedback_id) DO NOTHING"
 )
-_CLAIM = """
-SELECT f.feedback_id, i.route, i.variant, f.label, f.score, i.ts FROM feedback f
-  JOIN interactions i ON i.request_id = f.request_id WHERE NOT f.counted AND f.feedback_id = ANY($1::text[])
-UNION ALL
-SELECT f.feedback_id, i.route, i.variant, f.label, f.score, i.ts FROM feedback f
-  JOIN interactions i ON i.request_id = f.request_id WHERE NOT f.counted AND f.request_id = ANY($2::text[])
-UNION ALL
-SELECT f.feedback_id, i.route, i.variant, f.label, f.score, i.ts FROM feedback f
-  JOIN interactions i ON i.response_id = f.response_id AND i.role = 'primary'
-  WHERE NOT f.counted AND f.request_id IS NULL AND f.feedback_id = ANY($1::text[])
-UNION ALL
-SELECT f.feedback_id, i.route, i.variant, f.label, f.score, i.ts FROM feedback f
-  JOIN interactions i ON i.response_id = f.response_id AND i.role = 'primary'
-  WHERE NOT f.counted AND f.request_id IS NULL AND f.response_id = ANY($3::text[])
-"""
+_CLAIM_SELECT = "SELECT f.feedback_id, i.route, i.variant, f.label, f.score, i.ts FROM feedback f JOIN interactions i"
+_CLAIM = " UNION ALL ".join(
+    f"{_CLAIM_SELECT} ON {join} WHERE NOT f.counted AND {where} AND {SAME_CALLER_SQL}"
+    for join, where in (
+        ("i.request_id = f.request_id", "f.feedback_id = ANY($1::text[])"),
+        ("i.request_id = f.request_id", "f.request_id = ANY($2::text[])"),
+        (
+            "i.response_id = f.response_id AND i.role = 'primary'",
+            "f.request_id IS NULL AND f.feedback_id = ANY($1::text[])",
+        ),
+        (
+            "i.response_id = f.response_id AND i.role = 'primary'",
+            "f.request_id IS NULL AND f.response_id = ANY($3::text[])",
+        ),
+    )
+)
 # SQLSTATE classes meaning "the database as a whole cannot take writes now"
 _UNAVAILABLE_STATES = ("08", "53", "57", "58", "25006")
 
@@ -200,13 +201,16 @@ class PostgresStore:
         return [FeedbackRow(*r) for r in rows]
 
     async def latest_for(self, response_ids: Sequence[str]) -> dict[str, str]:
+        return {rid: req for rid, req, _ in await self.primaries_for(response_ids)}  # the latest wins
+
+    async def primaries_for(self, response_ids: Sequence[str]) -> list[tuple[str, str, str | None]]:
         pool = await self._connect()
         rows = await pool.fetch(
-            "SELECT DISTINCT ON (response_id) response_id, request_id FROM interactions "
-            "WHERE role = 'primary' AND response_id = ANY($1::text[]) ORDER BY response_id, ts DESC, request_id DESC",
+            "SELECT response_id, request_id, caller FROM interactions "
+            "WHERE role = 'primary' AND response_id = ANY($1::text[]) ORDER BY ts, request_id",
             list(response_ids),
         )
-        return {r[0]: r[1] for r in rows}
+        return [(r[0], r[1], r[2]) for r in rows]
 
     async def delete_expired(self, cutoff: float, route: str | None, keep_routes: Sequence[str], limit: int) -> int:
         pool = await self._connect()

@@ -22,7 +22,7 @@ from typing import Any, ParamSpec, TypeVar
 import aiosqlite
 import orjson
 
-from collectors.store.base import Claimed, FeedbackRow, InteractionRow, Query, StoreUnavailable
+from collectors.store.base import SAME_CALLER_SQL, Claimed, FeedbackRow, InteractionRow, Query, StoreUnavailable
 from collectors.store.migrations import MIGRATIONS, TRACKING
 
 _INSERT_INTERACTION = (
@@ -37,10 +37,10 @@ _INSERT_FEEDBACK = (
 _CLAIM_SELECT = (
     "SELECT f.feedback_id, i.route, i.variant, f.label, f.score, i.ts FROM feedback f CROSS JOIN interactions i"
 )
-_BY_REQUEST = " ON i.request_id = f.request_id WHERE f.counted = 0 AND f.{key} IN ({marks})"
+_BY_REQUEST = " ON i.request_id = f.request_id WHERE f.counted = 0 AND f.{key} IN ({marks}) AND " + SAME_CALLER_SQL
 _BY_RESPONSE = (
     " ON i.response_id = f.response_id AND i.role = 'primary' WHERE f.counted = 0 AND f.request_id IS NULL"
-    " AND f.{key} IN ({marks})"
+    " AND f.{key} IN ({marks}) AND " + SAME_CALLER_SQL
 )
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 _BUSY_TIMEOUT_MS = 2000  # several workers share one file; longer means an outage
@@ -257,15 +257,18 @@ class SQLiteStore:
         )
         return [FeedbackRow(*r) for r in await db.execute_fetchall(sql, (*request_ids, *response_ids))]
 
-    @_locked
     async def latest_for(self, response_ids: Sequence[str]) -> dict[str, str]:
+        return {rid: req for rid, req, _ in await self.primaries_for(response_ids)}  # the latest wins
+
+    @_locked
+    async def primaries_for(self, response_ids: Sequence[str]) -> list[tuple[str, str, str | None]]:
         db = await self._connect()
         rows = await db.execute_fetchall(
-            f"SELECT response_id, request_id FROM interactions WHERE role = 'primary' AND response_id IN "
+            f"SELECT response_id, request_id, caller FROM interactions WHERE role = 'primary' AND response_id IN "
             f"({_marks(len(response_ids))}) ORDER BY ts, request_id",
             tuple(response_ids),
         )
-        return {str(rid): str(req) for rid, req in rows}  # later rows overwrite earlier: the latest wins
+        return [(str(rid), str(req), caller) for rid, req, caller in rows]
 
     @_locked
     async def delete_expired(self, cutoff: float, route: str | None, keep_routes: Sequence[str], limit: int) -> int:

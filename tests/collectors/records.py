@@ -26,6 +26,7 @@ def interaction(
     status: int = 200,
     request: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    caller: str | None = None,
 ) -> Interaction:
     rid = response_id or f"chatcmpl-{request_id}"
     return Interaction(
@@ -54,4 +55,5 @@ def interaction(
         capture=True,
         response_id=rid,
         extra=extra or {},
+        caller=caller,
     )

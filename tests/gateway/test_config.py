@@ -194,3 +194,10 @@ def test_yaml_11_booleans_stay_names() -> None:
     config = parse_config(text.encode(), "t.yaml", {}).config
     assert set(config.upstreams) == {"on", "no"} and set(config.routes) == {"yes"}
     assert parse_config(b"upstreams: {}\nroutes: {}\nserver: {port: 1}", "t.yaml", {}).config.server.port == 1
+
+
+@pytest.mark.parametrize("value", [",", " ", " , ,", "\t"])
+def test_client_keys_that_parse_to_no_key_are_an_error_not_an_open_gateway(value: str) -> None:
+    # security finding 6: "," or " " used to load as "no client keys", and any token was accepted
+    env = {"T_KEYS": value, "T_ADMIN": "a", "T_UP": "u", "T_STORE": "sqlite:///x.db"}
+    assert "auth.client_keys_env: environment variable T_KEYS holds no key" in errors_of(GOOD, env=env)

@@ -92,11 +92,11 @@ async def hammer(gw: Served, clients: int, seconds: float) -> list[tuple[int, st
 
 
 def by_request(records: list[Recorded], model: str) -> dict[str, list[Recorded]]:
-    """The fake's records for ``model``, grouped by the gateway's request id, in arrival order."""
+    """The fake's records for ``model``, grouped by the gateway's correlation id, in arrival order."""
     groups: dict[str, list[Recorded]] = defaultdict(list)
     for rec in records:
         if isinstance(rec.body, dict) and rec.body.get("model") == model:
-            groups[rec.headers["x-turnout-request-id"]].append(rec)
+            groups[rec.headers["x-turnout-correlation-id"]].append(rec)
     return groups
 
 
@@ -171,7 +171,7 @@ async def test_a_route_without_fallback_still_gets_a_fast_502_when_the_budget_is
         refused = attempts(gw, "down", "budget_exhausted")
     down = by_request(fake_openai.requests, "down-model")
     assert {resp.status_code for resp, _ in replies} == {502}
-    tries = [(len(down[resp.headers["x-turnout-request-id"]]), took) for resp, took in replies]
+    tries = [(len(down[resp.headers["x-turnout-correlation-id"]]), took) for resp, took in replies]
     cut = [took for n, took in tries if n == 1]
     full = [took for n, took in tries if n == 4]
     # 20 in flight → 4 concurrent retries; the others stop after their first attempt instead of 4 attempts

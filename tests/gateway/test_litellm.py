@@ -122,7 +122,10 @@ def test_request_id_sent_dropped_fields_warned_once_one_log_line_per_call(
     for _ in range(3):
         resp = httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=20)
         assert resp.status_code == 200, resp.text
-        assert fake_anthropic.requests[-1].headers["x-turnout-request-id"] == resp.headers["x-turnout-request-id"]
+        sent = fake_anthropic.requests[-1].headers
+        # a correlation id, never the request id (the feedback key: security finding 2)
+        assert len(sent["x-turnout-correlation-id"]) == 32 and "x-turnout-request-id" not in sent
+        assert sent["x-turnout-correlation-id"] != resp.headers["x-turnout-request-id"]
         assert "temperature" not in fake_anthropic.requests[-1].body  # null means the provider's default
     out = gw.output()
     assert out.count("does not pass the request field 'x_custom' on") == 1
@@ -138,4 +141,5 @@ def test_openai_fields_litellm_accepts_are_passed_on(gw: GatewayProcess, oai: Fa
     assert resp.status_code == 200, resp.text
     seen = oai.requests[-1]
     assert {k: seen.body.get(k) for k in extra} == extra
-    assert seen.headers["x-turnout-request-id"] == resp.headers["x-turnout-request-id"]
+    assert seen.headers["x-turnout-correlation-id"] != resp.headers["x-turnout-request-id"]
+    assert "x-turnout-request-id" not in seen.headers

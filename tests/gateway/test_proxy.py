@@ -55,7 +55,10 @@ def test_chat_plain_with_the_official_sdk(gw: Served, fake_openai: FakeOpenAI) -
     (seen,) = fake_openai.requests
     assert seen.body["model"] == "up-model" and seen.body["temperature"] == 0.2
     assert seen.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
-    assert seen.headers["x-turnout-request-id"] == raw.headers["x-turnout-request-id"]
+    # upstreams get a correlation id, never the request id (the feedback key)
+    assert "x-turnout-request-id" not in seen.headers
+    assert len(seen.headers["x-turnout-correlation-id"]) == 32
+    assert seen.headers["x-turnout-correlation-id"] != raw.headers["x-turnout-request-id"]
     assert gw.metric("turnout_requests_total", route="bot", variant="main", role="primary", code="2xx") == 1
 
 

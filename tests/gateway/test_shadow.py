@@ -216,7 +216,7 @@ def test_a_flood_beyond_max_in_flight_is_dropped_and_counted(rig: Rig) -> None:
     assert 0 < peak <= CAP
 
 
-def test_shadow_fidelity_own_key_marker_and_request_id(rig: Rig) -> None:
+def test_shadow_fidelity_own_key_marker_and_correlation_id(rig: Rig) -> None:
     extra = {
         "temperature": 0.3,
         "max_tokens": 50,
@@ -226,10 +226,12 @@ def test_shadow_fidelity_own_key_marker_and_request_id(rig: Rig) -> None:
     for stream in (False, True):
         response = rig.chat("mirrored", f"fidelity {stream}", stream=stream, **extra)
         assert response.status_code == 200
-        request_id = response.headers["x-turnout-request-id"]
+        primary = [r for r in rig.primary.requests if f"fidelity {stream}" in json.dumps(r.body)]
+        cid = primary[-1].headers["x-turnout-correlation-id"]
+        assert cid != response.headers["x-turnout-request-id"]  # never the feedback key
         deadline = time.monotonic() + 5
         while not (
-            seen := [r for r in rig.received("cand-model") if r.headers.get("x-turnout-request-id") == request_id]
+            seen := [r for r in rig.received("cand-model") if r.headers.get("x-turnout-correlation-id") == cid]
         ):
             assert time.monotonic() < deadline
             time.sleep(0.02)
@@ -344,7 +346,7 @@ routes:
     assert not any(bad in log for bad in CLEAN_LOG), log
 
 
-def test_a_litellm_shadow_gets_the_marker_the_primary_id_and_its_own_key(
+def test_a_litellm_shadow_gets_the_marker_the_correlation_id_and_its_own_key(
     tmp_path: Path, fake_openai: FakeOpenAI, fake_anthropic: FakeAnthropic
 ) -> None:
     cfg = write_config(
@@ -364,5 +366,7 @@ routes:
         assert response.status_code == 200
         (seen,) = fake_anthropic.wait_for(1, timeout=20)
         assert seen.headers["x-turnout-shadow"] == "1" and seen.headers["x-api-key"] == SHADOW_KEY
-        assert seen.headers["x-turnout-request-id"] == response.headers["x-turnout-request-id"]
+        (primary,) = fake_openai.requests
+        assert seen.headers["x-turnout-correlation-id"] == primary.headers["x-turnout-correlation-id"]
+        assert "x-turnout-request-id" not in seen.headers  # the feedback key never leaves the gateway
         assert CLIENT_KEY not in json.dumps(seen.headers) and not seen.body.get("stream")

@@ -59,7 +59,7 @@ class Setup:
         return Facts(
             request_id=uuid.uuid4().hex, ts=time.time(), t0=time.perf_counter(), route="bot", experiment="bot",
             variant="prod", body={"model": "bot", "messages": [{"role": "user", "content": "hi"}], **body},
-            stream=bool(body.get("stream")), capture=True, shadows=shadows,
+            stream=bool(body.get("stream")), capture=True, shadows=shadows, correlation_id=uuid.uuid4().hex,
         )  # fmt: skip
 
     def count(self, shadow: str, outcome: str) -> float:
@@ -125,7 +125,7 @@ async def test_a_shadow_becomes_a_linked_scored_interaction_once_the_primary_is_
     labels = {"route": "bot", "shadow": "cand"}
     assert setup.registry.get_sample_value("turnout_shadow_agreement_sum", labels) == 1.0
     (received,) = fake_openai.requests
-    assert received.headers["x-turnout-request-id"] == facts.request_id
+    assert received.headers["x-turnout-correlation-id"] == facts.correlation_id != facts.request_id
 
 
 async def test_an_echoed_upstream_key_is_scrubbed_and_a_failed_primary_is_not_compared(
