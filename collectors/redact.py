@@ -181,3 +181,25 @@ def _walk(value: Any, fn: Callable[[str], str]) -> Any:
                 items.append(new)
         return value if items is None else items
     return value
+
+
+_SENSITIVE_PARAM = re.compile(r"pass|pwd|secret|token|key|sig|credential|auth", re.IGNORECASE)
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its user info's password and any sensitive query parameter masked (``***``): for DSNs and
+    base URLs shown in ``/admin/config`` and logs. The password may itself hold ``@``: the host is after the
+    last one. Text that is not a URL is returned as it is."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/") if "/" in rest.split("?", 1)[0] else (rest, "", "")
+    if "@" in authority:
+        user, _, host = authority.rpartition("@")
+        authority = f"{user.split(':', 1)[0]}:***@{host}" if ":" in user else f"***@{host}"
+    rest = authority + slash + path
+    base, q, query = rest.partition("?")
+    if q:
+        fields = [f.partition("=") for f in query.split("&")]
+        query = "&".join(k + eq + ("***" if eq and _SENSITIVE_PARAM.search(k) else v) for k, eq, v in fields)
+    return scheme + sep + base + q + query

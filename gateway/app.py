@@ -28,7 +28,8 @@ from collectors.metrics import Metrics, prune_dead_gauges
 from collectors.sink import Sink
 from collectors.stored_metrics import StoredMetrics
 from gateway.admission import Admission
-from gateway.config import ConfigError, Loaded, load_config, redacted
+from gateway.config import ConfigError, Loaded, load_config
+from gateway.config_view import redacted
 from gateway.errors import BadRequest, GatewayError, NotFound, RouteError, error_response
 from gateway.feedback import feedback_endpoint
 from gateway.jobs_process import JobsProcess

@@ -493,10 +493,3 @@ def load_config(
     except OSError as exc:
         raise ConfigError(path, [f"(file) cannot read: {exc.strerror}"]) from None
     return parse_config(text, path, environ, store_only=store_only, check_env=check_env)
-
-
-def redacted(config: Config) -> dict[str, Any]:
-    """The config as JSON-ready data for ``/admin/config``; it holds env names only, never values."""
-    data = config.model_dump(mode="json")
-    data["store"] = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", data["store"])
-    return data

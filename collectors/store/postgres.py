@@ -13,13 +13,13 @@ Usage: ``store = PostgresStore("postgresql://turnout@db/turnout"); await store.o
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import asyncpg
 
+from collectors.redact import mask_url
 from collectors.store.base import SAME_CALLER_SQL, Claimed, FeedbackRow, InteractionRow, Query, StoreUnavailable
 from collectors.store.migrations import MIGRATIONS, TRACKING
 
@@ -75,7 +75,7 @@ def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
 class PostgresStore:
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
-        self.name = "postgres:" + re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", dsn).split("://", 1)[-1]
+        self.name = "postgres:" + mask_url(dsn).split("://", 1)[-1]
         self._pool: asyncpg.Pool | None = None
 
     async def _connect(self) -> asyncpg.Pool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.config import ConfigError, load_config, parse_config, redacted
+from collectors.store.postgres import PostgresStore
+from gateway.config import ConfigError, load_config, parse_config
+from gateway.config_view import redacted
 from tests.harness import ROOT
 
 GOOD = """
@@ -201,3 +204,18 @@ def test_client_keys_that_parse_to_no_key_are_an_error_not_an_open_gateway(value
     # security finding 6: "," or " " used to load as "no client keys", and any token was accepted
     env = {"T_KEYS": value, "T_ADMIN": "a", "T_UP": "u", "T_STORE": "sqlite:///x.db"}
     assert "auth.client_keys_env: environment variable T_KEYS holds no key" in errors_of(GOOD, env=env)
+
+
+def test_admin_config_and_store_logs_mask_every_url_credential() -> None:
+    # security finding 11: a password holding "@", user info in a base URL and credentials in query parameters
+    # all came through /admin/config and the store's log name in clear
+    dsn = "postgresql://turnout:p@ss-canary@db:5432/x?sslmode=require&password=qp-canary"
+    text = GOOD.replace("http://127.0.0.1:1/v1", "https://bob:ui-canary@api.example.com/v1?api-key=ak-canary")
+    text = text.replace("store_env: T_STORE", f"store: '{dsn}'")
+    shown = json.dumps(redacted(parse_config(text.encode(), "t.yaml", ENV).config))
+    logged = PostgresStore(dsn).name
+    for canary in ("p@ss-canary", "ss-canary", "qp-canary", "ui-canary", "ak-canary"):
+        assert canary not in shown and canary not in logged
+    assert "postgresql://turnout:***@db:5432/x?sslmode=require&password=***" in shown
+    assert "https://bob:***@api.example.com/v1?api-key=***" in shown
+    assert logged == "postgres:turnout:***@db:5432/x?sslmode=require&password=***"
