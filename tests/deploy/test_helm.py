@@ -457,3 +457,16 @@ def test_notes_name_the_routes_and_warn_about_unsafe_defaults() -> None:
     for warning in ("SQLite on an emptyDir", "client_keys_env is not set"):
         assert warning in defaults and warning not in production
     assert "SQLite on an emptyDir" not in notes("sqlite-pvc")
+
+
+def test_runbook_urls_take_the_configured_base(tmp_path: Path) -> None:
+    extra = tmp_path / "runbook-values.yaml"
+    extra.write_text("prometheusRule:\n  runbookBaseUrl: https://github.com/acme/turnout/blob/v1/\n")
+    result = template(SCENARIOS["production"], extra)
+    assert result.returncode == 0, result.stderr
+    rule = one(tuple(d for d in yaml.safe_load_all(result.stdout) if d), "PrometheusRule")
+    alerts = [r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
+    assert len(alerts) >= 10
+    for r in alerts:
+        expected = f"https://github.com/acme/turnout/blob/v1/docs/runbook.md#{r['alert'].lower()}"
+        assert r["annotations"]["runbook_url"] == expected
