@@ -52,6 +52,11 @@ def answer_of(response: dict[str, Any] | None) -> Answer:
         return Answer("", (), tuple(_vector(item.get("embedding")) for item in data if isinstance(item, dict)))
     texts: list[str] = []
     tools: list[tuple[str, str]] = []
+    for item in response.get("output") or [] if response.get("object") == "response" else []:
+        if isinstance(item, dict) and item.get("type") == "message":  # the Responses API's output items
+            texts.append(_content(item.get("content")))
+        elif isinstance(item, dict) and item.get("type") == "function_call":
+            tools.append((str(item.get("name", "")), str(item.get("arguments", ""))))
     choices = response.get("choices")
     for choice in sorted((c for c in choices or [] if isinstance(c, dict)), key=lambda c: c.get("index") or 0):
         message = choice.get("message")

@@ -191,6 +191,7 @@ def create_app(
         Route("/v1/chat/completions", Endpoint("chat.completions"), methods=["POST"]),
         Route("/v1/completions", Endpoint("completions"), methods=["POST"]),
         Route("/v1/embeddings", Endpoint("embeddings"), methods=["POST"]),
+        Route("/v1/responses", Endpoint("responses"), methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/models/{model:path}", model, methods=["GET"]),
         Route("/v1/feedback", feedback_endpoint, methods=["POST"]),

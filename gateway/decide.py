@@ -144,7 +144,10 @@ def decide(
     opted_out = headers.get(b"x-turnout-no-capture", b"").strip() in (b"1", b"true")
     capture = should_capture(route.sample, opted_out=opted_out, rng=rng)
     if route.shadows:
-        eligible = not opted_out and size <= route.shadow_max_bytes
+        # a request that depends on upstream state (the Responses API's previous_response_id or conversation) is
+        # not mirrored: a shadow upstream does not hold that state
+        stateful = body.get("previous_response_id") is not None or body.get("conversation") is not None
+        eligible = not opted_out and not stateful and size <= route.shadow_max_bytes
         shadows, skipped = pick_shadows(route.shadows, rng, eligible=eligible)
     else:
         shadows, skipped = [], []

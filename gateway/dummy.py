@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from gateway.config import Upstream
+from gateway.dummy_responses import responses_reply, said
 from gateway.reply import JSON, SSE, Reply, sse_event
 
 MAX_CHOICES = 128  # n beyond this is answered with this many (a load-test server must stay bounded)
@@ -55,6 +56,8 @@ class DummyClient:
         rid = "dummy-" + request_id
         if endpoint == "embeddings":
             return Reply(200, JSON, orjson.dumps(self._embeddings(body)))
+        if endpoint == "responses":
+            return responses_reply(request_id, self.model, self._text(said(body)), body, stream)
         n = min(max(_int(body.get("n"), 1), 1), MAX_CHOICES)
         if endpoint == "chat.completions":
             messages = body.get("messages") or [{}]
@@ -71,7 +74,8 @@ class DummyClient:
         }
         head = {"id": rid, "created": int(time.time()), "model": self.model}
         if stream:
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            options = body.get("stream_options")
+            include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
             chunks = _chat_chunks(head, texts, tool) if endpoint == "chat.completions" else _text_chunks(head, texts)
             return Reply(200, SSE, stream=_stream(chunks, head, usage, include_usage, endpoint))
         if endpoint == "chat.completions":
@@ -123,7 +127,8 @@ def _vector(seed: bytes, size: int) -> list[float]:
 def _forced_tool(body: dict[str, Any]) -> dict[str, Any] | None:
     """The function a ``tool_choice`` forces (a named one, or the first tool for ``required``), else None."""
     choice, tools = body.get("tool_choice"), body.get("tools")
-    functions = [t["function"] for t in tools or () if isinstance(t, dict) and isinstance(t.get("function"), dict)]
+    tools = tools if isinstance(tools, list) else []
+    functions = [t["function"] for t in tools if isinstance(t, dict) and isinstance(t.get("function"), dict)]
     if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
         name = choice["function"].get("name")
         return next((f for f in functions if f.get("name") == name), {"name": name})

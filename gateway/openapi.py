@@ -133,6 +133,30 @@ def _schemas(routes: list[str]) -> dict[str, Any]:
                 "dimensions": {"type": "integer", "minimum": 1},
             },
         },
+        "ResponseRequest": {
+            "type": "object",
+            "required": ["model"],
+            "properties": {
+                "model": model,
+                "input": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
+                "instructions": {"type": ["string", "null"]},
+                "previous_response_id": {"type": ["string", "null"]},
+                "max_output_tokens": {"type": "integer", "minimum": 1},
+                "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+                "stream": {"type": "boolean"},
+                "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+            },
+        },
+        "Response": {
+            "type": "object",
+            "required": ["id", "object", "output"],
+            "properties": {
+                "id": {"type": "string"},
+                "object": {"const": "response"},
+                "output": {"type": "array", "items": {"type": "object"}},
+                "usage": {"type": ["object", "null"]},
+            },
+        },
         "ChatCompletion": {
             "type": "object",
             "required": ["object", "choices"],
@@ -187,6 +211,9 @@ def document(routes: list[str]) -> dict[str, Any]:
         ),
         "/v1/completions": _proxied("Text completion", "CompletionRequest", "Completion", streams=True),
         "/v1/embeddings": _proxied("Embeddings", "EmbeddingRequest", "EmbeddingList", streams=False),
+        "/v1/responses": _proxied(
+            "Responses API (streamed as typed events with stream: true)", "ResponseRequest", "Response", streams=True
+        ),
         "/v1/models": {
             "get": {
                 "summary": "The routes clients may name as model",

@@ -40,6 +40,7 @@ from gateway.errors import (
 from gateway.generation import Generation
 from gateway.limits import check_shape
 from gateway.outcome import Outcome
+from gateway.responses_stream import ResponsesTee
 from gateway.retry import Attempts
 from gateway.runtime import Gateway
 from gateway.stream import SSETee, relay
@@ -93,9 +94,9 @@ def parse_body(raw: bytes, endpoint: str) -> dict[str, Any]:
         raise BadRequest(f"'model' must be a string, got {type(model).__name__}", param="model")
     if not model:
         raise BadRequest("'model' is empty: name a route (GET /v1/models lists them)", param="model")
-    field = REQUIRED[endpoint]
-    value = body.get(field)
-    if field not in body or (value is None and field not in NULLABLE):
+    field = REQUIRED.get(endpoint)  # the Responses API may take its input from previous_response_id or a prompt
+    value = body.get(field) if field else None
+    if field and (field not in body or (value is None and field not in NULLABLE)):
         raise BadRequest(f"'{field}' is required", param=field)
     if endpoint == "chat.completions":
         if not isinstance(value, list) or not value:
@@ -227,7 +228,7 @@ class Call:
         stream = facts.stream and self.endpoint != "embeddings"
         body = facts.body
         withhold_usage = False
-        if stream and not (body.get("stream_options") or {}).get("include_usage"):
+        if stream and self.endpoint != "responses" and not (body.get("stream_options") or {}).get("include_usage"):
             body = {**body, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
             withhold_usage = True
         self.answered = self.gw.shadows.mirror(self.gen, self.endpoint, facts)  # they run once this call yields
@@ -323,7 +324,7 @@ class Call:
         await self.client.whole(reply.status, data, headers)
 
     async def _relay_stream(self, reply: Reply, withhold_usage: bool) -> None:
-        tee = SSETee(withhold_usage=withhold_usage)
+        tee = ResponsesTee() if self.endpoint == "responses" else SSETee(withhold_usage=withhold_usage)
         server, outcome = self.gen.config.server, self.outcome
         outcome.status = 200
         timeout_s = self.gen.config.upstreams[outcome.upstream].timeout_s

@@ -19,7 +19,7 @@ Usage::
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -146,8 +146,18 @@ class SSETee:
         return body
 
 
+class Tee(Protocol):
+    """What ``relay`` needs of a tee: ``SSETee`` (chat, completions) or ``ResponsesTee`` (the Responses API)."""
+
+    done: bool
+    first_token_at: float | None
+    error: Any
+
+    def feed(self, data: bytes) -> bytes: ...
+
+
 async def relay(
-    reply: Reply, client: ClientSide, tee: SSETee, *, heartbeat_s: float, idle_s: float, timeout_s: float
+    reply: Reply, client: ClientSide, tee: Tee, *, heartbeat_s: float, idle_s: float, timeout_s: float
 ) -> tuple[str | None, bytes]:
     """Relay ``reply``'s stream through ``tee`` to ``client`` (committed first); returns the failure, if any,
     and the last bytes, held back for ``client.last``. The upstream connection is released or closed."""
@@ -167,7 +177,7 @@ async def relay(
             if out:
                 await client.part(out)
         else:
-            failure = "upstream closed the stream without [DONE]"
+            failure = "upstream closed the stream before its end ([DONE] or a terminal event)"
     except StreamProtocolError as exc:
         failure = str(exc)
     except StreamIdle:

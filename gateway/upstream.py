@@ -28,7 +28,12 @@ from gateway.reply import JSON, SSE, Reply, sse_event
 
 log = logging.getLogger(__name__)
 SAME_TIMEOUT_S = 0.01  # a first attempt's time left is its upstream's timeout less what routing took: the same
-PATHS = {"chat.completions": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
+PATHS = {
+    "chat.completions": "/chat/completions",
+    "completions": "/completions",
+    "embeddings": "/embeddings",
+    "responses": "/responses",
+}
 
 
 class Client(Protocol):
@@ -157,6 +162,26 @@ LITELLM_FIELDS = {
         "stream_options",
     ),
     "embeddings": ("input", "user", "dimensions", "encoding_format"),
+    "responses": (
+        "input",
+        "instructions",
+        "include",
+        "max_output_tokens",
+        "metadata",
+        "parallel_tool_calls",
+        "previous_response_id",
+        "reasoning",
+        "store",
+        "temperature",
+        "text",
+        "tool_choice",
+        "tools",
+        "top_p",
+        "truncation",
+        "user",
+        "service_tier",
+        "safety_identifier",
+    ),
 }
 
 
@@ -226,6 +251,7 @@ class LitellmClient:
             "chat.completions": self.litellm.acompletion,
             "completions": self.litellm.atext_completion,
             "embeddings": self.litellm.aembedding,
+            "responses": self.litellm.aresponses,
         }[endpoint]
         if endpoint != "embeddings":
             kwargs["stream"] = stream
@@ -234,7 +260,7 @@ class LitellmClient:
         except Exception as exc:
             return self._failure(exc, total)
         if stream and endpoint != "embeddings":
-            return Reply(200, SSE, stream=self._relay(result))
+            return Reply(200, SSE, stream=self._relay(result, typed=endpoint == "responses"))
         return Reply(200, JSON, orjson.dumps(result.model_dump(), default=str))
 
     def _failure(self, exc: Exception, timeout_s: float) -> Reply:
@@ -250,16 +276,23 @@ class LitellmClient:
             return Reply(status, JSON, orjson.dumps(body))
         raise UpstreamFailure(f"upstream {self.name!r} failed ({kind})") from None
 
-    async def _relay(self, chunks: Any) -> AsyncIterator[bytes]:
+    async def _relay(self, chunks: Any, *, typed: bool) -> AsyncIterator[bytes]:
+        """litellm's stream as SSE: chat chunks ending in ``[DONE]``, or the Responses API's typed events."""
         try:
             async for chunk in chunks:
-                yield sse_event(chunk.model_dump(exclude_none=True))
+                data = chunk.model_dump(exclude_none=True, mode="json")
+                if typed:
+                    yield b"event: " + str(data.get("type", "message")).encode() + b"\n" + sse_event(data)
+                else:
+                    yield sse_event(data)
         except Exception as exc:
             log.warning("upstream %r stream failed: %r", self.name, exc)
             raise UpstreamFailure(f"upstream {self.name!r} broke off its stream ({type(exc).__name__})") from None
         finally:
-            await chunks.aclose()  # a cancelled relay (client gone) closes the provider's connection too
-        yield b"data: [DONE]\n\n"
+            if hasattr(chunks, "aclose"):
+                await chunks.aclose()  # a cancelled relay (client gone) closes the provider's connection too
+        if not typed:
+            yield b"data: [DONE]\n\n"
 
 
 async def close_clients(clients: Iterable[Client]) -> None:

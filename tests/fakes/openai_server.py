@@ -1,4 +1,4 @@
-"""A fake OpenAI-compatible server (chat, completions, embeddings, models) for the test suite.
+"""A fake OpenAI-compatible server (chat, completions, embeddings, responses, models) for the test suite.
 
 Usage::
 
@@ -26,6 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes import responses_api
 from tests.fakes.fake_server import (
     Behavior,
     FakeServer,
@@ -62,6 +63,7 @@ class FakeOpenAI(FakeServer):
             ("POST", "/v1/chat/completions", self._chat),
             ("POST", "/v1/completions", self._completions),
             ("POST", "/v1/embeddings", self._embeddings),
+            ("POST", "/v1/responses", self._responses),
             ("GET", "/v1/models", self._models),
         ]
 
@@ -162,6 +164,11 @@ class FakeOpenAI(FakeServer):
         if (body.get("stream_options") or {}).get("include_usage"):
             tail.append({**completion("", None), "choices": [], "usage": usage})
         return await _stream_sse(request, b, events, tail)
+
+    async def _responses(self, request: web.Request, rec: Recorded, b: Behavior, status: int) -> web.StreamResponse:
+        if (early := _early_answer(rec, b, status)) is not None:
+            return early
+        return await responses_api.answer(request, rec, b, b.response_id or f"resp_fake{self.next_id()}")
 
     async def _embeddings(self, request: web.Request, rec: Recorded, b: Behavior, status: int) -> web.StreamResponse:
         if (early := _early_answer(rec, b, status)) is not None:
