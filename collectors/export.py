@@ -2,10 +2,11 @@
 
 ``raw`` writes one object per interaction (both roles unless filtered) with its feedback, oldest first.
 ``openai-chat`` writes fine-tuning lines ``{"messages": [...]}`` (plus ``tools`` when the request had them)
-for answered chat completions only, primaries only unless ``role`` says otherwise; the latest feedback
-``correction`` replaces the assistant answer. ``label`` and ``min_score`` filter on the latest label and the
-latest score an interaction received. ``dedupe`` keeps the first line of each identical conversation, using
-a temporary on-disk set (memory stays flat for millions of rows).
+for answered chat completions and Responses API answers (input and output items as messages) only, primaries
+only unless ``role`` says otherwise; the latest feedback ``correction`` replaces the assistant answer.
+``label`` and ``min_score`` filter on the latest label and the latest score an interaction received.
+``dedupe`` keeps the first line of each identical conversation, using a temporary on-disk set (memory stays
+flat for millions of rows).
 
 Usage::
 
@@ -27,6 +28,7 @@ from typing import IO, Any
 import orjson
 
 from collectors.record import RECORD_FIELDS
+from collectors.response_items import input_messages, output_message
 from collectors.store.base import Query, Store, feedback_summary, joined
 
 FORMATS = ("raw", "openai-chat")
@@ -56,7 +58,12 @@ def _message(message: dict[str, Any]) -> dict[str, Any]:
 def chat_line(record: dict[str, Any]) -> dict[str, Any] | None:
     """The fine-tuning line of one interaction, or None when it is not a usable example."""
     request = record.get("request") or {}
-    if record.get("endpoint") != "chat.completions" or not isinstance(request.get("messages"), list):
+    responses = record.get("endpoint") == "responses"
+    if responses:
+        given = input_messages(request)
+    elif record.get("endpoint") == "chat.completions" and isinstance(request.get("messages"), list):
+        given = request["messages"]
+    else:
         return None
     _, _, correction = feedback_summary(record.get("feedback", []))
     answer: Any
@@ -65,11 +72,16 @@ def chat_line(record: dict[str, Any]) -> dict[str, Any] | None:
     else:
         if record.get("outcome") != "ok" or not 200 <= int(record.get("status") or 0) < 300:
             return None
-        choices = (record.get("response") or {}).get("choices") or []
-        answer = choices[0].get("message") if choices and isinstance(choices[0], dict) else None
+        if responses:
+            answer = output_message(record.get("response"))
+        else:
+            choices = (record.get("response") or {}).get("choices") or []
+            answer = choices[0].get("message") if choices and isinstance(choices[0], dict) else None
         if not isinstance(answer, dict) or (answer.get("content") is None and not answer.get("tool_calls")):
             return None
-    messages = [_message(m) for m in request["messages"] if isinstance(m, dict)]
+    messages = [_message(m) for m in given if isinstance(m, dict)]
+    if not messages:
+        return None
     line: dict[str, Any] = {"messages": [*messages, {**_message(answer), "role": "assistant"}]}
     if isinstance(request.get("tools"), list) and request["tools"]:
         line["tools"] = request["tools"]

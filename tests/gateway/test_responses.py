@@ -5,6 +5,9 @@ mirrored and compared, stateful requests not mirrored."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +20,7 @@ from tests.fakes.fake_server import Behavior
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.responses_api import EVENT_TYPES
 from tests.gateway.interactions import tap
-from tests.harness import Served, served, write_config
+from tests.harness import ROOT, Served, served, write_config
 from tests.openai_schema import assert_valid
 
 CONFIG = """
@@ -120,8 +123,6 @@ def test_dummy_answers_fit_openai_schemas_and_shadows_are_compared(gw: Served) -
     assert_valid("Response", plain)
     streamed = httpx.post(gw.url + "/v1/responses", json={"model": "demo", "input": "hi", "stream": True})
     data = [line[6:] for line in streamed.text.splitlines() if line.startswith("data: ")]
-    import json
-
     events = [json.loads(d) for d in data]
     for event in events:
         assert_valid("ResponseStreamEvent", event)
@@ -147,3 +148,34 @@ def test_feedback_by_the_response_id_is_accepted(gw: Served, fake: FakeOpenAI) -
 def test_a_request_for_an_unknown_route_is_404(gw: Served, tmp_path: Path) -> None:
     with pytest.raises(openai.NotFoundError):
         sdk(gw).responses.create(model="nope", input="x")
+
+
+def test_openai_chat_export_turns_input_and_output_items_into_messages(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, CONFIG.format(state=tmp_path / "s", db=tmp_path / "t.db", url="http://127.0.0.1:9/v1"))
+    items = [
+        {"role": "user", "content": [{"type": "input_text", "text": "weather in Paris?"}]},
+        {"type": "function_call", "call_id": "c1", "name": "weather", "arguments": '{"city": "Paris"}'},
+        {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+        {"type": "message", "role": "user", "content": "so?"},
+    ]
+    with served(cfg) as gw:
+        body = {"model": "demo", "input": items, "instructions": "be brief"}
+        answer = httpx.post(gw.url + "/v1/responses", json=body).json()
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    command = [sys.executable, "-m", "gateway", "export", "-c", str(cfg), "--format", "openai-chat"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    (line,) = [json.loads(x) for x in result.stdout.splitlines()]
+    assert line["messages"] == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "weather in Paris?"},
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+        {"role": "user", "content": "so?"},
+        {"role": "assistant", "content": answer["output"][0]["content"][0]["text"]},
+    ]
