@@ -42,6 +42,9 @@ def iso(ts: float) -> str:
 def raw_line(record: dict[str, Any]) -> dict[str, Any]:
     out = {key: record.get(key) for key in RECORD_FIELDS if key != "caller"}  # the caller hash stays in the store
     out["ts"] = iso(record["ts"])
+    out["tags"] = record.get("tags") or []
+    metadata = (record.get("request") or {}).get("metadata")
+    out["metadata"] = metadata if isinstance(metadata, dict) else None  # OpenAI's request field, as sent
     if record.get("sanitized"):
         out["sanitized"] = record["sanitized"]
     out["feedback"] = [
