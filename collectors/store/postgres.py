@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import asyncpg
+import orjson
 
 from collectors.redact import mask_url
 from collectors.store.base import SAME_CALLER_SQL, Claimed, FeedbackRow, InteractionRow, Query, StoreUnavailable
@@ -82,7 +83,12 @@ class PostgresStore:
         if self._pool is not None:
             return self._pool
         try:
-            pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=2, timeout=5, command_timeout=30)
+            pool = await asyncpg.create_pool(
+                self.dsn, min_size=1, max_size=2, timeout=5, command_timeout=30,
+                # the experiment report's aggregation: JIT compiling costs more than it saves here, and its
+                # per-user hash table (100,000 users: ~20 MB) must not spill to disk
+                server_settings={"jit": "off", "work_mem": "64MB"},
+            )  # fmt: skip
         except Exception as exc:
             if _unavailable(exc) or isinstance(exc, asyncpg.PostgresError):
                 raise StoreUnavailable(f"{self.name}: {type(exc).__name__}: {exc}") from exc
@@ -183,6 +189,10 @@ class PostgresStore:
             where.append(f"ts >= {arg(query.since)}")
         if query.role is not None:
             where.append(f"role = {arg(query.role)}")
+        if query.client is not None:
+            where.append(f"client = {arg(query.client)}")
+        if query.tag is not None:  # tags is a JSON array: the quoted tag is one whole element
+            where.append(f"strpos(tags, {arg(orjson.dumps(query.tag).decode())}) > 0")
         sql = f"SELECT {', '.join(InteractionRow._fields)} FROM interactions"
         if where:
             sql += " WHERE " + " AND ".join(where)
