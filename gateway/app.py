@@ -1,7 +1,8 @@
 """The ASGI application: one route table and a lifespan that opens and closes every resource.
 
-Usage: ``app = create_app(load_config(path))``; serve it with uvicorn. ``from_environment`` is the factory
-``turnout serve`` hands to uvicorn (it reads ``TURNOUT_CONFIG``), so ``--workers N`` works.
+Usage: ``app = create_app(load_config(path))`` (``sink=`` to watch every finished interaction); serve it with
+uvicorn. ``from_environment`` is the factory ``turnout serve`` hands to uvicorn (it reads ``TURNOUT_CONFIG``),
+so ``--workers N`` works.
 """
 
 from __future__ import annotations
@@ -129,14 +130,9 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return error_response(RouteError(status, message))
 
 
-def create_app(
-    loaded: Loaded,
-    *,
-    registry: CollectorRegistry | None = None,
-    reload_interval: float = 0.5,
-) -> TurnoutApp:
-    registry = registry if registry is not None else CollectorRegistry()
-    metrics = Metrics(registry)
+def capture_sink(loaded: Loaded, metrics: Metrics) -> Sink:
+    """The sink a served gateway hands every finished interaction: its metrics, and the capture journal (with
+    the loader child that stores it)."""
     server = loaded.config.server
     capture = Capture(
         loaded.secrets.store_dsn,
@@ -145,7 +141,21 @@ def create_app(
         max_spool_bytes=int(server.capture_spool_mb * (1 << 20)),
         review=review_policy(loaded.config),
     )
-    sink = Sink(metrics, capture)
+    return Sink(metrics, capture)
+
+
+def create_app(
+    loaded: Loaded,
+    *,
+    registry: CollectorRegistry | None = None,
+    reload_interval: float = 0.5,
+    sink: Sink | None = None,
+) -> TurnoutApp:
+    """The app serving ``loaded``; its metrics go to ``registry``. ``sink`` (built on ``Metrics(registry)``, like
+    ``capture_sink``) replaces the default one: the primary calls and the shadow runner all hand it theirs."""
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = sink.metrics if sink is not None else Metrics(registry)
+    sink = sink if sink is not None else capture_sink(loaded, metrics)
     gw = Gateway(loaded, metrics=metrics, sink=sink)
     reloader = Reloader(gw, loaded.path, interval=reload_interval)
     stored_metrics = StoredMetrics()

@@ -139,7 +139,7 @@ class ShadowLimits(_Model):
     drain_s: float = Field(5, ge=0)
 
 
-class Capture(_Model):
+class CaptureConfig(_Model):
     sample: Share = 1.0
     redact: list[Literal["email", "phone"]] = []  # secrets are always masked
 
@@ -212,14 +212,14 @@ class Rollout(_Model):
         return steps
 
 
-class Route(_Model):
+class RouteConfig(_Model):
     variants: dict[str, Annotated[float, Field(ge=0)]]
     experiment: str | None = None
     sticky_by: str = "user"
     shadows: list[Shadow] = []
     fallbacks: list[str] = []  # upstreams tried in order when the variant fails before the first byte
     timeout_s: float | None = Field(None, gt=0)  # deadline of all attempts; default: the largest upstream timeout_s
-    capture: Capture = Capture()
+    capture: CaptureConfig = CaptureConfig()
     store_retention: Duration | None = None
     retraining: Retraining | None = None
     drift: Drift | None = None
@@ -227,7 +227,7 @@ class Route(_Model):
     rollout: Rollout | None = None
 
     @model_validator(mode="after")
-    def _check(self) -> Route:
+    def _check(self) -> RouteConfig:
         if not self.variants:
             raise ValueError("variants: at least one upstream is required")
         if sum(self.variants.values()) <= 0:
@@ -312,7 +312,7 @@ class Config(_Model):
     store_retention: Duration | None = None
     shadow: ShadowLimits = ShadowLimits()
     upstreams: dict[str, Upstream]
-    routes: dict[str, Route]
+    routes: dict[str, RouteConfig]
     review: Review | None = None
     datasets_dir: str = "./datasets"  # relative to the config file's directory (like eval suites), or absolute
     datasets: dict[DatasetName, Dataset] = {}

@@ -20,14 +20,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 
 import httpx
 import uvicorn
 from prometheus_client import CollectorRegistry, generate_latest
 
-from gateway.app import create_app
+from collectors.metrics import Metrics
+from collectors.record import Interaction
+from collectors.sink import Sink
+from gateway.app import capture_sink, create_app
 from gateway.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,12 +48,27 @@ def write_config(directory: Path, text: str, name: str = "turnout.yaml") -> Path
     return path
 
 
+class RecordingSink(Sink):
+    """The served gateway's real sink, also keeping every interaction it is handed once ``seen`` is a list
+    (``tests.gateway.interactions.tap``): primaries and shadows alike."""
+
+    seen: list[Interaction] | None = None
+
+    def finish(self, it: Interaction) -> Awaitable[None] | None:
+        if self.seen is not None:
+            self.seen.append(it)
+        return super().finish(it)
+
+
 class Served:
-    def __init__(self, url: str, registry: CollectorRegistry, server: uvicorn.Server, config: Path) -> None:
+    def __init__(
+        self, url: str, registry: CollectorRegistry, server: uvicorn.Server, config: Path, sink: RecordingSink
+    ) -> None:
         self.url = url
         self.registry = registry
         self.server = server
         self.config = config
+        self.sink = sink
 
     def metrics(self) -> str:
         return generate_latest(self.registry).decode()
@@ -66,7 +84,9 @@ def served(config: Path, *, reload_interval: float = 0.1, env: dict[str, str] | 
     """A gateway app served by uvicorn in a background thread with its own event loop."""
     loaded = load_config(config, environ={**os.environ, **(env or {})})
     registry = CollectorRegistry()
-    app = create_app(loaded, registry=registry, reload_interval=reload_interval)
+    metrics = Metrics(registry)
+    sink = RecordingSink(metrics, capture_sink(loaded, metrics).capture)
+    app = create_app(loaded, registry=registry, reload_interval=reload_interval, sink=sink)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -84,7 +104,7 @@ def served(config: Path, *, reload_interval: float = 0.1, env: dict[str, str] | 
             raise RuntimeError("gateway did not start")
         time.sleep(0.01)
     try:
-        yield Served(f"http://127.0.0.1:{port}", registry, server, config)
+        yield Served(f"http://127.0.0.1:{port}", registry, server, config, sink)
     finally:
         server.should_exit = True
         thread.join(10)

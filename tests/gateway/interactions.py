@@ -1,7 +1,8 @@
-"""Read what a served gateway hands its sink: every finished ``Interaction``, in order.
+"""Read what a served gateway hands its sink: every finished ``Interaction`` (primaries and shadows), in order.
 
-Usage: ``seen = tap(served_gateway)``; make requests; ``seen[-1].extra["attempts"]``. The tap keeps the real
-sink in the path (metrics still count); it only keeps a copy of each interaction.
+Usage: ``seen = tap(served_gateway)``; make requests; ``seen[-1].extra["attempts"]``. The served app was
+created with a ``RecordingSink`` (``tests/harness.py``), the real sink that also keeps a copy of each
+interaction from the moment ``tap`` is called.
 """
 
 from __future__ import annotations
@@ -16,21 +17,7 @@ def gateway_of(served: Served) -> Gateway:
     return served.server.lifespan.state["gateway"]  # type: ignore[attr-defined,no-any-return]
 
 
-class _Tap:
-    def __init__(self, inner: object, seen: list[Interaction]) -> None:
-        self.inner = inner
-        self.seen = seen
-
-    def finish(self, it: Interaction) -> None:
-        self.seen.append(it)
-        self.inner.finish(it)  # type: ignore[attr-defined]
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.inner, name)
-
-
 def tap(served: Served) -> list[Interaction]:
-    gw = gateway_of(served)
     seen: list[Interaction] = []
-    gw.sink = _Tap(gw.sink, seen)  # type: ignore[assignment]
+    served.sink.seen = seen
     return seen
