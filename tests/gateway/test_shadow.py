@@ -230,9 +230,7 @@ def test_shadow_fidelity_own_key_marker_and_correlation_id(rig: Rig) -> None:
         cid = primary[-1].headers["x-turnout-correlation-id"]
         assert cid != response.headers["x-turnout-request-id"]  # never the feedback key
         deadline = time.monotonic() + 5
-        while not (
-            seen := [r for r in rig.received("cand-model") if r.headers.get("x-turnout-correlation-id") == cid]
-        ):
+        while not (seen := [r for r in rig.received("cand-model") if r.headers.get("x-turnout-correlation-id") == cid]):
             assert time.monotonic() < deadline
             time.sleep(0.02)
         (got,) = seen
