@@ -112,3 +112,14 @@ def test_every_metric_a_served_gateway_exports_is_documented(tmp_path: Path) -> 
             kind, labels = declared[name]
             label_sets = {", ".join(k for k in s.labels if k != "le") for s in family.samples}
             assert family.type == kind and label_sets <= {labels}, (name, family.type, label_sets, declared[name])
+
+
+def test_the_tutorials_config_validates(tmp_path: Path) -> None:
+    text = (DOCS / "tutorial.md").read_text()
+    (config,) = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
+    (tmp_path / "evals").mkdir()
+    (tmp_path / "evals" / "support.yaml").write_text((ROOT / "examples" / "evals" / "support.yaml").read_text())
+    (tmp_path / "turnout.yaml").write_text(config)
+    cmd = [sys.executable, "-m", "gateway", "check", str(tmp_path / "turnout.yaml")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
