@@ -90,7 +90,7 @@ def test_alert_is_labelled_and_annotated(name: str) -> None:
     assert rule["labels"]["severity"] in {"critical", "warning", "info"}
     assert rule["labels"].get("action") == ("retrain" if name in RETRAINING else None)
     for annotation in ("summary", "description"):
-        assert "{{ $labels." in rule["annotations"][annotation], f"{name} {annotation} names nothing"
+        assert "$labels." in rule["annotations"][annotation], f"{name} {annotation} names nothing"
     assert rule.get("for"), f"{name} fires on a single evaluation"
 
 
