@@ -143,3 +143,14 @@ def test_openai_fields_litellm_accepts_are_passed_on(gw: GatewayProcess, oai: Fa
     assert {k: seen.body.get(k) for k in extra} == extra
     assert seen.headers["x-turnout-correlation-id"] != resp.headers["x-turnout-request-id"]
     assert "x-turnout-request-id" not in seen.headers
+
+
+def test_responses_api_through_litellm_plain_and_streamed(gw: GatewayProcess, fake_anthropic: FakeAnthropic) -> None:
+    reply = client(gw).responses.create(model="assistant", input="hello claude", max_output_tokens=50)
+    assert reply.output_text == "echo: hello claude"
+    seen = fake_anthropic.requests[-1]
+    assert seen.path == "/v1/messages" and seen.body["model"] == "claude-test"
+    events = list(client(gw).responses.create(model="assistant", input="hello claude", stream=True))
+    types = [e.type for e in events]
+    assert types[0] == "response.created" and types[-1] == "response.completed"
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == "echo: hello claude"

@@ -76,7 +76,7 @@ def test_plain_response_passes_through_and_is_captured(gw: Served, fake: FakeOpe
     sent = fake.requests[-1]
     assert sent.path == "/v1/responses" and sent.body["model"] == "up-model"
     assert sent.body["instructions"] == "be brief" and "stream_options" not in sent.body
-    assert sent.headers["x-turnout-request-id"] == raw.headers["x-turnout-request-id"]
+    assert sent.headers["x-turnout-correlation-id"] == raw.headers["x-turnout-correlation-id"]
     it = seen[-1]
     assert it.endpoint == "responses" and it.response_id == reply.id and it.request["input"] == "hello there"
     assert it.usage is not None and it.usage["output_tokens"] == 3
