@@ -167,7 +167,7 @@ class Demo:
         n = 300 if self.fast else 800
         with self.bar(n, "users asking") as bar:
             tally = await self.world.traffic(http, self.url, requests=n, progress=bar)
-        await self.until("interactions to be stored", lambda: self._stored(n))
+        await self.until("interactions to be stored", lambda: self._stored(n), within=120)
         self.say(
             "1 capture",
             f"{tally.requests} requests from {world_.USERS} simulated users to {PROD} were answered and stored with "
@@ -262,9 +262,10 @@ class Demo:
     async def drift(self, http: aiohttp.ClientSession, alerts: AlertWatch) -> None:
         self.turnout("drift", "check", ROUTE, "-c", "turnout.yaml", ok=(0, 1))  # closes the month-1 window
         n = 150 if self.fast else 400
+        before = await self.count("SELECT COUNT(*) FROM interactions WHERE role = 'primary'")
         with self.bar(n, "month 6") as bar:
             await self.world.traffic(http, self.url, requests=n, month=6, progress=bar)
-        await self.until("month-6 interactions to be stored", lambda: self._stored(n))
+        await self.until("month-6 interactions to be stored", lambda: self._stored(before + n), within=120)
         self.turnout("drift", "check", ROUTE, "-c", "turnout.yaml", ok=(0, 1))
         report = self.turnout("drift", "report", ROUTE, "-c", "turnout.yaml", ok=(0, 1)).stdout
         (self.dir / "drift-report.txt").write_text(report)

