@@ -26,6 +26,7 @@ Usage: ``raise BadRequest("messages must be a list", param="messages")``; ``retu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -137,10 +138,13 @@ def error_body(exc: GatewayError) -> bytes:
 
 
 def error_response(exc: GatewayError, headers: Iterable[tuple[bytes, bytes]] = ()) -> Response:
-    """The HTTP answer to ``exc`` (with ``headers`` added); a 503 always says ``Retry-After``."""
+    """The HTTP answer to ``exc`` (with ``headers`` added). ``Retry-After``: a 503 always says 1 second, a
+    ``RateLimited`` its own wait (whole seconds, at least 1)."""
     response = Response(error_body(exc), exc.status, media_type="application/json")
     if exc.status == 503:
         response.raw_headers.append((b"retry-after", str(RETRY_AFTER_S).encode()))
+    elif isinstance(exc, RateLimited):
+        response.raw_headers.append((b"retry-after", str(max(1, math.ceil(exc.wait_s))).encode()))
     response.raw_headers.extend(headers)
     return response
 

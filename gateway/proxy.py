@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Awaitable
 from typing import Any
@@ -155,11 +154,6 @@ def _refused(gw: Gateway, gen: Generation, client: str, body: dict[str, Any] | N
         gw.metrics.client_refused(client, route, exc.status)
 
 
-def _retry_after(exc: GatewayError) -> list[tuple[bytes, bytes]]:
-    wait = getattr(exc, "wait_s", None)
-    return [] if wait is None else [(b"retry-after", str(max(1, math.ceil(wait))).encode())]
-
-
 class Endpoint:
     """Raw ASGI app for one OpenAI endpoint kind."""
 
@@ -187,7 +181,7 @@ class Endpoint:
         except GatewayError as exc:
             if caller is not None and caller.client is not None:
                 _refused(gw, gen, caller.client, body, exc)
-            await send_error(send, exc, _retry_after(exc))
+            await send_error(send, exc)
             return
         except ClientGone:
             return

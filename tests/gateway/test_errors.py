@@ -18,6 +18,8 @@ KINDS: list[GatewayError] = [
     errors.Overloaded("full"),
     errors.Overloaded("stopping", code="shutting_down"),
     errors.RouteError(405, "method not allowed"),
+    errors.RateLimited("slow down", wait_s=2.2),
+    errors.RateLimited("at once", wait_s=0.01),
     errors.UpstreamFailure("down"),
     errors.UpstreamUnreachable("refused"),
     errors.StreamBroken("cut"),
@@ -35,7 +37,10 @@ def test_error_response_is_the_openai_shape_and_503_says_retry_after(exc: Gatewa
     assert headers[b"content-type"] == b"application/json"
     assert headers[b"content-length"] == str(len(response.body)).encode()
     assert headers[b"connection"] == b"close"
-    assert (headers.get(b"retry-after") == b"1") == (exc.status == 503)
+    if isinstance(exc, errors.RateLimited):  # its own wait, in whole seconds, at least 1
+        assert headers[b"retry-after"] == (b"3" if exc.wait_s > 2 else b"1")
+    else:
+        assert (headers.get(b"retry-after") == b"1") == (exc.status == 503)
 
 
 @pytest.mark.parametrize("exc", KINDS, ids=lambda e: f"{type(e).__name__}-{e.code}")
