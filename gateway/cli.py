@@ -183,6 +183,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    os.umask(0o077)  # the store (and its -wal, -shm), exports, state: readable by this user only
     args = parser().parse_args(argv)
     return int(args.run(args))
 

@@ -77,6 +77,7 @@ class Server(_Model):
     heartbeat_s: float = Field(15, ge=0)  # SSE comment while a stream waits for its first token; 0: never
     stream_idle_s: float = Field(120, gt=0)  # a stream silent this long is broken off
     body_timeout_s: float = Field(30, gt=0)  # the whole request body must arrive within this (else 408)
+    max_n: int = Field(8, ge=1)  # the most choices ("n") one request may ask for (else 400)
 
 
 class NamedClient(_Model):

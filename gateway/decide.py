@@ -80,6 +80,21 @@ class Facts:
     correlation_id: str = ""  # what upstreams and shadows see (never the request id, the feedback key)
 
 
+_TRUE = (b"1", b"true", b"yes", b"on")
+_FALSE = (b"", b"0", b"false", b"no", b"off")
+
+
+def no_capture(value: bytes | None) -> bool:
+    """``x-turnout-no-capture``: any usual truthy value opts out (``1``, ``true``, ``True``, ``yes``, ``on``);
+    anything that is neither true nor false is a 400 rather than silently stored."""
+    word = (value or b"").strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise BadRequest("x-turnout-no-capture must be 1/true/yes/on or 0/false/no/off")
+
+
 def sticky_key(
     sticky_by: str, headers: Mapping[bytes, bytes], body: Mapping[str, Any], api_key: str | None
 ) -> str | None:
@@ -141,7 +156,7 @@ def decide(
             raise BadRequest(f"x-turnout-variant: {variant!r} is not a variant of route {route_name!r}")
     else:
         variant = choose_variant(experiment, key, route.variants, rng)
-    opted_out = headers.get(b"x-turnout-no-capture", b"").strip() in (b"1", b"true")
+    opted_out = no_capture(headers.get(b"x-turnout-no-capture"))
     capture = should_capture(route.sample, opted_out=opted_out, rng=rng)
     if route.shadows:
         # a request that depends on upstream state (the Responses API's previous_response_id or conversation) is

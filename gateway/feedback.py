@@ -11,6 +11,8 @@ Usage: ``Route("/v1/feedback", feedback_endpoint, methods=["POST"])``.
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Any
 
 import orjson
@@ -18,10 +20,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from collectors.capture import CaptureUnavailable
-from gateway.errors import BadRequest, GatewayError, Overloaded, PayloadTooLarge, error_response
+from gateway.auth import ADMIN_CALLER
+from gateway.errors import BadRequest, GatewayError, Overloaded, PayloadTooLarge, RateLimited, error_response
+from gateway.limits import FEEDBACK_MAX_BYTES as MAX_BODY
 from gateway.runtime import Gateway
 
-MAX_BODY = 1 << 20
 MAX_ID = 256
 LABELS = ("good", "bad")
 
@@ -106,11 +109,15 @@ async def feedback_endpoint(request: Request) -> Response:
         fields = validate(body)
         user = request.headers.get("x-turnout-user") or (body["user"] if isinstance(body.get("user"), str) else None)
         # joined only to this caller's interactions (the admin key: any); the answer is the same either way
-        fields["caller"] = keys.caller_hash(caller, user)
+        fields["caller"] = who = keys.caller_hash(caller, user)
+        if who != ADMIN_CALLER and (wait := gw.feedback_rate.take(who, time.monotonic())):
+            raise RateLimited(f"over {gw.feedback_rate.per_minute} feedback posts a minute", wait_s=wait)
         try:
             feedback_id = gw.sink.feedback(fields)
         except CaptureUnavailable as exc:
             raise Overloaded(f"feedback not accepted: {exc}", code="capture_unavailable") from None
+    except RateLimited as exc:
+        return error_response(exc, [(b"retry-after", str(max(1, math.ceil(exc.wait_s))).encode())])
     except GatewayError as exc:
         return error_response(exc)
     return JSONResponse({"id": feedback_id, "object": "feedback", "status": "accepted"}, status_code=202)

@@ -22,6 +22,8 @@ MAX_DEPTH = 64
 MAX_ITEMS = 100_000
 MAX_STRING = 16 * 1024 * 1024  # characters; a base64 image can be large
 MAX_HEADER_BYTES = 64 * 1024
+FEEDBACK_MAX_BYTES = 64 * 1024  # a feedback body (a correction is one answer, not a document)
+FEEDBACK_PER_MINUTE = 120  # feedback posts per caller per minute and process (the admin key: unlimited)
 
 
 def check_shape(body: Any, raw: bytes) -> None:
@@ -94,3 +96,25 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._refused = True
         self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\n" + fields + b"\r\n" + response.body)
         self.transport.close()
+
+
+class CallerRate:
+    """At most ``per_minute`` events per caller in each minute (a fixed window), e.g. feedback posts: memory
+    is bounded by the callers seen in one minute. ``take`` returns the seconds to wait, 0 when allowed.
+
+    Usage: ``rate = CallerRate(60)``; ``wait = rate.take(caller_hash, time.monotonic())``.
+    """
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._window = 0.0
+        self._counts: dict[str, int] = {}
+
+    def take(self, caller: str, now: float) -> float:
+        if now - self._window >= 60.0:
+            self._window, self._counts = now, {}
+        count = self._counts.get(caller, 0)
+        if count >= self.per_minute:
+            return 60.0 - (now - self._window)
+        self._counts[caller] = count + 1
+        return 0.0

@@ -76,6 +76,13 @@ async def read_body(receive: Any, limit: int, declared: bytes | None) -> bytes:
             return b"".join(chunks)
 
 
+def _check_n(body: dict[str, Any], max_n: int) -> None:
+    """``n`` would multiply the upstream's work (and every shadow's): at most ``server.max_n``."""
+    n = body.get("n")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= max_n):
+        raise BadRequest(f"'n' must be an integer from 1 to {max_n} (server.max_n)", param="n")
+
+
 def parse_body(raw: bytes, endpoint: str) -> dict[str, Any]:
     if not raw.strip():
         raise BadRequest("request body is empty; expected a JSON object")
@@ -171,6 +178,7 @@ class Endpoint:
             async with asyncio.timeout(gen.config.server.body_timeout_s):
                 raw = await read_body(receive, gen.max_body_bytes, headers.get(b"content-length"))
             body = parse_body(raw, self.endpoint)
+            _check_n(body, gen.config.server.max_n)
             facts = decide(
                 gen.routes, gw.rng, body, headers, caller, len(raw),
                 request_id=new_id(), ts=time.time(), t0=time.perf_counter(),

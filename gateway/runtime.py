@@ -25,6 +25,7 @@ from gateway.auth import Keys
 from gateway.client_limits import RateLimiter
 from gateway.config import Config, Loaded
 from gateway.generation import Generation
+from gateway.limits import FEEDBACK_PER_MINUTE, CallerRate
 from gateway.pricing import upstream_prices
 from gateway.resilience import Resilience
 from gateway.rollout_state import overlay
@@ -43,6 +44,7 @@ class Gateway:
         self.session: aiohttp.ClientSession | None = None
         self.shadows = ShadowRunner(metrics, sink)
         self.limiter = RateLimiter(Path(loaded.config.server.state_dir) / "clients")  # auth.clients rpm
+        self.feedback_rate = CallerRate(FEEDBACK_PER_MINUTE)  # per caller, per process
         self.ready = False
         self._first = loaded
         self.file = loaded  # the config file's generation, before rollout overrides
