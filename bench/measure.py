@@ -62,10 +62,18 @@ def settle(pid: int, *, window_s: float = 0.3, quiet_ticks: int = 1, limit_s: fl
         before = now
 
 
-def run_wrk(url: str, connections: int, duration: float, cpu: int) -> dict[str, float]:
-    """wrk with bench/post.lua against `url`; requests, errors, req/s and latency percentiles (µs)."""
+def run_wrk(
+    url: str,
+    connections: int,
+    duration: float,
+    cpu: int,
+    *,
+    script: str = "post.lua",
+    path: str = "/v1/chat/completions",
+) -> dict[str, float]:
+    """wrk with a bench/ script (default post.lua) against `url`; requests, errors, req/s, latency (µs)."""
     command = ["taskset", "-c", str(cpu), "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s"]
-    command += ["--timeout", "10s", "-s", str(BENCH_DIR / "post.lua"), url + "/v1/chat/completions"]
+    command += ["--timeout", "10s", "-s", str(BENCH_DIR / script), url + path]
     done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60, check=True)
     for line in done.stdout.splitlines():
         if line.startswith("WRKJSON "):

@@ -1,10 +1,10 @@
 """A fast mock OpenAI upstream for the benchmark: raw asyncio, HTTP/1.1 keep-alive, tiny fixed answers.
 
-`POST /v1/chat/completions` answers a fixed `chat.completion`; with `"stream": true` in the body it
-answers `--events` SSE chunks (the first at once, the rest `--event-delay-ms` apart), a usage chunk
-when the body asks for `include_usage`, then `data: [DONE]`. `GET /stats` answers the number of POSTs
-answered so far (`{"posts": N}`, so a harness can count shadow calls); any other request gets a small 200.
-The mock costs so little CPU that whatever sits in front of it is what a benchmark measures.
+`POST /v1/chat/completions` answers a fixed `chat.completion` (`POST /v1/responses` a fixed `response`); with
+`"stream": true` in the body it answers `--events` SSE chunks (the first at once, the rest `--event-delay-ms`
+apart), a usage chunk when the body asks for `include_usage`, then `data: [DONE]`. `GET /stats` answers the
+number of POSTs answered so far (`{"posts": N}`, so a harness can count shadow calls); any other request gets a
+small 200. The mock costs so little CPU that whatever sits in front of it is what a benchmark measures.
 
 Usage: python bench/mock_upstream.py --port 9001 --events 32 --event-delay-ms 1
 """
@@ -24,6 +24,15 @@ COMPLETION = (
     b'{"id":"chatcmpl-bench","object":"chat.completion","created":1767225600,"model":"mock-model",'
     b'"choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I help you today?"},'
     b'"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":9,"total_tokens":18}}'
+)
+RESPONSE = (  # the Responses API's answer to POST /v1/responses
+    b'{"id":"resp_bench","object":"response","created_at":1767225600,"status":"completed","model":"mock-model",'
+    b'"output":[{"type":"message","id":"msg_bench","status":"completed","role":"assistant","content":[{"type":'
+    b'"output_text","text":"Hello! How can I help you today?","annotations":[]}]}],"usage":{"input_tokens":9,'
+    b'"output_tokens":9,"total_tokens":18}}'
+)
+RESPONSE_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(RESPONSE) + RESPONSE
 )
 COMPLETION_RESPONSE = (
     b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(COMPLETION) + COMPLETION
@@ -105,7 +114,7 @@ class MockUpstream(asyncio.Protocol):
                 return
             else:
                 STATS["posts"] += 1
-                transport.write(COMPLETION_RESPONSE)
+                transport.write(RESPONSE_RESPONSE if head.startswith(b"post /v1/responses") else COMPLETION_RESPONSE)
 
     async def _stream(self, usage: bool) -> None:
         transport = self.transport
