@@ -89,6 +89,15 @@ async def list_items(
 
 
 async def count_items(store: Store, filters: Filters) -> int:
+    """Items matching ``filters``: from the kept counts when only status and route filter, else counted."""
+    if filters.variant is None and filters.reason is None and filters.since is None and filters.until is None:
+        counts = await status_counts(store)
+        return sum(
+            n
+            for (route, status), n in counts.items()
+            if filters.route in (None, route)
+            and (status == filters.status or (filters.status == "done" and status != "pending"))
+        )
     where, args = _where(filters, None)
     rows = await store.fetch(f"SELECT COUNT(*) FROM review_items WHERE {where}", *args)
     return int(rows[0][0])
