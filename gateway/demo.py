@@ -255,7 +255,10 @@ class Demo:
             "experiment", "report", ROUTE, "-c", "turnout.yaml", "--json", "report.json", "--html", "report.html"
         )
         decision = orjson.loads((self.dir / "report.json").read_bytes())
-        self.say("6 report", f"decision {decision['decision'].upper()}: " + "; ".join(decision["reasons"][:3]))
+        why = "; ".join(decision["reasons"][:3])
+        if decision["decision"] == "continue":  # the controller advances on non-inferiority, the report wants better
+            why += " (each step passed because the candidate was shown no worse; a promote needs it shown better)"
+        self.say("6 report", f"decision {decision['decision'].upper()} over the last step: {why}")
         self.turnout("promote", ROUTE, CAND, "-c", "turnout.yaml", "--actor", "demo")
         self.say("7 promote", f"turnout.yaml now routes every user of {ROUTE} to {CAND} (comments kept).")
 
@@ -282,7 +285,7 @@ class Demo:
         )
         section = (
             "<section id='loop'><h2>The retraining loop, as the demo ran it</h2>"
-            f"<table><thead><tr><th>at</th><th>step</th><th>what happened</th></tr></thead><tbody>{rows}</tbody>"
+            f"<table style='text-align: left'><thead><tr><th>at</th><th>step</th><th>what happened</th></tr></thead><tbody>{rows}</tbody>"
             "</table></section>"
         )
         page = page.replace("</body>", section + "</body>") if "</body>" in page else page + section

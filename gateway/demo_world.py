@@ -17,6 +17,7 @@ Usage::
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -56,7 +57,7 @@ def questions() -> dict[str, str]:
 def config(port: int, admin_key_env: str, *, candidate_dataset: str | None, fast: bool) -> str:
     """The demo's config file: production at 100 %, a better candidate at 0 % with a rollout planned."""
     answers = orjson.dumps(questions()).decode()
-    dataset = f", dataset: {candidate_dataset}" if candidate_dataset else ""
+    dataset = f", trained_at: {dt.date.today()}, dataset: {candidate_dataset}" if candidate_dataset else ""
     steps, interval, min_users = ("[50, 100]", "2s", 20) if fast else ("[10, 50, 100]", "4s", 30)
     return f"""# Written by `turnout demo`: two built-in models of different quality behind one route.
 server: {{host: 127.0.0.1, port: {port}, state_dir: ./state}}
