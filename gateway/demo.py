@@ -285,7 +285,8 @@ class Demo:
         )
         section = (
             "<section id='loop'><h2>The retraining loop, as the demo ran it</h2>"
-            f"<table style='text-align: left'><thead><tr><th>at</th><th>step</th><th>what happened</th></tr></thead><tbody>{rows}</tbody>"
+            "<table style='text-align: left'><thead><tr><th>at</th><th>step</th><th>what happened</th></tr></thead>"
+            f"<tbody>{rows}</tbody>"
             "</table></section>"
         )
         page = page.replace("</body>", section + "</body>") if "</body>" in page else page + section
