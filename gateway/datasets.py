@@ -99,7 +99,8 @@ async def read_datasets(ctx: Reading) -> None:
         if version is not None:
             ctx.out.gauge("dataset_examples", "Examples in the dataset's latest version", labels, version[2])
             ctx.out.gauge("dataset_version_timestamp_seconds", "When the latest version was built", labels, version[1])
-        waiting = await pending(ctx.store, dataset.route, after=version[1] if version else None)
+        reviewed = dataset.include.reviewed == "approved"  # a dataset built from feedback has no approvals to wait
+        waiting = await pending(ctx.store, dataset.route, after=version[1] if version else None) if reviewed else 0
         ctx.out.gauge("dataset_pending", "Approved examples not yet in a version", labels, waiting)
         if dataset.every:
             schedule = Schedule.parse(dataset.every)
