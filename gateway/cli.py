@@ -17,11 +17,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from gateway import dataset_cli, demo, drift_cli, eval_cli
 from gateway.config import ConfigError, duration_seconds, load_config
 from gateway.deploy_cli import add_commands
+from gateway.progress import Progress, add_quiet, note
 
 
 def _fail(exc: ConfigError) -> int:
@@ -107,6 +108,17 @@ def _score(value: str) -> float:
     return score
 
 
+class _Counted:
+    """The export's output (it only calls ``write``), counting the lines written into the progress."""
+
+    def __init__(self, out: BinaryIO, bar: Progress) -> None:
+        self._out, self._bar = out, bar
+
+    def write(self, data: bytes) -> int:
+        self._bar.update(data.count(b"\n"))
+        return self._out.write(data)
+
+
 def export(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -124,9 +136,11 @@ def export(args: argparse.Namespace) -> int:
         store = open_store(loaded.secrets.store_dsn)
         try:
             await store.open()
-            return await run_export(
-                store, out, fmt=args.format, query=query, label=args.label, min_score=args.min_score, dedupe=args.dedupe
-            )
+            with Progress("exporting", unit="line", quiet=args.quiet) as bar:
+                return await run_export(
+                    store, cast(BinaryIO, _Counted(out, bar)), fmt=args.format, query=query, label=args.label,
+                    min_score=args.min_score, dedupe=args.dedupe,
+                )  # fmt: skip
         finally:
             await store.close()
 
@@ -140,7 +154,7 @@ def export(args: argparse.Namespace) -> int:
     except (UnknownStore, StoreUnavailable, OSError) as exc:
         print(f"turnout export: {exc}", file=sys.stderr)
         return 1
-    print(f"turnout export: {count} lines", file=sys.stderr)
+    note(args, f"turnout export: {count} lines")
     return 0
 
 
@@ -173,6 +187,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", help="only interactions carrying this tag (x-turnout-tags)")
     p.add_argument("--dedupe", action="store_true", help="keep one line per identical conversation (the first)")
     p.add_argument("-o", "--output", help="output file (default: standard output)")
+    add_quiet(p)
     p.set_defaults(run=export)
     eval_cli.add_parser(sub)
     drift_cli.add_parser(sub)

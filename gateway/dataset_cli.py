@@ -52,6 +52,14 @@ def _build(args: argparse.Namespace, loaded: Loaded) -> int:
 
     result = asyncio.run(run())
     counts = result.manifest.get("counts", {})
+    if args.json:
+        doc = {
+            "dataset": args.name, "version": result.version, "reason": result.reason, "counts": counts,
+            "parent": result.manifest.get("parent"), "sha256": result.manifest.get("sha256"),
+            "path": str(result.path) if result.path else None, "dry_run": args.dry_run,
+        }  # fmt: skip
+        sys.stdout.buffer.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+        return 0
     if result.version is None:
         print(f"{args.name}: {result.reason} ({counts.get('examples', 0)} examples match)")
         return 0
@@ -197,6 +205,7 @@ def add_parsers(sub: Any) -> None:
     )
     a.add_argument("name")
     a.add_argument("--dry-run", action="store_true", help="say what would be written, write nothing")
+    a.add_argument("--json", action="store_true", help="print the result (version, counts, sha256, path) as JSON")
     a = actions.add_parser("list", help="the versions of a dataset (default: every dataset)")
     a.add_argument("name", nargs="?")
     a = actions.add_parser("show", help="a version's manifest")

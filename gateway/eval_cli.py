@@ -7,7 +7,7 @@
 - ``list -c FILE``: stored runs, newest first (``--json`` for scripts).
 
 Runs are stored when the store can be reached (a warning otherwise: the verdict and ``--json`` still stand).
-A progress bar is drawn on a terminal's stderr only.
+Progress: a bar on a terminal's stderr, plain lines when piped, nothing with ``--quiet`` (gateway/progress.py).
 
 Usage: ``turnout eval compare evals/support.yaml -c turnout.yaml --baseline prod-v3 --candidate cand-v4``.
 """
@@ -19,13 +19,12 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from collectors.evals.runner import CaseResult
 from collectors.evals.store import list_runs
 from collectors.evals.suite import SuiteError, load_suite
 from collectors.store import UnknownStore, open_store
@@ -33,22 +32,12 @@ from collectors.store.base import Store, StoreUnavailable
 from gateway.config import ConfigError, Loaded, load_config
 from gateway.eval_schedule import suite_path
 from gateway.evals import Comparison, EvalError, SuiteRun, compare_upstreams, run_targets, targets
+from gateway.progress import Progress, add_quiet
 
 
 def _err(message: str) -> int:
     print(f"turnout eval: {message}", file=sys.stderr)
     return 2
-
-
-@contextlib.contextmanager
-def _progress(total: int) -> Iterator[Callable[[CaseResult], None] | None]:
-    if not sys.stderr.isatty():
-        yield None
-        return
-    from tqdm import tqdm
-
-    with tqdm(total=total, unit="case", file=sys.stderr, leave=False) as bar:
-        yield lambda _: bar.update(1)
 
 
 @contextlib.asynccontextmanager
@@ -130,10 +119,11 @@ def run(args: argparse.Namespace) -> int:
 
     async def go() -> list[SuiteRun]:
         async with _store(loaded, not args.no_store) as store:
-            with _progress(len(suite.cases) * len(upstreams)) as on_done:
+            label = f"eval {suite.name} on {', '.join(upstreams)}"
+            with Progress(label, total=len(suite.cases) * len(upstreams), unit="case", quiet=args.quiet) as bar:
                 return await run_targets(
                     config, suite, upstreams, store=store, route=args.route, concurrency=args.concurrency,
-                    on_done=on_done,
+                    on_done=lambda _: bar.update(),
                 )  # fmt: skip
 
     try:
@@ -170,11 +160,13 @@ def compare(args: argparse.Namespace) -> int:
         return _err("; ".join(f"{exc.path}: {e}" for e in exc.errors))
 
     async def go() -> Comparison:
+        label = f"eval compare {args.baseline} vs {args.candidate}"
         async with _store(loaded, not args.no_store) as store:
-            return await compare_upstreams(
-                loaded.config, args.suite, args.baseline, args.candidate, store, confidence=args.confidence,
-                concurrency=args.concurrency, source="cli-compare",
-            )  # fmt: skip
+            with Progress(label, unit="case", quiet=args.quiet) as bar:
+                return await compare_upstreams(
+                    loaded.config, args.suite, args.baseline, args.candidate, store, confidence=args.confidence,
+                    concurrency=args.concurrency, source="cli-compare", on_done=lambda _: bar.update(),
+                )  # fmt: skip
 
     try:
         cmp = asyncio.run(go())
@@ -228,6 +220,7 @@ def add_parser(sub: Any) -> None:
         p.add_argument("--json", metavar="F", help="also write the results as JSON to F (- for stdout)")
         p.add_argument("--concurrency", type=int, default=16, help="cases in flight per upstream (default: 16)")
         p.add_argument("--no-store", action="store_true", help="do not store the run")
+        add_quiet(p)
         p.set_defaults(run=handler)
         if name == "run":
             target = p.add_mutually_exclusive_group(required=True)
