@@ -11,7 +11,6 @@ Usage: ``Route("/v1/feedback", feedback_endpoint, methods=["POST"])``.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -116,8 +115,6 @@ async def feedback_endpoint(request: Request) -> Response:
             feedback_id = gw.sink.feedback(fields)
         except CaptureUnavailable as exc:
             raise Overloaded(f"feedback not accepted: {exc}", code="capture_unavailable") from None
-    except RateLimited as exc:
-        return error_response(exc, [(b"retry-after", str(max(1, math.ceil(exc.wait_s))).encode())])
     except GatewayError as exc:
         return error_response(exc)
     return JSONResponse({"id": feedback_id, "object": "feedback", "status": "accepted"}, status_code=202)

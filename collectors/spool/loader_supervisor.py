@@ -46,6 +46,15 @@ STEER_S = 1.0  # how often the serving process looks at how far behind the loade
 _ROOT = str(Path(collectors.__file__).resolve().parent.parent)
 
 
+# what a loader needs from the environment: locale, paths, TLS and libpq settings; never the client, admin or
+# upstream keys the serving process holds
+_KEEP = ("PATH", "HOME", "LANG", "LC_", "TZ", "TMPDIR", "PG", "SSL_CERT_", "PYTHONUNBUFFERED", "PYTHONHASHSEED")
+
+
+def _loader_environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(_KEEP)}
+
+
 class LoaderSupervisor:
     def __init__(
         self,
@@ -66,6 +75,7 @@ class LoaderSupervisor:
         self.stored = 0  # lines the loaders stored, every journal
         self.proc: subprocess.Popen[bytes] | None = None
         self._dsn = store_dsn
+        self._cwd = os.getcwd()  # fixed at start: a relative sqlite path or state_dir keeps its meaning
         self._policy: bytes | None = None
         self._review = orjson.dumps({"review": review or {}}) + b"\n"
         self._control: int | None = None
@@ -149,6 +159,7 @@ class LoaderSupervisor:
         path = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)
         command = [
             sys.executable,
+            "-P",  # never the working directory's modules first: nothing planted there runs with the DSN
             "-m",
             "collectors.spool.loader_child",
             "--journal",
@@ -168,7 +179,8 @@ class LoaderSupervisor:
         try:
             self.proc = subprocess.Popen(
                 command,
-                env={**os.environ, "PYTHONPATH": path, DSN_ENV: self._dsn},
+                env={**_loader_environment(), "PYTHONPATH": path, DSN_ENV: self._dsn},
+                cwd=self._cwd,
                 stdin=subprocess.DEVNULL,
                 pass_fds=(self.journal.lock_fd, control_r, report_w),
             )

@@ -226,3 +226,25 @@ async def test_a_loader_that_falls_behind_runs_at_normal_priority_until_it_caugh
         assert "exited with code" not in output  # a planned restart is not reported as a crash
         gw.stop(signal.SIGTERM)
     exactly_once(db, seen)
+
+
+def test_the_loader_never_imports_from_the_working_directory_nor_sees_the_keys(tmp_path: Path) -> None:
+    # security finding 12: the loader child ran "python -m" with the working directory first on sys.path, so a
+    # module planted there ran inside it, with every key of the serving process in its environment
+    text = CONFIG.format(state=tmp_path / "state", store="store: sqlite:///t.db", url="http://127.0.0.1:9/v1")
+    cfg = write_config(tmp_path, text.replace("upstreams:", "auth: {client_keys_env: T_KEYS}\nupstreams:"))
+    marker = tmp_path / "planted-ran"
+    with GatewayProcess(cfg, env={"T_KEYS": "sk-client-canary-77"}, cwd=tmp_path) as gw:
+        first = loader_of(gw.proc.pid)
+        # planted after start (the serving process has its modules already): the next loader would take it
+        (tmp_path / "orjson.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\nraise ImportError\n")
+        os.kill(first, signal.SIGKILL)
+        second = loader_of(gw.proc.pid, other_than=first)
+        environ = Path(f"/proc/{second}/environ").read_bytes()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not marker.exists():
+            time.sleep(0.1)
+        assert not marker.exists()
+        assert b"sk-client-canary-77" not in environ and b"T_KEYS" not in environ
+        assert Path(f"/proc/{second}/cwd").resolve() == tmp_path.resolve()  # relative store paths keep working
+        assert httpx.get(gw.url + "/readyz", timeout=5).status_code == 200
