@@ -191,6 +191,10 @@ def _litellm() -> Any:
 
     litellm.suppress_debug_info = True
     litellm.telemetry = False
+    # a client's image_url / file_url is fetched by litellm for some providers: never from a private, loopback
+    # or link-local address (its SSRF check, on by default since 1.110; set here so no default can change it)
+    litellm.user_url_validation = True
+    litellm.user_url_allowed_hosts = []
     for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
         # litellm adds its own stderr handler and logs each call at INFO: that doubled our one line per call
         logger = logging.getLogger(name)

@@ -154,3 +154,36 @@ def test_responses_api_through_litellm_plain_and_streamed(gw: GatewayProcess, fa
     types = [e.type for e in events]
     assert types[0] == "response.created" and types[-1] == "response.completed"
     assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == "echo: hello claude"
+
+
+def test_a_private_address_image_url_is_never_fetched(gw: GatewayProcess) -> None:
+    # security finding 8: litellm fetches image URLs for providers that need the bytes (Anthropic); releases
+    # before its URL validation followed any client URL, into the pod's network
+    import http.server
+    import threading
+
+    hits: list[str] = []
+
+    class Image(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            self.send_response(200)
+            self.send_header("content-type", "image/png")
+            self.end_headers()
+            self.wfile.write(b"\x89PNG\r\n\x1a\n")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Image)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/internal/metadata.png"
+        content = [{"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": url}}]
+        body = {"model": "assistant", "messages": [{"role": "user", "content": content}]}
+        resp = httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=20)
+        assert resp.status_code >= 400, resp.text
+        assert hits == []
+    finally:
+        server.shutdown()
+        server.server_close()
