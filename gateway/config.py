@@ -67,10 +67,10 @@ class _Model(BaseModel):
 
 
 class Server(_Model):
-    host: str = "0.0.0.0"
-    port: int = Field(8080, ge=1, le=65535)
-    max_body_mb: float = Field(32, gt=0)
-    state_dir: str = "./turnout-state"
+    host: str = "0.0.0.0"  # listen address
+    port: int = Field(8080, ge=1, le=65535)  # listen port
+    max_body_mb: float = Field(32, gt=0)  # bigger request bodies get 413
+    state_dir: str = "./turnout-state"  # journal, metrics files: must be writable and survive a crash
     capture_spool_mb: float = Field(1024, gt=0)  # journal bytes waiting for the store before drops
     max_in_flight: int = Field(4096, ge=1)  # proxied requests at once; beyond: fast 503 with Retry-After
     drain_s: float = Field(25, ge=0)  # on SIGTERM, in-flight requests get this long before streams are cut
@@ -83,15 +83,15 @@ class Server(_Model):
 class NamedClient(_Model):
     """One application calling the gateway: its key, the routes it may use (all when unset), its rate limit."""
 
-    key_env: EnvName
-    routes: list[str] | None = None
+    key_env: EnvName  # env var holding this client's key
+    routes: list[str] | None = None  # routes it may use (others: 404)
     rpm: int | None = Field(None, ge=1, le=1_000_000)  # requests per minute, per replica
 
 
 class Auth(_Model):
-    client_keys_env: EnvName | None = None
-    admin_key_env: EnvName | None = None
-    clients: dict[str, NamedClient] = {}
+    client_keys_env: EnvName | None = None  # env var: comma-separated client keys; unset: no client auth
+    admin_key_env: EnvName | None = None  # env var: the admin key (/admin/*); unset: admin routes closed
+    clients: dict[str, NamedClient] = {}  # named clients (applications)
     caller_key_env: EnvName | None = None  # keys the stored caller hashes; default: the admin key
 
 
@@ -101,16 +101,16 @@ class UpstreamPrice(_Model):
 
 
 class Upstream(_Model):
-    provider: Literal["openai", "litellm", "dummy"] = "openai"
-    base_url: str | None = None
-    model: str = "dummy"
-    api_key_env: EnvName | None = None
-    timeout_s: float = Field(60, gt=0)
-    connect_timeout_s: float = Field(5, gt=0)
+    provider: Literal["openai", "litellm", "dummy"] = "openai"  # openai: pass-through, litellm, dummy: demo answers
+    base_url: str | None = None  # OpenAI-compatible base URL (.../v1)
+    model: str = "dummy"  # model name sent upstream
+    api_key_env: EnvName | None = None  # env var holding the upstream's key
+    timeout_s: float = Field(60, gt=0)  # whole-call timeout of one attempt
+    connect_timeout_s: float = Field(5, gt=0)  # connect timeout (retried like a refused connection)
     retries: int = Field(2, ge=0, le=10)  # more attempts on connect errors, 429 and 5xx, before the first byte
-    trained_at: Date | None = None
+    trained_at: Date | None = None  # training date: TurnoutModelStale
     price: UpstreamPrice | None = None  # else litellm's price list, where it knows the model
-    dataset: str | None = None
+    dataset: str | None = None  # NAME@vN it was trained on (lineage)
     answers: dict[str, str] = {}  # dummy only: the right answer to these prompts (others are echoed)
     wrong_share: Share = 0.0  # dummy only: this share of prompts (the same ones on every upstream) answered wrong
     deprecated_at: Date | None = None  # the provider's announced retirement: TurnoutModelDeprecated 30 days ahead
@@ -127,37 +127,37 @@ class Upstream(_Model):
 
 
 class Shadow(_Model):
-    upstream: str
-    sample: Share
+    upstream: str  # the candidate upstream
+    sample: Share  # share of requests mirrored
 
 
 class ShadowLimits(_Model):
     """How much shadow work may run: in flight per shadow upstream (per worker), per call, per body, at shutdown."""
 
-    max_in_flight: int = Field(64, ge=1)
-    timeout_s: float = Field(30, gt=0)
-    max_body_mb: float = Field(4, gt=0)
-    drain_s: float = Field(5, ge=0)
+    max_in_flight: int = Field(64, ge=1)  # shadow calls open per shadow upstream (per worker); beyond: dropped
+    timeout_s: float = Field(30, gt=0)  # each shadow call's timeout
+    max_body_mb: float = Field(4, gt=0)  # bigger bodies are not mirrored
+    drain_s: float = Field(5, ge=0)  # how long shutdown waits for running shadows
 
 
 class CaptureConfig(_Model):
-    sample: Share = 1.0
+    sample: Share = 1.0  # share of interactions stored
     redact: list[Literal["email", "phone"]] = []  # secrets are always masked
 
 
 class Retraining(_Model):
-    max_model_age: Duration | None = None
-    min_feedback_score: Share | None = None
-    min_eval_score: Share | None = None
-    min_ratings: int = Field(20, ge=0)
+    max_model_age: Duration | None = None  # TurnoutModelStale past this
+    min_feedback_score: Share | None = None  # TurnoutFeedbackDegraded below
+    min_eval_score: Share | None = None  # TurnoutEvalScoreLow below
+    min_ratings: int = Field(20, ge=0)  # ratings in 6h before feedback counts
 
 
 class Drift(_Model):
     """Input and output drift checks of a route (``reference: window:30d`` or ``dataset``)."""
 
-    reference: str = "window:30d"
-    every: Annotated[Duration, Field(gt=0)] = 3600.0
-    max_psi: float = Field(0.2, gt=0)
+    reference: str = "window:30d"  # window:<duration> or dataset
+    every: Annotated[Duration, Field(gt=0)] = 3600.0  # how often the check runs
+    max_psi: float = Field(0.2, gt=0)  # TurnoutInputDrift/OutputDrift above
 
     @field_validator("reference")
     @classmethod
@@ -178,32 +178,32 @@ Guardrail = Literal["feedback_score", "thumbs_up", "task_completed", "error_rate
 class Analysis(_Model):
     """How an A/B split is judged (``turnout experiment report``, rollout steps): see policies/experiments.py."""
 
-    control: str
-    primary: Metric = "feedback_score"
+    control: str  # the variant serving now
+    primary: Metric = "feedback_score"  # the metric that decides
     guardrails: dict[Guardrail, Annotated[float, Field(ge=0)]] = {}  # most harm tolerated (latency: relative)
-    alpha: float = Field(0.05, gt=0, lt=0.5)
+    alpha: float = Field(0.05, gt=0, lt=0.5)  # error rate of the decision
     min_users: int = Field(200, ge=2)  # per variant
-    min_duration: Duration = 7 * 86400.0
+    min_duration: Duration = 7 * 86400.0  # no promote before this
     max_duration: Duration = 28 * 86400.0  # no decision by then: inconclusive
 
 
 class ShadowGate(_Model):
-    min_samples: int = Field(200, ge=1)
-    min_agreement: Share = 0.8
-    max_error_rate: Share = 0.05
+    min_samples: int = Field(200, ge=1)  # comparisons needed
+    min_agreement: Share = 0.8  # mean agreement needed
+    max_error_rate: Share = 0.05  # shadow error rate allowed
 
 
 class Gates(_Model):
     eval: str | None = None  # an eval suite file (relative to the config file): candidate vs control
-    shadow: ShadowGate | None = None
+    shadow: ShadowGate | None = None  # shadow gate: comparisons, agreement, errors
 
 
 class Rollout(_Model):
-    candidate: str
-    gates: Gates = Gates()
-    steps: list[Annotated[int, Field(ge=1, le=100)]] = [1, 10, 50, 100]
-    interval: Duration = 3600.0
-    on_failure: Literal["rollback", "pause"] = "rollback"
+    candidate: str  # a variant of the route (weight 0 in the file)
+    gates: Gates = Gates()  # before the first step
+    steps: list[Annotated[int, Field(ge=1, le=100)]] = [1, 10, 50, 100]  # percent of users on the candidate
+    interval: Duration = 3600.0  # at least this long on a step
+    on_failure: Literal["rollback", "pause"] = "rollback"  # rollback or pause
 
     @field_validator("steps")
     @classmethod
@@ -214,18 +214,18 @@ class Rollout(_Model):
 
 
 class RouteConfig(_Model):
-    variants: dict[str, Annotated[float, Field(ge=0)]]
-    experiment: str | None = None
-    sticky_by: str = "user"
-    shadows: list[Shadow] = []
+    variants: dict[str, Annotated[float, Field(ge=0)]]  # {upstream: weight}; one entry: plain routing
+    experiment: str | None = None  # names the split (default: route)
+    sticky_by: str = "user"  # user, api_key, header:<name> or none
+    shadows: list[Shadow] = []  # candidates mirrored a share of requests
     fallbacks: list[str] = []  # upstreams tried in order when the variant fails before the first byte
     timeout_s: float | None = Field(None, gt=0)  # deadline of all attempts; default: the largest upstream timeout_s
     capture: CaptureConfig = CaptureConfig()
-    store_retention: Duration | None = None
-    retraining: Retraining | None = None
-    drift: Drift | None = None
-    analysis: Analysis | None = None
-    rollout: Rollout | None = None
+    store_retention: Duration | None = None  # this route's own retention
+    retraining: Retraining | None = None  # thresholds of the retraining alerts
+    drift: Drift | None = None  # input and output drift checks
+    analysis: Analysis | None = None  # how an A/B split is judged
+    rollout: Rollout | None = None  # a guarded rollout of a candidate
 
     @model_validator(mode="after")
     def _check(self) -> RouteConfig:
@@ -241,27 +241,27 @@ class RouteConfig(_Model):
 class ReviewFlag(_Model):
     """What queues an interaction for a person besides the random sample (any one matching is enough)."""
 
-    label: Literal["good", "bad"] | None = None
-    max_score: Share | None = None
-    max_shadow_agreement: Share | None = None
+    label: Literal["good", "bad"] | None = None  # feedback label that queues
+    max_score: Share | None = None  # feedback score at most this queues
+    max_shadow_agreement: Share | None = None  # shadow agreement below this queues
 
 
 class Review(_Model):
     sample: Share = 0.0  # share of captured primary chat interactions queued at random
-    flag: ReviewFlag = ReviewFlag()
+    flag: ReviewFlag = ReviewFlag()  # what queues besides the random sample
     max_backlog: int = Field(1000, ge=1)  # TurnoutReviewBacklog: a route's queue above this for a day
 
 
 class DatasetInclude(_Model):
     reviewed: Literal["approved"] | None = "approved"  # null: feedback filters alone (rejected items never)
-    label: Literal["good", "bad"] | None = None
-    min_score: Share | None = None
-    since: Duration | None = None
+    label: Literal["good", "bad"] | None = None  # only this feedback label
+    min_score: Share | None = None  # only feedback scores at least this
+    since: Duration | None = None  # only newer than this
 
 
 class Dataset(_Model):
-    route: str
-    include: DatasetInclude = DatasetInclude()
+    route: str  # the route whose interactions it takes
+    include: DatasetInclude = DatasetInclude()  # which interactions
     every: str | None = None  # scheduled builds: a duration (7d) or a five-field cron line
 
     @model_validator(mode="after")
@@ -286,9 +286,9 @@ class EvalSchedule(_Model):
     """``evals:`` entries: a suite run on a schedule against every serving variant and shadow of a route."""
 
     suite: str  # path relative to the config file
-    route: str
-    every: Duration | None = None
-    cron: str | None = None
+    route: str  # its serving variants and shadows are evaluated
+    every: Duration | None = None  # a duration (6h)
+    cron: str | None = None  # or a five-field cron line
     concurrency: int = Field(16, ge=1, le=256)  # cases in flight per upstream
 
     @model_validator(mode="after")
@@ -308,16 +308,16 @@ class EvalSchedule(_Model):
 class Config(_Model):
     server: Server = Server()
     auth: Auth = Auth()
-    store: str = "sqlite:///turnout.db"
-    store_env: EnvName | None = None
-    store_retention: Duration | None = None
+    store: str = "sqlite:///turnout.db"  # sqlite:///path.db (sqlite:////abs/path.db) or postgresql://...
+    store_env: EnvName | None = None  # env var holding the store DSN instead of store
+    store_retention: Duration | None = None  # delete interactions (and feedback) older than this
     shadow: ShadowLimits = ShadowLimits()
-    upstreams: dict[str, Upstream]
-    routes: dict[str, RouteConfig]
-    review: Review | None = None
+    upstreams: dict[str, Upstream]  # model endpoints by name
+    routes: dict[str, RouteConfig]  # by the model name clients send
+    review: Review | None = None  # the review queue (/admin/review)
     datasets_dir: str = "./datasets"  # relative to the config file's directory (like eval suites), or absolute
-    datasets: dict[DatasetName, Dataset] = {}
-    evals: list[EvalSchedule] = []
+    datasets: dict[DatasetName, Dataset] = {}  # versioned training datasets by name
+    evals: list[EvalSchedule] = []  # eval suites run on a schedule
 
     @field_validator("store")
     @classmethod

@@ -123,3 +123,13 @@ def test_the_tutorials_config_validates(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "gateway", "check", str(tmp_path / "turnout.yaml")]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False, cwd=ROOT)
     assert result.returncode == 0, result.stderr
+
+
+def test_every_metric_an_alert_queries_is_exported() -> None:
+    exported = {name for name, *_ in reference.exported_metrics() + reference.stored_series()}
+    bases = {re.sub(r"_total$", "", n) for n in exported}
+    for rule in reference.alerts():
+        text = rule["expr"] + " ".join(rule["annotations"].values())
+        for used in set(re.findall(r"\bturnout_[a-z_]+", text)):
+            base = re.sub(r"_(total|sum|count|bucket)$", "", used)
+            assert used in exported or base in bases, f"{rule['alert']} queries {used}, which nothing exports"
