@@ -34,6 +34,8 @@ def _fail(exc: ConfigError) -> int:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from gateway.limits import HEAD_TIMEOUT_ENV
+
     path = Path(args.config).absolute()  # not resolve(): a ConfigMap mount swaps the ..data symlink under it
     try:
         loaded = load_config(path)
@@ -43,6 +45,7 @@ def serve(args: argparse.Namespace) -> int:
     state_dir = Path(server.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     os.environ["TURNOUT_CONFIG"] = str(path)
+    os.environ[HEAD_TIMEOUT_ENV] = str(server.head_timeout_s)  # read by every worker's protocol
     if args.workers > 1:
         metrics_dir = state_dir / "metrics"
         shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -59,6 +62,7 @@ def serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         loop="uvloop",
         http="gateway.limits:BoundedHttpToolsProtocol",  # httptools with a cap on the request head (431)
+        limit_concurrency=server.max_connections,
         access_log=False,
         proxy_headers=False,  # the client address is never used; skips a middleware on every request
         log_level="info",

@@ -78,6 +78,8 @@ class Server(_Model):
     stream_idle_s: float = Field(120, gt=0)  # a stream silent this long is broken off
     body_timeout_s: float = Field(30, gt=0)  # the whole request body must arrive within this (else 408)
     max_n: int = Field(8, ge=1)  # the most choices ("n") one request may ask for (else 400)
+    head_timeout_s: float = Field(10, gt=0)  # the request line and headers must arrive within this (else closed)
+    max_connections: int = Field(8192, ge=1)  # open connections and requests at once; beyond: 503
 
 
 class NamedClient(_Model):

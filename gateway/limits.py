@@ -12,6 +12,8 @@ Usage: ``check_shape(orjson.loads(raw), raw)``; ``uvicorn.run(..., http="gateway
 
 from __future__ import annotations
 
+import asyncio
+import os
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -22,6 +24,7 @@ MAX_DEPTH = 64
 MAX_ITEMS = 100_000
 MAX_STRING = 16 * 1024 * 1024  # characters; a base64 image can be large
 MAX_HEADER_BYTES = 64 * 1024
+HEAD_TIMEOUT_ENV = "TURNOUT_HEAD_TIMEOUT_S"  # server.head_timeout_s, handed to every worker by turnout serve
 FEEDBACK_MAX_BYTES = 64 * 1024  # a feedback body (a correction is one answer, not a document)
 FEEDBACK_PER_MINUTE = 120  # feedback posts per caller per minute and process (the admin key: unlimited)
 
@@ -63,15 +66,41 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._head_timeout_s = float(os.environ.get(HEAD_TIMEOUT_ENV) or 10)
+        self._head_timer: asyncio.TimerHandle | None = None
         self._in_head = True
         self._head_bytes = 0
         self._tail = b""  # the last bytes seen, so a head end split between two reads is found
         self._refused = False
 
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        """Slowloris: a request head (from its first byte, or from the connection's start) has a deadline."""
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self._head_timeout_s, self._head_expired)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_expired(self) -> None:
+        self._head_timer = None
+        if self._in_head and not self.transport.is_closing():
+            self.transport.close()
+
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
         if self._in_head:
+            self._arm()
             seen = self._tail + data
             end = seen.find(b"\r\n\r\n")
             self._head_bytes += len(data) if end < 0 else max(0, end - len(self._tail))
@@ -82,6 +111,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().data_received(data)
 
     def on_headers_complete(self) -> None:
+        self._disarm()
         self._in_head = False
         super().on_headers_complete()
 
