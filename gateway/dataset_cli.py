@@ -30,6 +30,7 @@ from collectors.store import UnknownStore, open_store
 from collectors.store.base import StoreUnavailable
 from gateway.config import ConfigError, Loaded, load_config
 from gateway.datasets import build_dataset, datasets_root
+from gateway.progress import Progress, add_quiet
 
 
 def _load(path: str) -> Loaded:
@@ -46,7 +47,10 @@ def _build(args: argparse.Namespace, loaded: Loaded) -> int:
         store = open_store(loaded.secrets.store_dsn)
         try:
             await store.open()
-            return await build_dataset(store, config, loaded.path, args.name, now=time.time(), dry_run=args.dry_run)
+            with Progress(f"dataset {args.name}: reading", unit="interaction", quiet=args.quiet) as bar:
+                return await build_dataset(
+                    store, config, loaded.path, args.name, now=time.time(), dry_run=args.dry_run, on_read=bar.update
+                )
         finally:
             await store.close()
 
@@ -206,6 +210,7 @@ def add_parsers(sub: Any) -> None:
     a.add_argument("name")
     a.add_argument("--dry-run", action="store_true", help="say what would be written, write nothing")
     a.add_argument("--json", action="store_true", help="print the result (version, counts, sha256, path) as JSON")
+    add_quiet(a)
     a = actions.add_parser("list", help="the versions of a dataset (default: every dataset)")
     a.add_argument("name", nargs="?")
     a = actions.add_parser("show", help="a version's manifest")

@@ -54,10 +54,18 @@ def spec(config: Config, name: str) -> Spec:
 
 
 async def build_dataset(
-    store: Store, config: Config, config_path: Path, name: str, *, now: float, dry_run: bool = False
+    store: Store,
+    config: Config,
+    config_path: Path,
+    name: str,
+    *,
+    now: float,
+    dry_run: bool = False,
+    on_read: Callable[[], None] | None = None,
 ) -> BuildResult:
     """Build the next version of the configured dataset ``name`` (and record it in the store)."""
-    result = await build(store, datasets_root(config, config_path), spec(config, name), now=now, dry_run=dry_run)
+    root = datasets_root(config, config_path)
+    result = await build(store, root, spec(config, name), now=now, dry_run=dry_run, on_read=on_read)
     if result.version is not None:
         await record_version(store, result.manifest, created=now)
     return result

@@ -1,4 +1,4 @@
-"""Progress of the long CLI commands (export, eval run/compare, dataset build): one convention for all of them.
+"""Progress of the long CLI commands (export, eval run/compare, dataset build): one convention for all.
 
 On a terminal (standard error is a TTY) a tqdm bar on standard error; when standard error is piped or a file,
 plain lines (``eval plus-one on prod: 120/200 cases``) at most every ``interval_s`` and once at the end, never a

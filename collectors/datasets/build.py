@@ -26,7 +26,7 @@ import hashlib
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,14 +146,19 @@ def _example(record: dict[str, Any], answer: str | None, spec: Spec, redactor: R
     return Example(*it, line, canonical(line))
 
 
-async def collect(store: Store, spec: Spec, *, now: float) -> tuple[list[Example], dict[str, int]]:
-    """The examples of a build, redacted, near-duplicates collapsed, in order; and what was left out."""
+async def collect(
+    store: Store, spec: Spec, *, now: float, on_read: Callable[[], None] | None = None
+) -> tuple[list[Example], dict[str, int]]:
+    """The examples of a build, redacted, near-duplicates collapsed, in order; and what was left out.
+    ``on_read`` is called for each interaction read (the CLI's progress)."""
     cutoff = None if spec.since is None else now - spec.since
     source = _reviewed(store, spec, cutoff) if spec.reviewed == "approved" else _by_feedback(store, spec, cutoff)
     redactor = Redactor(spec.redact, spec.secrets)
     kept: dict[str, Example] = {}
     skipped = collapsed = 0
     async for record, answer in source:
+        if on_read is not None:
+            on_read()
         example = _example(record, answer, spec, redactor)
         if example is None:
             skipped += 1
@@ -197,9 +202,17 @@ def counts(examples: Sequence[Example], left_out: dict[str, int]) -> dict[str, A
     }
 
 
-async def build(store: Store, root: Path, spec: Spec, *, now: float, dry_run: bool = False) -> BuildResult:
+async def build(
+    store: Store,
+    root: Path,
+    spec: Spec,
+    *,
+    now: float,
+    dry_run: bool = False,
+    on_read: Callable[[], None] | None = None,
+) -> BuildResult:
     """Build the next version of ``spec.name`` under ``root`` (see the module docstring)."""
-    examples, left_out = await collect(store, spec, now=now)
+    examples, left_out = await collect(store, spec, now=now, on_read=on_read)
     return await asyncio.to_thread(write_version, root, spec, examples, left_out, now=now, dry_run=dry_run)
 
 

@@ -90,10 +90,11 @@ def test_export_piped_and_quiet(tmp_path: Path) -> None:
 def test_dataset_build_json_is_the_result_as_data(tmp_path: Path) -> None:
     cfg = setup(tmp_path)
     asyncio.run(seed(tmp_path / "t.db", 12))
-    dry = turnout("dataset", "build", "support", "-c", str(cfg), "--dry-run", "--json")
+    dry = turnout("dataset", "build", "support", "-c", str(cfg), "--dry-run", "--json", "--quiet")
     assert dry.returncode == 0 and dry.stderr == "", dry.stderr
     assert json.loads(dry.stdout)["version"] is None and json.loads(dry.stdout)["dry_run"] is True
     built = turnout("dataset", "build", "support", "-c", str(cfg), "--json")
+    assert built.stderr.splitlines() == ["dataset support: reading: 12 interactions"]
     doc = json.loads(built.stdout)
     assert built.returncode == 0 and doc["version"] == "v0001" and doc["counts"]["examples"] == 12
     assert Path(doc["path"], "train.jsonl").is_file() and len(doc["sha256"]) == 64
