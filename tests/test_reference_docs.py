@@ -4,6 +4,7 @@ stored-state readers run on a real SQLite store) is in docs/metrics.md."""
 
 from __future__ import annotations
 
+import argparse
 import re
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway import reference
+from gateway import cli, reference
 from tests.harness import served, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,3 +134,31 @@ def test_every_metric_an_alert_queries_is_exported() -> None:
         for used in set(re.findall(r"\bturnout_[a-z_]+", text)):
             base = re.sub(r"_(total|sum|count|bucket)$", "", used)
             assert used in exported or base in bases, f"{rule['alert']} queries {used}, which nothing exports"
+
+
+def _subparsers(p: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    actions = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(actions[0].choices) if actions else {}
+
+
+@pytest.mark.parametrize("name", ["concepts.md", "runbook.md", "tutorial.md"])
+def test_the_docs_name_real_commands_options_and_files(name: str) -> None:
+    """Every ``turnout ...`` command line in the prose docs parses to a real (sub)command whose options exist,
+    and every module path they name exists."""
+    text = (DOCS / name).read_text()
+    for path in re.findall(r"`((?:gateway|collectors|policies|helm|grafana|examples)/[\w./-]*)`", text):
+        assert (ROOT / path).exists(), f"docs/{name} names {path}, which does not exist"
+    spans = re.findall(r"`(turnout [^`]+)`", text) + re.findall(r"^\s*(turnout [^#\n]+)", text, flags=re.M)
+    assert spans
+    for span in spans:
+        words = re.split(r" [|>&] ", span)[0].split()[1:]  # up to a pipe or redirection
+        parser = cli.parser()
+        for word in words:
+            choices = _subparsers(parser)
+            if not choices or word.startswith("-") or word.isupper():  # COMMAND: a placeholder
+                break
+            assert word in choices, f"docs/{name}: `{span}`: no command {word!r}"
+            parser = choices[word]
+        known = {o for a in parser._actions for o in a.option_strings}
+        for flag in re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", " ".join(words)):
+            assert flag in known, f"docs/{name}: `{span}`: {flag} is not an option of that command"
