@@ -28,7 +28,12 @@ KINDS = ("email", "phone")
 # lookbehind), and every run of a character class is possessive (``++``, ``{n,}+``) or bounded, so a failed
 # attempt never re-scans what it consumed. The PEM body may not contain "-----", so it stops at the next
 # marker. Adversarial input of 1 MB takes milliseconds per pattern (tests/collectors/test_redos.py).
-_VALUE = rb"""\\?["']?\s*+[:=]\s*+\\?["']?(?P<v>[^\s"',;\\]{6,}+)"""
+# a keyword's value: quotes escaped up to three levels deep (JSON in a JSON string in the stored JSON), and
+# whitespace as it appears serialised ("\\t", "\\n")
+_QUOTE = rb"""(?:\\{0,7}["'])?"""
+_SPACE = rb"(?:\s|\\[tnr])*+"
+_VALUE = _QUOTE + _SPACE + rb"[:=]" + _SPACE + _QUOTE + rb"""(?P<v>[^\s"',;\\]{6,}+)"""
+_NAME_TAIL = rb"[a-z0-9_-]{0,30}"  # aws_secret_access_key, token_value, client_secret_2: the keyword's name goes on
 # searched in the original bytes; the whole match is the secret
 _CASED = [
     re.compile(p)
@@ -43,6 +48,12 @@ _CASED = [
         rb"glpat-(?<![A-Za-z0-9_]glpat-)[A-Za-z0-9_-]{20,}+",
         rb"eyJ(?<![A-Za-z0-9_-]eyJ)[A-Za-z0-9_-]{10,}+\.eyJ[A-Za-z0-9_-]{10,}+\.[A-Za-z0-9_-]{10,}+",
         rb"-----BEGIN[A-Z ]{0,40}PRIVATE KEY-----(?:[^\"-]++|-(?!----))*+-----END[A-Z ]{0,40}PRIVATE KEY-----",
+        rb"[sr]k_(?:live|test)_[A-Za-z0-9]{16,}+",  # Stripe
+        rb"hf_(?<![A-Za-z0-9_]hf_)[A-Za-z0-9]{30,}+",  # Hugging Face
+        rb"npm_(?<![A-Za-z0-9_]npm_)[A-Za-z0-9]{36}",
+        rb"SG\.(?<![A-Za-z0-9_]SG\.)[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}",  # SendGrid
+        # HTTP basic credentials: base64 holding a digit, "+", "/" or "=" (not an English word after "Basic")
+        rb"Basic(?<![A-Za-z0-9_]Basic)(?:[ ]|\\t)++(?P<v>(?=[A-Za-z0-9+/]{0,200}[0-9+/=])[A-Za-z0-9+/]{8,}+={0,2})",
     )
 ]
 # searched in the lower-cased bytes (same length); group "v" is the secret, the rest stays. A keyword may
@@ -50,11 +61,14 @@ _CASED = [
 _UNCASED = [
     re.compile(p)
     for p in (
-        rb"bearer(?<![a-z0-9_]bearer)\s++(?P<v>[a-z0-9._~+/=-]{8,}+)",
-        rb"api(?<![a-z0-9]api)[_-]?key" + _VALUE,
-        rb"secret(?<![a-z0-9]secret)" + _VALUE,
-        rb"passw(?<![a-z0-9]passw)(?:or)?d" + _VALUE,
-        rb"access(?<![a-z0-9]access)[_-]?token" + _VALUE,
+        rb"bearer(?<![a-z0-9_]bearer)(?:\s|\\[tnr])++(?P<v>[a-z0-9._~+/=-]{8,}+)",
+        rb"api(?<![a-z0-9]api)[_-]?key" + _NAME_TAIL + _VALUE,
+        rb"secret(?<![a-z0-9]secret)" + _NAME_TAIL + _VALUE,
+        rb"passw(?<![a-z0-9]passw)(?:or)?d" + _NAME_TAIL + _VALUE,
+        rb"token(?<![a-z0-9]token)" + _NAME_TAIL + _VALUE,
+        rb"credential(?<![a-z0-9]credential)" + _NAME_TAIL + _VALUE,
+        # a password in a URL's user info (postgresql://user:pw@host): the host follows the last "@"
+        rb"://[^\s:/@\"'\\]{1,64}+:(?P<v>[^\s/\"'\\]{1,128}?)@(?=[^\s@/\"'\\]{1,253}+(?:[/:?\"'\\\s]|$))",
     )
 ]
 # e-mail: found from its "@" (a literal, so the engine skips ahead), then the local part is looked for in the
@@ -72,7 +86,7 @@ _MARK = SECRET_MARK.encode()
 
 
 def _spans(data: bytes) -> list[tuple[int, int]]:
-    spans = [m.span() for rx in _CASED for m in rx.finditer(data)]
+    spans = [m.span("v" if "v" in rx.groupindex else 0) for rx in _CASED for m in rx.finditer(data)]
     lower = data.lower()
     spans += [m.span("v") for rx in _UNCASED for m in rx.finditer(lower)]
     return spans

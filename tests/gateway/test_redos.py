@@ -37,6 +37,13 @@ ADVERSARIAL = {
     "keyword-quote": 'api_key=\\"',
     "sk": "sk-",
     "github": "ghp_",
+    "url-password": "://a:",
+    "url-password-at": "://a:b@",
+    "basic": "Basic 1",
+    "keyword-tail": "token_",
+    "keyword-escapes": 'password\\\\\\"',
+    "stripe": "sk_live_",
+    "hugging-face": "hf_",
 }
 REDACTOR = Redactor(kinds={"email", "phone"}, secrets=("client-key-canary",))
 
