@@ -338,6 +338,7 @@ class Call:
                 heartbeat_s=server.heartbeat_s,
                 idle_s=server.stream_idle_s,
                 timeout_s=timeout_s,
+                secrets=self.gen.secrets,
             )
         finally:
             outcome.first_token_at = tee.first_token_at

@@ -156,8 +156,49 @@ class Tee(Protocol):
     def feed(self, data: bytes) -> bytes: ...
 
 
+class StreamScrub:
+    """Masks configured secret values in a byte stream cut anywhere: a tail that could begin a secret is held
+    back until the next bytes show whether it does (the common tail, an SSE event's blank line, never can).
+
+    Usage: ``scrub = StreamScrub(gen.secrets)``; ``out = scrub.feed(data)``; ``last = scrub.flush()``."""
+
+    def __init__(self, secrets: tuple[bytes, ...]) -> None:
+        self.secrets = tuple(s for s in secrets if s)
+        self._bytes = frozenset(b for s in self.secrets for b in s)
+        self._longest = max((len(s) for s in self.secrets), default=0)
+        self._held = b""
+
+    def feed(self, data: bytes) -> bytes:
+        if not self.secrets:
+            return data
+        data = self._held + data
+        for secret in self.secrets:
+            if secret in data:
+                data = data.replace(secret, b"[redacted]")
+        hold = 0
+        if data and data[-1] in self._bytes:
+            for start in range(max(0, len(data) - self._longest + 1), len(data)):
+                tail = data[start:]
+                if any(s.startswith(tail) for s in self.secrets):
+                    hold = len(tail)
+                    break
+        self._held = data[len(data) - hold :] if hold else b""
+        return data[: len(data) - hold]
+
+    def flush(self) -> bytes:
+        held, self._held = self._held, b""
+        return held
+
+
 async def relay(
-    reply: Reply, client: ClientSide, tee: Tee, *, heartbeat_s: float, idle_s: float, timeout_s: float
+    reply: Reply,
+    client: ClientSide,
+    tee: Tee,
+    *,
+    heartbeat_s: float,
+    idle_s: float,
+    timeout_s: float,
+    secrets: tuple[bytes, ...] = (),
 ) -> tuple[str | None, bytes]:
     """Relay ``reply``'s stream through ``tee`` to ``client`` (committed first); returns the failure, if any,
     and the last bytes, held back for ``client.last``. The upstream connection is released or closed."""
@@ -166,13 +207,15 @@ async def relay(
     pacer = Pacer(reply.stream, heartbeat_s=heartbeat_s, idle_s=idle_s, waiting=lambda: tee.first_token_at is None)
     failure: str | None = None
     out = b""
+    scrub = StreamScrub(secrets)  # a configured key an upstream echoes, even split across reads
     try:
         while (data := await pacer.next()) is not None:
             if data is HEARTBEAT:
                 await client.part(data)
                 continue
-            out = tee.feed(data)
+            out = scrub.feed(tee.feed(data))
             if tee.done:
+                out += scrub.flush()
                 break
             if out:
                 await client.part(out)
