@@ -37,7 +37,7 @@ from gateway.errors import (
     send_error,
 )
 from gateway.generation import Generation
-from gateway.limits import check_shape
+from gateway.limits import check_brackets, check_shape
 from gateway.outcome import Outcome
 from gateway.responses_stream import ResponsesTee
 from gateway.retry import Attempts
@@ -86,6 +86,7 @@ def _check_n(body: dict[str, Any], max_n: int) -> None:
 def parse_body(raw: bytes, endpoint: str) -> dict[str, Any]:
     if not raw.strip():
         raise BadRequest("request body is empty; expected a JSON object")
+    check_brackets(raw)
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
