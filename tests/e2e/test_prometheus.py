@@ -44,6 +44,7 @@ routes:
     retraining: {{max_model_age: 30d, min_feedback_score: 0.8, min_ratings: 3}}
   broken:
     variants: {{dead: 100}}
+review: {{sample: 0.0, flag: {{label: bad}}}}   # the review row's panels read its backlog and bound
 """
 ROUTES = ("stale-bot", "healthy-bot", "broken")
 
