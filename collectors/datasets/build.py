@@ -101,7 +101,7 @@ async def _reviewed(store: Store, spec: Spec, cutoff: float | None) -> AsyncIter
     after: tuple[float, str] = (float("-inf"), "")
     while True:
         rows = await store.fetch(
-            "SELECT r.ts, r.id, r.answer, i.response_id, i.record FROM review_items r "
+            "SELECT r.ts, r.id, r.answer, i.response_id, i.record, i.caller FROM review_items r "
             "JOIN interactions i ON i.request_id = r.id WHERE r.route = $1 AND r.status = 'approved' AND r.ts >= $2 "
             "AND (r.ts > $3 OR (r.ts = $3 AND r.id > $4)) ORDER BY r.ts, r.id LIMIT $5",
             spec.route, float("-inf") if cutoff is None else cutoff, after[0], after[1], PAGE,
@@ -109,8 +109,8 @@ async def _reviewed(store: Store, spec: Spec, cutoff: float | None) -> AsyncIter
         if not rows:
             return
         after = (float(rows[-1][0]), str(rows[-1][1]))
-        feedback = await feedback_by_owner(store, [(str(r[1]), r[3]) for r in rows])
-        for _, item_id, answer, _, record in rows:
+        feedback = await feedback_by_owner(store, [(str(r[1]), r[3], r[5]) for r in rows])
+        for _, item_id, answer, _, record, _ in rows:
             data = orjson.loads(record)
             data["feedback"] = feedback.get(str(item_id), [])
             yield data, answer

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from collectors.review.decisions import history
-from collectors.store.base import Store
+from collectors.store.base import Store, same_caller
 
 CHUNK = 500  # ids per IN (...) list
 STATUSES = ("pending", "done", "approved", "rejected", "scored")
@@ -118,16 +118,27 @@ def _marks(n: int, start: int = 1) -> str:
     return ", ".join(f"${i}" for i in range(start, start + n))
 
 
-async def feedback_by_owner(store: Store, owners: Sequence[tuple[str, str | None]]) -> dict[str, list[dict[str, Any]]]:
-    """request id -> its feedback objects, oldest first, for (request id, response id) pairs of primaries."""
-    response_ids = sorted({rid for _, rid in owners if rid})
-    found = await store.feedback_for([i for i, _ in owners], response_ids) if owners else []
+async def feedback_by_owner(
+    store: Store, owners: Sequence[tuple[str, str | None, str | None]]
+) -> dict[str, list[dict[str, Any]]]:
+    """request id -> its feedback objects, oldest first, for (request id, response id, caller) of primaries: only
+    feedback from that caller or from the admin key (same_caller); by response id, it goes to the latest primary
+    with that id among those its caller may rate."""
+    response_ids = sorted({rid for _, rid, _ in owners if rid})
+    found = await store.feedback_for([i for i, _, _ in owners], response_ids) if owners else []
+    callers = {request_id: caller for request_id, _, caller in owners}
     keyed = sorted({fb.response_id for fb in found if fb.request_id is None and fb.response_id})
-    latest = await store.latest_for(keyed) if keyed else {}  # only feedback keyed by response id needs it
+    carriers: dict[str, list[tuple[str, str | None]]] = {}
+    for rid, req, caller in await store.primaries_for(keyed) if keyed else ():
+        carriers.setdefault(rid, []).append((req, caller))
     attached: dict[str, list[Any]] = {}
     for fb in found:
-        owner = fb.request_id if fb.request_id is not None else latest.get(fb.response_id or "")
-        if owner is not None:
+        if fb.request_id is not None:
+            owner = fb.request_id if same_caller(fb.caller, callers.get(fb.request_id)) else None
+        else:
+            mine = [req for req, caller in carriers.get(fb.response_id or "", ()) if same_caller(fb.caller, caller)]
+            owner = mine[-1] if mine else None
+        if owner is not None and owner in callers:
             attached.setdefault(owner, []).append(fb)
     return {
         owner: [orjson.loads(fb.record) for fb in sorted(fbs, key=lambda fb: (fb.ts, fb.feedback_id))]
@@ -141,11 +152,12 @@ async def records_for(store: Store, ids: Sequence[str]) -> dict[str, dict[str, A
     for start in range(0, len(ids), CHUNK):
         chunk = list(ids[start : start + CHUNK])
         rows = await store.fetch(
-            f"SELECT request_id, response_id, record FROM interactions WHERE request_id IN ({_marks(len(chunk))})",
+            f"SELECT request_id, response_id, record, caller FROM interactions "
+            f"WHERE request_id IN ({_marks(len(chunk))})",
             *chunk,
         )
-        feedback = await feedback_by_owner(store, [(str(r[0]), r[1]) for r in rows])
-        for request_id, _, record in rows:
+        feedback = await feedback_by_owner(store, [(str(r[0]), r[1], r[3]) for r in rows])
+        for request_id, _, record, _ in rows:
             data = orjson.loads(record)
             data["feedback"] = feedback.get(str(request_id), [])
             found[str(request_id)] = data

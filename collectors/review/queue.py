@@ -25,11 +25,12 @@ from typing import Any
 
 import orjson
 
-from collectors.store.base import FeedbackRow, InteractionRow, Store
+from collectors.store.base import FeedbackRow, InteractionRow, Store, same_caller
 
 # one reason per item, the first that applies in this order
 REASONS = ("label", "score", "shadow", "sample")
 REVIEWABLE = "chat.completions"  # the endpoint whose answers become fine-tuning examples
+CHUNK = 500  # ids per IN (...) list
 
 _QUEUE = (
     "INSERT INTO review_items (id, route, variant, reason, ts, queued_at, status) "
@@ -81,6 +82,21 @@ def _agreement(row: InteractionRow) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
+async def _callers(store: Store, request_ids: Sequence[str]) -> dict[str, str | None]:
+    """request id -> the caller of that reviewable primary interaction, for those stored."""
+    found: dict[str, str | None] = {}
+    for start in range(0, len(request_ids), CHUNK):
+        chunk = request_ids[start : start + CHUNK]
+        marks = ", ".join(f"${i}" for i in range(1, len(chunk) + 1))
+        rows = await store.fetch(
+            "SELECT request_id, caller FROM interactions "
+            f"WHERE role = 'primary' AND endpoint = '{REVIEWABLE}' AND request_id IN ({marks})",
+            *chunk,
+        )
+        found.update((str(request_id), caller) for request_id, caller in rows)
+    return found
+
+
 def _better(found: dict[str, str], request_id: str, reason: str) -> None:
     if request_id not in found or REASONS.index(reason) < REASONS.index(found[request_id]):
         found[request_id] = reason
@@ -111,20 +127,28 @@ async def candidates(
         if primaries
         else []
     )
-    by_response: dict[str, str] = {}
-    for fb in [*known, *feedback]:
-        reason = feedback_reason(fb.label, fb.score, policy)
-        if reason is None:
-            continue
+    # feedback flags an interaction only from the caller that made it, or from the admin key (same_caller)
+    flagged = [(fb, r) for fb in [*known, *feedback] if (r := feedback_reason(fb.label, fb.score, policy))]
+    callers = {r.request_id: r.caller for r in primaries}
+    asked = {fb.request_id for fb, _ in flagged if fb.request_id is not None} - callers.keys()
+    callers.update(await _callers(store, sorted(asked)))
+    by_response: dict[str, list[tuple[str | None, str]]] = {}
+    for fb, reason in flagged:
         if fb.request_id is not None:
-            _better(found, fb.request_id, reason)
+            if fb.request_id in callers and same_caller(fb.caller, callers[fb.request_id]):
+                _better(found, fb.request_id, reason)
         elif fb.response_id is not None:
-            by_response[fb.response_id] = reason
+            by_response.setdefault(fb.response_id, []).append((fb.caller, reason))
     if by_response:
-        owners = await store.latest_for(sorted(by_response))
-        for response_id, reason in by_response.items():
-            if response_id in owners:
-                _better(found, owners[response_id], reason)
+        owners: dict[str, list[tuple[str, str | None]]] = {}
+        for rid, req, caller in await store.primaries_for(sorted(by_response)):
+            owners.setdefault(rid, []).append((req, caller))
+        for response_id, given in by_response.items():
+            for fb_caller, reason in given:
+                # by response id: the latest primary with that id among those this caller may rate
+                mine = [req for req, caller in owners.get(response_id, ()) if same_caller(fb_caller, caller)]
+                if mine:
+                    _better(found, mine[-1], reason)
     return found
 
 

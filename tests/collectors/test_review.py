@@ -156,3 +156,27 @@ async def test_list_filters_and_pages(store: Store) -> None:
     assert seen == [f"i{n:02d}" for n in range(20) if n != 3]
     with pytest.raises(ValueError, match="status"):
         await list_items(store, Filters(status="bogus"))
+
+
+async def test_feedback_from_another_caller_neither_queues_nor_shows(store: Store) -> None:
+    # security finding 2 in the review queue: only the caller that made the request, or the admin key ("*")
+    early = [feedback("m0", 1.0, request_id="e", caller="mallory", label="bad")]  # before its interaction
+    assert await write(store, [], early, FLAGS) == 0
+    batch = [row("a", ts=10.0, caller="alice"), row("b", ts=11.0, caller="bob"), row("c", ts=12.0, caller="carol")]
+    batch += [row("d", ts=13.0, caller="dan", response_id="r-d"), row("e", ts=14.0, caller="erin")]
+    fb = [
+        feedback("m1", 20.0, request_id="a", caller="mallory", label="bad"),
+        feedback("a1", 21.0, request_id="a", caller="alice", label="good"),
+        feedback("b1", 22.0, request_id="b", caller="bob", label="bad"),
+        feedback("s1", 23.0, request_id="c", caller="*", label="bad"),
+        feedback("m2", 24.0, response_id="r-d", caller="mallory", label="bad"),
+    ]
+    assert await write(store, batch, fb, FLAGS) == 2
+    later = [feedback("m3", 30.0, request_id="b", caller="mallory", score=0.0)]  # after its interaction
+    later += [feedback("m4", 31.0, request_id="a", caller="mallory", label="bad")]
+    assert await write(store, [], later, FLAGS) == 0
+    assert await queued(store) == {"b": "label", "c": "label"}
+    await enqueue(store, batch, [], ReviewPolicy(sample=1.0), now=200.0)
+    items = await load_items(store, ["a", "b", "c", "d", "e"])
+    got = {item["id"]: [f["feedback_id"] for f in item["feedback"]] for item in items}
+    assert got == {"a": ["a1"], "b": ["b1"], "c": ["s1"], "d": [], "e": []}
