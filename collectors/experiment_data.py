@@ -1,5 +1,6 @@
 """What the experiment analysis reads from the store, aggregated in SQL: per variant, the per-user sums of
-every metric (users, and for each metric sum x, sum y, sum x^2, sum y^2, sum xy over users).
+every metric (users, and for each metric sum x, sum y, sum x^2, sum y^2, sum xy over users), and the stored cost
+(USD, and how many requests had one). ``client`` limits every figure to one named client's interactions.
 
 The user is the unit (the ``unit`` column: a hash of the sticky key, or the request id for a request without
 one): rows are summed per (variant, user), then over users per variant. For the report's charts the same is
@@ -47,13 +48,14 @@ _REQUEST = """
            CASE WHEN i.outcome IN ('upstream_error', 'timeout') OR i.status >= 500 THEN 1 ELSE 0 END AS err,
            LN(CASE WHEN i.latency_ms > 0.01 THEN i.latency_ms ELSE 0.01 END) AS lat,
            COALESCE(i.tokens, 0) AS tok, COALESCE(fb.score, fr.score) AS score, COALESCE(fb.up, fr.up) AS up,
-           COALESCE(fb.done, fr.done) AS done
+           COALESCE(fb.done, fr.done) AS done, i.cost_usd AS cost
       FROM interactions i LEFT JOIN fb ON fb.rid = i.request_id LEFT JOIN fr ON fr.rid = i.response_id
            AND fr.who = COALESCE(i.caller, '')
-     WHERE i.route = $1 AND i.experiment = $2 AND i.role = 'primary' AND i.ts >= $3 AND i.ts < $4"""
+     WHERE i.route = $1 AND i.experiment = $2 AND i.role = 'primary' AND i.ts >= $3 AND i.ts < $4 CLIENT"""
 _PER_GROUP = """COUNT(*) AS n, SUM(err) AS err, SUM(lat) AS lat, SUM(tok) AS tok,
            COALESCE(SUM(score), 0) AS sc, COUNT(score) AS nsc, COALESCE(SUM(up), 0) AS up, COUNT(up) AS nup,
-           COALESCE(SUM(done), 0) AS dn, COUNT(done) AS ndn"""
+           COALESCE(SUM(done), 0) AS dn, COUNT(done) AS ndn, COALESCE(SUM(cost), 0) AS cst,
+           COUNT(cost) AS ncst"""
 _OVER_USERS = """COUNT(*),
        SUM(n), SUM(n * n),
        SUM(err), SUM(err * err), SUM(err * n),
@@ -69,7 +71,7 @@ _SQL = f"""
 WITH {_FEEDBACK},
 per_request AS (SELECT i.variant AS v, i.unit AS u, {_REQUEST}),
 per_user AS (SELECT v, u, {_PER_GROUP} FROM per_request GROUP BY v, u)
-SELECT v, {_OVER_USERS} FROM per_user GROUP BY v
+SELECT v, {_OVER_USERS}, SUM(cst), SUM(ncst) FROM per_user GROUP BY v
 """
 
 # the same figures at BUCKETS points in time: per (user, bucket), running sums per user (a window), each user's
@@ -94,7 +96,7 @@ SELECT v, b, COALESCE(nb, $6) AS nb, {_OVER_USERS}
 _LATENCY_SQL = """
 SELECT variant, CAST(FLOOR(LN(CASE WHEN latency_ms > 0.01 THEN latency_ms ELSE 0.01 END) * 20) AS INTEGER) AS k,
        COUNT(*)
-  FROM interactions WHERE route = $1 AND experiment = $2 AND role = 'primary' AND ts >= $3 AND ts < $4
+  FROM interactions i WHERE route = $1 AND experiment = $2 AND role = 'primary' AND ts >= $3 AND ts < $4 CLIENT
  GROUP BY variant, CAST(FLOOR(LN(CASE WHEN latency_ms > 0.01 THEN latency_ms ELSE 0.01 END) * 20) AS INTEGER)
 """
 
@@ -110,6 +112,7 @@ class VariantData:
     snapshots: list[dict[str, dict[str, Sums]]] = field(default_factory=list)  # cumulative, per bucket
     series_share: float = 1.0  # the share of users the series was drawn from
     latency_quantiles: dict[str, dict[str, float]] = field(default_factory=dict)  # variant -> p50/p95 ms
+    cost: dict[str, tuple[float, int]] = field(default_factory=dict)  # variant -> (USD, requests with a cost)
 
 
 def _metric_sums(users: int, r: Sequence[float]) -> dict[str, Sums]:
@@ -134,27 +137,40 @@ async def variant_sums(
     until: float,
     series: bool = False,
     series_rows: int = SERIES_ROWS,
+    client: str | None = None,
 ) -> VariantData:
-    """The per-user sums of every variant over [since, until); with ``series`` also at ``BUCKETS`` points."""
-    rows = await store.fetch(_SQL, route, experiment, since, until)
+    """The per-user sums of every variant over [since, until); with ``series`` also at ``BUCKETS`` points;
+    with ``client`` only that named client's interactions."""
+    only = (client,) if client is not None else ()
+    rows = await store.fetch(_only(_SQL, client, 5), route, experiment, since, until, *only)
     final = {v: _metric_sums(int(users), [float(x or 0) for x in figures]) for v, users, *figures in rows}
     data = VariantData(since, until, final)
+    data.cost = {r[0]: (float(r[-2] or 0), int(r[-1] or 0)) for r in rows}
     if series:
-        await _series(store, data, route, experiment, series_rows)
+        await _series(store, data, route, experiment, series_rows, client)
     hist: dict[str, dict[int, int]] = {}
-    for v, k, count in await store.fetch(_LATENCY_SQL, route, experiment, since, until):
+    for v, k, count in await store.fetch(_only(_LATENCY_SQL, client, 5), route, experiment, since, until, *only):
         hist.setdefault(v, {})[int(k)] = int(count)
     data.latency_quantiles = {v: _quantiles(h) for v, h in hist.items()}
     return data
 
 
-async def _series(store: Store, data: VariantData, route: str, experiment: str, max_rows: int) -> None:
+def _only(sql: str, client: str | None, arg: int) -> str:
+    """The query with its interactions limited to one named client (parameter ``$arg``), or not limited."""
+    return sql.replace(" CLIENT", "" if client is None else f" AND i.client = ${arg}")
+
+
+async def _series(
+    store: Store, data: VariantData, route: str, experiment: str, max_rows: int, client: str | None
+) -> None:
     width = max((data.until - data.since) / BUCKETS, 1e-6)
     requests = sum(m["requests"][1] for m in data.final.values())
     share = min(1.0, max_rows / requests) if requests else 1.0
     below = "g" if share >= 1.0 else f"{min(int(share * 16**6), 16**6 - 1):06x}"  # every hex unit is below "g"
     data.series_share = 1.0 if share >= 1.0 else int(below, 16) / 16**6
-    rows = await store.fetch(_SERIES_SQL, route, experiment, data.since, data.until, width, BUCKETS, below)
+    only = (client,) if client is not None else ()
+    sql = _only(_SERIES_SQL, client, 8)
+    rows = await store.fetch(sql, route, experiment, data.since, data.until, width, BUCKETS, below, *only)
     acc: list[dict[str, list[float]]] = [{} for _ in range(BUCKETS)]
     for v, b, nb, users, *figures in rows:
         start, end = min(int(b), BUCKETS - 1), min(int(nb), BUCKETS)

@@ -78,7 +78,7 @@ async def window(store: Store, config: Config, route: str, now: float) -> tuple[
     return since, now, weights, "the whole experiment"
 
 
-def _figures(sums: Mapping[str, Sums], quantiles: Mapping[str, float]) -> dict[str, Any]:
+def _figures(sums: Mapping[str, Sums], quantiles: Mapping[str, float], cost: tuple[float, int]) -> dict[str, Any]:
     def mean(m: str) -> float | None:
         s = sums.get(m)
         return None if s is None else s.mean
@@ -97,6 +97,9 @@ def _figures(sums: Mapping[str, Sums], quantiles: Mapping[str, float]) -> dict[s
         "thumbs_up": mean("thumbs_up"),
         "task_completed": mean("task_completed"),
         "tokens_per_request": mean("tokens"),
+        # over the requests whose cost is known (a model without a price has none): None when none is
+        "cost_usd": cost[0] if cost[1] else None,
+        "cost_per_request_usd": cost[0] / cost[1] if cost[1] else None,
     }
 
 
@@ -120,11 +123,16 @@ def _series(data: VariantData, settings: Settings, weights: Mapping[str, float],
     return points
 
 
-async def build_report(store: Store, config: Config, route: str, *, now: float, series: bool = False) -> dict[str, Any]:
-    """The report; ``series`` adds the comparisons at points in time (for charts: a second, heavier query)."""
+async def build_report(
+    store: Store, config: Config, route: str, *, now: float, series: bool = False, client: str | None = None
+) -> dict[str, Any]:
+    """The report; ``series`` adds the comparisons at points in time (for charts: a second, heavier query);
+    ``client`` limits it to that named client's interactions (the window stays the experiment's)."""
     settings = settings_for(config, route)
     since, until, weights, what = await window(store, config, route, now)
-    data = await variant_sums(store, route, config.experiment(route), since=since, until=until + 1e-3, series=series)
+    data = await variant_sums(
+        store, route, config.experiment(route), since=since, until=until + 1e-3, series=series, client=client
+    )
     final = _sums(data.final)
     decision: Decision = decide(settings, final, weights, until - since)
     reasons = list(decision.reasons)
@@ -135,6 +143,7 @@ async def build_report(store: Store, config: Config, route: str, *, now: float, 
     return {
         "route": route,
         "experiment": config.experiment(route),
+        "client": client,
         "window": {"since": since, "until": until, "what": what},
         "weights": weights,
         "settings": {
@@ -146,7 +155,9 @@ async def build_report(store: Store, config: Config, route: str, *, now: float, 
             "min_duration_s": settings.min_duration_s,
             "max_duration_s": settings.max_duration_s,
         },
-        "variants": {v: _figures(final[v], data.latency_quantiles.get(v, {})) for v in sorted(final)},
+        "variants": {
+            v: _figures(final[v], data.latency_quantiles.get(v, {}), data.cost.get(v, (0.0, 0))) for v in sorted(final)
+        },
         "srm_p": decision.srm_p,
         "comparisons": [_comparison(c) for c in decision.comparisons],
         "decision": decision.decision,
@@ -159,9 +170,10 @@ async def build_report(store: Store, config: Config, route: str, *, now: float, 
 
 def render_table(report: Mapping[str, Any]) -> str:
     """The report for a terminal."""
-    lines = [f"experiment {report['experiment']} on route {report['route']} ({report['window']['what']})", ""]
+    who = f", client {report['client']}" if report.get("client") else ""
+    lines = [f"experiment {report['experiment']} on route {report['route']} ({report['window']['what']}{who})", ""]
     head = f"{'variant':<16}{'weight':>8}{'users':>9}{'requests':>10}{'errors':>9}{'p50 ms':>9}{'p95 ms':>9}"
-    head += f"{'score':>8}{'thumbs':>8}{'done':>8}{'tokens':>8}"
+    head += f"{'score':>8}{'thumbs':>8}{'done':>8}{'tokens':>8}{'cost $':>11}{'$/request':>11}"
     lines.append(head)
 
     def f(x: Any, spec: str) -> str:
@@ -172,7 +184,8 @@ def render_table(report: Mapping[str, Any]) -> str:
             f"{v:<16}{report['weights'].get(v, 0):>8.1f}{m['users']:>9}{m['requests']:>10}"
             f"{f(m['error_rate'], '.2%'):>9}{f(m['latency_p50_ms'], '.0f'):>9}{f(m['latency_p95_ms'], '.0f'):>9}"
             f"{f(m['feedback_score'], '.3f'):>8}{f(m['thumbs_up'], '.1%'):>8}{f(m['task_completed'], '.1%'):>8}"
-            f"{f(m['tokens_per_request'], '.0f'):>8}"
+            f"{f(m['tokens_per_request'], '.0f'):>8}{f(m['cost_usd'], '.4f'):>11}"
+            f"{f(m['cost_per_request_usd'], '.6f'):>11}"
         )
     lines += ["", f"sample ratio check: p = {report['srm_p']:.3g}", ""]
     for c in report["comparisons"]:

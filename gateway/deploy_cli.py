@@ -68,7 +68,7 @@ def report(args: argparse.Namespace) -> int:
 
     async def body(store: Store, loaded: Loaded) -> int:
         found["report"] = await build_report(
-            store, loaded.config, args.route, now=time.time(), series=bool(args.json or args.html)
+            store, loaded.config, args.route, now=time.time(), series=bool(args.json or args.html), client=args.client
         )
         return 0
 
@@ -176,6 +176,7 @@ def add_commands(sub: Any) -> None:
     r.add_argument("-c", "--config", default="turnout.yaml", help="config file (default: turnout.yaml)")
     r.add_argument("--json", help="also write the report as JSON to this file")
     r.add_argument("--html", help="also write a self-contained HTML page to this file")
+    r.add_argument("--client", metavar="NAME", help="only the interactions of this named client (auth.clients)")
     r.set_defaults(run=report)
     p = sub.add_parser("rollout", help="a route's guarded rollout: status, start, approve, pause, abort")
     p.add_argument("action", choices=("status", "start", "approve", "pause", "abort"))

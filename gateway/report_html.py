@@ -117,13 +117,19 @@ def _sampled(report: Mapping[str, Any]) -> str:
 def _table(report: Mapping[str, Any]) -> str:
     cols = [("users", "{:d}"), ("requests", "{:d}"), ("error_rate", "{:.2%}"), ("latency_p50_ms", "{:.0f}"),
             ("latency_p95_ms", "{:.0f}"), ("feedback_score", "{:.3f}"), ("thumbs_up", "{:.1%}"),
-            ("task_completed", "{:.1%}"), ("tokens_per_request", "{:.0f}")]  # fmt: skip
+            ("task_completed", "{:.1%}"), ("tokens_per_request", "{:.0f}"), ("cost_usd", "${:.4f}"),
+            ("cost_per_request_usd", "${:.6f}")]  # fmt: skip
     head = "".join(f"<th>{escape(c.replace('_', ' '))}</th>" for c, _ in cols)
     body = ""
     for v, m in report["variants"].items():
         cells = "".join(f"<td>{'-' if m.get(c) is None else escape(f.format(m[c]))}</td>" for c, f in cols)
         body += f"<tr><th>{escape(v)}</th>{cells}</tr>"
     return f"<table><tr><th>variant</th>{head}</tr>{body}</table>"
+
+
+def _client(report: Mapping[str, Any]) -> str:
+    client = report.get("client")
+    return f" for client <code>{escape(client)}</code>" if client else ""
 
 
 def render_html(report: Mapping[str, Any]) -> str:
@@ -158,7 +164,8 @@ body {{ font: 14px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 980
 table {{ border-collapse: collapse; margin: 1rem 0; }} td, th {{ border: 1px solid #d0d7de; padding: 4px 8px; }}
 td {{ text-align: right; }} figure {{ margin: 1rem 0; }} figcaption {{ font-weight: 600; }}
 </style></head><body>
-<h1>Experiment <code>{escape(report["experiment"])}</code> on route <code>{escape(report["route"])}</code></h1>
+<h1>Experiment <code>{escape(report["experiment"])}</code> on route <code>{escape(report["route"])}</code>
+{_client(report)}</h1>
 <p>{escape(w["what"])}: {escape(_when(w["since"]))} to {escape(_when(w["until"]))} UTC.
 Primary metric <b>{escape(s["primary"])}</b>, control <b>{escape(s["control"])}</b>, alpha {s["alpha"]},
 at least {s["min_users"]} users per variant and {s["min_duration_s"] / 86400:.1f} days.</p>

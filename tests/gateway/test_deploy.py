@@ -4,8 +4,10 @@ promote/rollback rewriting the config with every other byte kept."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -57,7 +59,9 @@ Truth = list[tuple[str, str, int, int, list[float]]]
 
 async def traffic(store: Store, *, users: int, weights: dict[str, float], since: float, error: dict[str, float],
                   up: dict[str, float], seed: int, span: float = 10.0) -> Truth:  # fmt: skip
-    """Store ``users`` users' requests (1-3 each) with feedback; returns (user, variant, errors, n, thumbs)."""
+    """Store ``users`` users' requests (1-3 each) with feedback; returns (user, variant, errors, n, thumbs).
+    Every third user is client "acme" (the rest "globex"); a cand request costs $0.002, a prod one's cost is
+    unknown."""
     rng = random.Random(seed)
     rows, fb, truth = [], [], []
     for u in range(users):
@@ -73,7 +77,9 @@ async def traffic(store: Store, *, users: int, weights: dict[str, float], since:
             rows.append(InteractionRow(rid, since + rng.random() * span, "bot", "bot", variant, "primary", None,
                                        variant, "chat.completions", 502 if failed else 200,
                                        "upstream_error" if failed else "ok", 100 + rng.random() * 50, None, False,
-                                       None, orjson.dumps(record).decode(), unit_id(user), 30.0, None))  # fmt: skip
+                                       None, orjson.dumps(record).decode(), unit_id(user), 30.0, None,
+                                       "acme" if u % 3 == 0 else "globex", None,
+                                       0.002 if variant == "cand" else None))  # fmt: skip
             if not failed and rng.random() < 0.7:
                 label = "good" if rng.random() < up[variant] else "bad"
                 thumbs.append(1.0 if label == "good" else 0.0)
@@ -128,6 +134,54 @@ async def test_sql_sums_match_a_per_user_computation(dsn: str) -> None:
     drawn = sum(m["requests"][0] for m in sampled.snapshots[-1].values())
     assert abs(drawn - sampled.series_share * len(truth)) < 4 * (len(truth) * 0.25 * 0.75) ** 0.5
     assert sampled.final == data.final  # the decision still uses everyone
+    cand_requests = sum(t[3] for t in truth if t[1] == "cand")
+    assert data.cost["cand"] == (pytest.approx(0.002 * cand_requests), cand_requests)
+    assert data.cost["prod"] == (0.0, 0)  # no request with a known cost
+
+
+def test_report_costs_and_filter_by_client(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "t.db"
+    path = write_config(tmp_path, f"sqlite:///{db}")
+
+    async def run() -> tuple[Truth, list[dict[str, Any]]]:
+        store = open_store(f"sqlite:///{db}")
+        await store.open()
+        try:
+            truth = await traffic(store, users=300, weights={"prod": 50, "cand": 50}, since=1000.0,
+                                  error={"prod": 0.05, "cand": 0.2}, up={"prod": 0.6, "cand": 0.7},
+                                  seed=2)  # fmt: skip
+            config = load_config(path).config
+            return truth, [await build_report(store, config, "bot", now=1020.0, client=c)
+                           for c in (None, "acme", "initech")]  # fmt: skip
+        finally:
+            await store.close()
+
+    truth, (everyone, acme, nobody) = asyncio.run(run())
+    acme_users = {f"user-2-{u}" for u in range(0, 300, 3)}
+    for report, who in ((everyone, {t[0] for t in truth}), (acme, acme_users)):
+        mine = [t for t in truth if t[0] in who]
+        for v in ("prod", "cand"):
+            assert report["variants"][v]["users"] == sum(1 for t in mine if t[1] == v)
+            assert report["variants"][v]["requests"] == sum(t[3] for t in mine if t[1] == v)
+        cand = sum(t[3] for t in mine if t[1] == "cand")
+        assert report["variants"]["cand"]["cost_usd"] == pytest.approx(0.002 * cand)
+        assert report["variants"]["cand"]["cost_per_request_usd"] == pytest.approx(0.002)
+        assert report["variants"]["prod"]["cost_usd"] is None  # unknown, not $0
+        assert report["variants"]["prod"]["cost_per_request_usd"] is None
+    assert acme["client"] == "acme" and everyone["client"] is None
+    assert nobody["variants"] == {}
+    # the command line: --client and the cost in the table and the JSON
+    js = tmp_path / "r.json"
+    assert main(["experiment", "report", "bot", "-c", str(path), "--client", "acme", "--json", str(js)]) == 0
+    table = capsys.readouterr().out
+    data = orjson.loads(js.read_text())
+    assert data["client"] == "acme" and "client acme" in table.splitlines()[0]
+    assert data["variants"]["cand"]["requests"] == sum(t[3] for t in truth if t[0] in acme_users and t[1] == "cand")
+    assert data["variants"]["cand"]["cost_usd"] == pytest.approx(0.002 * data["variants"]["cand"]["requests"])
+    assert data["variants"]["prod"]["cost_usd"] is None
+    rows = {line.split()[0]: line.split() for line in table.splitlines()[3:5]}
+    assert rows["cand"][-2:] == [f"{data['variants']['cand']['cost_usd']:.4f}", "0.002000"]
+    assert rows["prod"][-2:] == ["-", "-"]
 
 
 async def test_controller_steps_then_rolls_back_a_breach_and_the_overlay_follows(tmp_path: Path) -> None:

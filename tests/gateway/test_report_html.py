@@ -61,6 +61,10 @@ def test_html_report_in_chromium(tmp_path: Path, capsys: pytest.CaptureFixture[s
             assert "PROMOTE" in decision.inner_text() and "cand" in decision.inner_text()
             assert page.locator("#decision li").count() == len(data["reasons"])
             assert page.locator("svg polyline").count() >= 2  # the primary and the guardrail over time
+            cells = {v: page.locator(f"table tr:has(th:text-is('{v}')) td").all_inner_texts() for v in ("prod", "cand")}
+            cand = data["variants"]["cand"]
+            assert cells["cand"][-2:] == [f"${cand['cost_usd']:.4f}", "$0.002000"]  # cost total, per request
+            assert cells["prod"][-2:] == ["-", "-"]  # unknown cost
             box = decision.bounding_box()
             assert box is not None and box["y"] < 900  # the decision is on the first screen
             page.screenshot(path=str(tmp_path / "experiment-report.png"), full_page=True)
