@@ -18,7 +18,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from gateway.errors import BadRequest, HeadersTooLarge, error_response
+from gateway.errors import BadRequest, HeadersTooLarge, Overloaded, error_response
 
 MAX_DEPTH = 64
 MAX_ITEMS = 100_000
@@ -26,6 +26,7 @@ MAX_STRING = 16 * 1024 * 1024  # characters; a base64 image can be large
 MAX_HEADER_BYTES = 64 * 1024
 HEAD_TIMEOUT_ENV = "TURNOUT_HEAD_TIMEOUT_S"  # server.head_timeout_s, handed to every worker by turnout serve
 FEEDBACK_MAX_BYTES = 64 * 1024  # a feedback body (a correction is one answer, not a document)
+LARGE_BODY_BYTES = 1024 * 1024  # a body past this (declared or counted) takes a LargeBodies slot
 FEEDBACK_PER_MINUTE = 120  # feedback posts per caller per minute and process (the admin key: unlimited)
 
 
@@ -156,3 +157,46 @@ class CallerRate:
             return 60.0 - (now - self._window)
         self._counts[caller] = count + 1
         return 0.0
+
+
+class LargeBodies:
+    """At most ``limit`` request bodies over ``LARGE_BODY_BYTES`` read and parsed at once in this process
+    (``server.max_large_bodies``): each holds its bytes and then its parse (a 30 MB body, ~150 MB), so past the
+    limit a request gets a fast 503 with Retry-After instead of memory the pod does not have.
+
+    Usage: ``with bodies.slot(limit) as slot: raw = await read_body(..., slot); parse_body(raw)``; the reader
+    calls ``slot.take()`` once the body is large, the slot is given back when the block ends.
+    """
+
+    def __init__(self) -> None:
+        self.held = 0
+
+    def slot(self, limit: int) -> BodySlot:
+        return BodySlot(self, limit)
+
+
+class BodySlot:
+    def __init__(self, bodies: LargeBodies, limit: int) -> None:
+        self._bodies = bodies
+        self._limit = limit
+        self._taken = False
+
+    def take(self) -> None:
+        """Hold one of the process's large-body slots (once); ``Overloaded`` (503) when none is free."""
+        if self._taken:
+            return
+        if self._bodies.held >= self._limit:
+            raise Overloaded(
+                f"{self._limit} request bodies over {LARGE_BODY_BYTES // (1024 * 1024)} MB are already being read "
+                "(server.max_large_bodies); retry shortly"
+            )
+        self._bodies.held += 1
+        self._taken = True
+
+    def __enter__(self) -> BodySlot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._taken:
+            self._bodies.held -= 1
+            self._taken = False

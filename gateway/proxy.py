@@ -37,7 +37,7 @@ from gateway.errors import (
     send_error,
 )
 from gateway.generation import Generation
-from gateway.limits import check_brackets, check_shape
+from gateway.limits import LARGE_BODY_BYTES, BodySlot, check_brackets, check_shape
 from gateway.outcome import Outcome
 from gateway.responses_stream import ResponsesTee
 from gateway.retry import Attempts
@@ -57,10 +57,13 @@ class ClientGone(Exception):
     """The client disconnected before its request body was complete."""
 
 
-async def read_body(receive: Any, limit: int, declared: bytes | None) -> bytes:
-    """The whole request body; 413 as soon as it passes ``limit`` (declared or counted)."""
+async def read_body(receive: Any, limit: int, declared: bytes | None, slot: BodySlot) -> bytes:
+    """The whole request body; 413 as soon as it passes ``limit`` (declared or counted); a body over
+    ``LARGE_BODY_BYTES`` (declared or counted) takes ``slot`` first (503 when the process holds enough)."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body is larger than the {limit} byte limit (server.max_body_mb)")
+    if declared is not None and declared.isdigit() and int(declared) > LARGE_BODY_BYTES:
+        slot.take()
     chunks = []
     size = 0
     while True:
@@ -71,6 +74,8 @@ async def read_body(receive: Any, limit: int, declared: bytes | None) -> bytes:
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"request body is larger than the {limit} byte limit (server.max_body_mb)")
+        if size > LARGE_BODY_BYTES:
+            slot.take()
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
@@ -176,9 +181,10 @@ class Endpoint:
         body: dict[str, Any] | None = None
         try:
             caller = gen.keys.client(headers.get(b"authorization"))
-            async with asyncio.timeout(gen.config.server.body_timeout_s):
-                raw = await read_body(receive, gen.max_body_bytes, headers.get(b"content-length"))
-            body = parse_body(raw, self.endpoint)
+            with gw.large_bodies.slot(gen.config.server.max_large_bodies) as slot:
+                async with asyncio.timeout(gen.config.server.body_timeout_s):
+                    raw = await read_body(receive, gen.max_body_bytes, headers.get(b"content-length"), slot)
+                body = parse_body(raw, self.endpoint)
             _check_n(body, gen.config.server.max_n)
             facts = decide(
                 gen.routes, gw.rng, body, headers, caller, len(raw),

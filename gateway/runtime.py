@@ -25,7 +25,7 @@ from gateway.auth import Keys
 from gateway.client_limits import RateLimiter
 from gateway.config import Config, Loaded
 from gateway.generation import Generation
-from gateway.limits import FEEDBACK_PER_MINUTE, CallerRate
+from gateway.limits import FEEDBACK_PER_MINUTE, CallerRate, LargeBodies
 from gateway.pricing import upstream_prices
 from gateway.resilience import Resilience
 from gateway.rollout_state import overlay
@@ -45,6 +45,7 @@ class Gateway:
         self.shadows = ShadowRunner(metrics, sink)
         self.limiter = RateLimiter(Path(loaded.config.server.state_dir) / "clients")  # auth.clients rpm
         self.feedback_rate = CallerRate(FEEDBACK_PER_MINUTE)  # per caller, per process
+        self.large_bodies = LargeBodies()  # server.max_large_bodies, per process
         self.ready = False
         self._first = loaded
         self.file = loaded  # the config file's generation, before rollout overrides
