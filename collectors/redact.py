@@ -33,7 +33,7 @@ KINDS = ("email", "phone")
 _QUOTE = rb"""(?:\\{0,7}["'])?"""
 _SPACE = rb"(?:\s|\\[tnr])*+"
 _VALUE = _QUOTE + _SPACE + rb"[:=]" + _SPACE + _QUOTE + rb"""(?P<v>[^\s"',;\\]{6,}+)"""
-_NAME_TAIL = rb"[a-z0-9_-]{0,30}"  # aws_secret_access_key, token_value, client_secret_2: the keyword's name goes on
+_NAME_TAIL = rb"[a-z0-9_-]{0,30}+"  # aws_secret_access_key, token_value, client_secret_2: the keyword's name goes on
 # searched in the original bytes; the whole match is the secret
 _CASED = [
     re.compile(p)
