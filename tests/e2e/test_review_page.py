@@ -73,6 +73,7 @@ def browser() -> Iterator[Browser]:
 
 def login(page: Page, url: str) -> None:
     page.goto(url + "/admin/review")
+    page.wait_for_function("document.activeElement?.name === 'reviewer'")  # autofocus lands after load
     page.keyboard.type("ana")  # the name field has the focus
     page.keyboard.press("Tab")
     page.keyboard.type(ADMIN)
