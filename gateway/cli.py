@@ -22,13 +22,7 @@ from typing import BinaryIO, cast
 from gateway import dataset_cli, demo, drift_cli, eval_cli
 from gateway.config import ConfigError, duration_seconds, load_config
 from gateway.deploy_cli import add_commands
-from gateway.progress import Progress, add_quiet, note
-
-
-def _fail(exc: ConfigError) -> int:
-    for line in exc.errors:
-        print(f"{exc.path}: {line}", file=sys.stderr)
-    return 2
+from gateway.progress import Progress, add_quiet, config_failed, note
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -40,7 +34,7 @@ def serve(args: argparse.Namespace) -> int:
     try:
         loaded = load_config(path)
     except ConfigError as exc:
-        return _fail(exc)
+        return config_failed(exc)
     server = loaded.config.server
     state_dir = Path(server.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -76,7 +70,7 @@ def check(args: argparse.Namespace) -> int:
     try:
         loaded = load_config(args.file, check_env=not args.no_env)
     except ConfigError as exc:
-        return _fail(exc)
+        return config_failed(exc)
     config = loaded.config
     for warning in dataset_cli.check_warnings(loaded):
         print(f"{args.file}: warning: {warning}", file=sys.stderr)
@@ -133,7 +127,7 @@ def export(args: argparse.Namespace) -> int:
     try:
         loaded = load_config(args.config, store_only=True)
     except ConfigError as exc:
-        return _fail(exc)
+        return config_failed(exc)
     query = Query(route=args.route, since=args.since, role=args.role, client=args.client, tag=args.tag)
 
     async def run(out: BinaryIO) -> int:

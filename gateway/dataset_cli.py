@@ -30,7 +30,7 @@ from collectors.store import UnknownStore, open_store
 from collectors.store.base import StoreUnavailable
 from gateway.config import ConfigError, Loaded, load_config
 from gateway.datasets import build_dataset, datasets_root
-from gateway.progress import Progress, add_quiet
+from gateway.progress import Progress, add_quiet, config_failed
 
 
 def _load(path: str) -> Loaded:
@@ -144,9 +144,7 @@ def dataset(args: argparse.Namespace) -> int:
     try:
         loaded = _load(args.config)
     except ConfigError as exc:
-        for line in exc.errors:
-            print(f"{exc.path}: {line}", file=sys.stderr)
-        return 2
+        return config_failed(exc)
     actions = {"build": _build, "list": _list, "show": _show, "diff": _diff, "export": _export}
     try:
         return actions[args.action](args, loaded)
@@ -159,9 +157,7 @@ def lineage(args: argparse.Namespace) -> int:
     try:
         loaded = _load(args.config)
     except ConfigError as exc:
-        for line in exc.errors:
-            print(f"{exc.path}: {line}", file=sys.stderr)
-        return 2
+        return config_failed(exc)
     upstream = loaded.config.upstreams.get(args.upstream)
     if upstream is None:
         print(f"turnout lineage: upstreams.{args.upstream}: no such upstream in {loaded.path}", file=sys.stderr)

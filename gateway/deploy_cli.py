@@ -24,23 +24,18 @@ from collectors.store.base import Store, StoreUnavailable
 from gateway.analysis import build_report, render_table
 from gateway.config import ConfigError, Loaded, load_config
 from gateway.config_edit import set_weights
+from gateway.progress import config_failed
 from gateway.report_html import render_html
 from gateway.rollout_state import plan_of, state_of
 from gateway.rollouts import RolloutError, act, end, start
 from policies.rollout import candidate_percent
 
 
-def _fail(exc: ConfigError) -> int:
-    for line in exc.errors:
-        print(f"{exc.path}: {line}", file=sys.stderr)
-    return 2
-
-
 def _with_store(args: argparse.Namespace, body: Callable[[Store, Loaded], Awaitable[int]]) -> int:
     try:
         loaded = load_config(args.config, store_only=True)
     except ConfigError as exc:
-        return _fail(exc)
+        return config_failed(exc)
     if getattr(args, "route", None) and args.route not in loaded.config.routes:
         print(f"turnout: {args.config}: no route {args.route!r}", file=sys.stderr)
         return 2
@@ -127,7 +122,7 @@ def _rewrite(args: argparse.Namespace, weights_of: Callable[[Loaded], dict[str, 
     try:
         loaded = load_config(args.config, store_only=True)
     except ConfigError as exc:
-        return _fail(exc)
+        return config_failed(exc)
     if args.route not in loaded.config.routes:
         print(f"turnout: {args.config}: no route {args.route!r}", file=sys.stderr)
         return 2
@@ -135,7 +130,7 @@ def _rewrite(args: argparse.Namespace, weights_of: Callable[[Loaded], dict[str, 
         weights = weights_of(loaded)
         set_weights(Path(args.config), args.route, weights)
     except ConfigError as exc:
-        return _fail(exc)
+        return config_failed(exc)
     except ValueError as exc:
         print(f"turnout {args.command}: {exc}", file=sys.stderr)
         return 2

@@ -28,6 +28,7 @@ from collectors.store.base import Store, StoreUnavailable
 from gateway.config import ConfigError, Loaded, load_config
 from gateway.drift import DriftError, check_route
 from gateway.drift_report import render
+from gateway.progress import config_failed
 
 T = TypeVar("T")
 
@@ -67,9 +68,7 @@ def drift(args: argparse.Namespace) -> int:
     try:
         loaded = load_config(args.config, store_only=True)
     except ConfigError as exc:
-        for line in exc.errors:
-            print(f"{exc.path}: {line}", file=sys.stderr)
-        return 2
+        return config_failed(exc)
     if args.action != "models":
         route = loaded.config.routes.get(args.route)
         if route is None or route.drift is None:

@@ -18,13 +18,23 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.config import ConfigError
 
 
 def add_quiet(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-q", "--quiet", action="store_true", help="no progress and no notes on stderr (results and errors still)"
     )
+
+
+def config_failed(exc: ConfigError) -> int:
+    """Print a config file's errors, one ``path: key.path: message`` line each, on standard error; exit code 2."""
+    for line in exc.errors:
+        print(f"{exc.path}: {line}", file=sys.stderr)
+    return 2
 
 
 def note(args: argparse.Namespace, message: str) -> None:
