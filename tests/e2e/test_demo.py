@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from playwright.sync_api import sync_playwright
+
+from tests.browser import chromium, watch
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.mark.timeout(400)
@@ -60,20 +60,13 @@ def test_demo_fast_runs_the_whole_loop(tmp_path: Path) -> None:
 
     # the report a person opens: the experiment report and the loop's timeline, no console error, no network
     page_file = out / "demo-report.html"
-    errors: list[str] = []
-    requests: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"] if os.geteuid() == 0 else [])
-        try:
-            page = browser.new_page(viewport={"width": 1100, "height": 900})
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto(page_file.as_uri())
-            assert report["decision"].upper() in page.locator("#decision").inner_text()
-            steps = page.locator("#loop tbody tr")
-            assert steps.count() >= 9
-            assert "drift" in page.locator("#loop").inner_text()
-            page.screenshot(path=str(tmp_path / "demo-report.png"), full_page=True)
-        finally:
-            browser.close()
-    assert errors == [] and requests == [page_file.as_uri()]
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        seen = watch(page)
+        page.goto(page_file.as_uri())
+        assert report["decision"].upper() in page.locator("#decision").inner_text()
+        steps = page.locator("#loop tbody tr")
+        assert steps.count() >= 9
+        assert "drift" in page.locator("#loop").inner_text()
+        page.screenshot(path=str(tmp_path / "demo-report.png"), full_page=True)
+    assert seen.errors == [] and seen.requests == [page_file.as_uri()]

@@ -5,7 +5,6 @@ runs; a cookie POST without its CSRF token is refused; wrong keys are rate-limit
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -14,14 +13,14 @@ from collections.abc import Iterator
 import httpx
 import orjson
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 from starlette.routing import Route
 
 from gateway.app import create_app
 from gateway.config import load_config
+from tests.browser import chromium
 from tests.harness import ROOT, Served, served, write_config
 
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts" / "review"
 ADMIN = "admin-key-for-review-tests"
 XSS = (
@@ -64,11 +63,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        args = ["--no-sandbox"] if os.geteuid() == 0 else []
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 def login(page: Page, url: str) -> None:

@@ -18,18 +18,12 @@ from tests.fakes.openai_server import FakeOpenAI
 @pytest.fixture
 def fake_openai() -> Iterator[FakeOpenAI]:
     """A fresh fake OpenAI server for one test, closed afterwards."""
-    fake = FakeOpenAI()
-    try:
+    with FakeOpenAI() as fake:
         yield fake
-    finally:
-        fake.close()
 
 
 @pytest.fixture
 def fake_anthropic() -> Iterator[FakeAnthropic]:
     """A fresh fake Anthropic server for one test, closed afterwards."""
-    fake = FakeAnthropic()
-    try:
+    with FakeAnthropic() as fake:
         yield fake
-    finally:
-        fake.close()

@@ -38,11 +38,8 @@ ADMIN = "adm-edge-key"
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[FakeOpenAI]:
-    fake = FakeOpenAI()
-    try:
+    with FakeOpenAI() as fake:
         yield fake
-    finally:
-        fake.close()
 
 
 @pytest.fixture(scope="module")

@@ -35,11 +35,8 @@ def anthropic() -> Iterator[FakeAnthropic]:
 
 @pytest.fixture(scope="module")
 def oai() -> Iterator[FakeOpenAI]:
-    fake = FakeOpenAI()
-    try:
+    with FakeOpenAI() as fake:
         yield fake
-    finally:
-        fake.close()
 
 
 @pytest.fixture(scope="module")

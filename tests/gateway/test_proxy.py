@@ -124,7 +124,10 @@ BAD_BODIES = [
     (b'{"model": "bot", "messages": "hi"}', "non-empty array"),
     (b'{"model": "bot", "messages": [1]}', "must be an object"),
     (b'{"model": "bot", "messages": [{"role": "user"}], "stream": "yes"}', "'stream' must be a boolean"),
-    (b'{"model": "bot", "messages": [{"role": "user"}], "stream": true, "stream_options": "0"}', "'stream_options' must be an object"),
+    (
+        b'{"model": "bot", "messages": [{"role": "user"}], "stream": true, "stream_options": "0"}',
+        "'stream_options' must be an object",
+    ),
 ]
 
 

@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import sync_playwright
 
 from collectors.store import open_store
 from gateway.cli import main
+from tests.browser import chromium, watch
 from tests.gateway.test_deploy import traffic, write_config
-
-CHROMIUM = "/usr/bin/chromium"
 
 
 def populate(db: Path) -> None:
@@ -46,29 +43,21 @@ def test_html_report_in_chromium(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "decision: PROMOTE cand" in table
     page_html = html.read_text()
     assert "<script" not in page_html and "http://" not in page_html and "https://" not in page_html
-    errors: list[str] = []
-    requests: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"] if os.geteuid() == 0 else [])
-        try:
-            page = browser.new_page(viewport={"width": 1100, "height": 900})
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto(html.as_uri())
-            decision = page.locator("#decision")
-            assert decision.is_visible()
-            assert "PROMOTE" in decision.inner_text() and "cand" in decision.inner_text()
-            assert page.locator("#decision li").count() == len(data["reasons"])
-            assert page.locator("svg polyline").count() >= 2  # the primary and the guardrail over time
-            cells = {v: page.locator(f"table tr:has(th:text-is('{v}')) td").all_inner_texts() for v in ("prod", "cand")}
-            cand = data["variants"]["cand"]
-            assert cells["cand"][-2:] == [f"${cand['cost_usd']:.4f}", "$0.002000"]  # cost total, per request
-            assert cells["prod"][-2:] == ["-", "-"]  # unknown cost
-            box = decision.bounding_box()
-            assert box is not None and box["y"] < 900  # the decision is on the first screen
-            page.screenshot(path=str(tmp_path / "experiment-report.png"), full_page=True)
-        finally:
-            browser.close()
-    assert errors == []
-    assert requests == [html.as_uri()]
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        seen = watch(page)
+        page.goto(html.as_uri())
+        decision = page.locator("#decision")
+        assert decision.is_visible()
+        assert "PROMOTE" in decision.inner_text() and "cand" in decision.inner_text()
+        assert page.locator("#decision li").count() == len(data["reasons"])
+        assert page.locator("svg polyline").count() >= 2  # the primary and the guardrail over time
+        cells = {v: page.locator(f"table tr:has(th:text-is('{v}')) td").all_inner_texts() for v in ("prod", "cand")}
+        cand = data["variants"]["cand"]
+        assert cells["cand"][-2:] == [f"${cand['cost_usd']:.4f}", "$0.002000"]  # cost total, per request
+        assert cells["prod"][-2:] == ["-", "-"]  # unknown cost
+        box = decision.bounding_box()
+        assert box is not None and box["y"] < 900  # the decision is on the first screen
+        page.screenshot(path=str(tmp_path / "experiment-report.png"), full_page=True)
+    assert seen.errors == []
+    assert seen.requests == [html.as_uri()]

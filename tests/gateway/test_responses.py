@@ -38,11 +38,8 @@ routes:
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[FakeOpenAI]:
-    fake = FakeOpenAI()
-    try:
+    with FakeOpenAI() as fake:
         yield fake
-    finally:
-        fake.close()
 
 
 @pytest.fixture(scope="module")
