@@ -313,7 +313,7 @@ class Config(_Model):
     auth: Auth = Auth()
     store: str = "sqlite:///turnout.db"  # sqlite:///path.db (sqlite:////abs/path.db) or postgresql://...
     store_env: EnvName | None = None  # env var holding the store DSN instead of store
-    store_retention: Duration | None = None  # delete interactions (and feedback) older than this
+    store_retention: Duration | None = None  # delete interactions (feedback, review items) older than this
     shadow: ShadowLimits = ShadowLimits()
     upstreams: dict[str, Upstream]  # model endpoints by name
     routes: dict[str, RouteConfig]  # by the model name clients send

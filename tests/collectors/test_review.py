@@ -14,6 +14,7 @@ from collectors.review.items import Filters, backlog, count_items, list_items, l
 from collectors.review.queue import ReviewPolicy, enqueue, sampled
 from collectors.store import open_store
 from collectors.store.base import Store
+from collectors.store.retention import expire
 from tests.collectors.pg import pg_dsn, postgres_server  # noqa: F401
 from tests.collectors.test_store import feedback, row
 
@@ -180,3 +181,16 @@ async def test_feedback_from_another_caller_neither_queues_nor_shows(store: Stor
     items = await load_items(store, ["a", "b", "c", "d", "e"])
     got = {item["id"]: [f["feedback_id"] for f in item["feedback"]] for item in items}
     assert got == {"a": ["a1"], "b": ["b1"], "c": ["s1"], "d": [], "e": []}
+
+
+async def test_retention_deletes_items_and_decisions_with_their_interactions(store: Store) -> None:
+    batch = [row("a", ts=1.0, route="r1"), row("b", ts=2.0, route="r1"), row("c", ts=3.0, route="r2")]
+    await write(store, batch, [], ReviewPolicy(sample=1.0))
+    assert await decide(store, "a", Decision("edit", "ana", answer="a corrected answer"), now=10.0)
+    assert await decide(store, "c", Decision("approve", "bo"), now=11.0)
+    # r2 keeps 1000 s; every other route 1.5 s: at t = 3 only "a" (t = 1) is past its retention
+    assert await expire(store, route_retention={"r2": 1000.0}, default=1.5, now=3.0) == 1
+    assert await queued(store) == {"b": "sample", "c": "sample"}
+    assert [str(r[0]) for r in await store.fetch("SELECT item_id FROM review_decisions")] == ["c"]
+    assert await backlog(store) == {"r1": 1}  # the counts follow the deletes
+    assert await status_counts(store) == {("r1", "pending"): 1, ("r2", "approved"): 1}
