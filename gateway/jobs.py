@@ -2,7 +2,7 @@
 runs each on exactly one process across every replica and worker.
 
 A job has a name, a ``Schedule`` (``every: 6h`` or a cron line) and an async ``run(ctx)`` that raises to fail.
-The runner (``run_jobs``, inside the jobs child of ``turnout serve``: ``gateway/jobs_process.py``) looks at the
+The runner (``run_jobs``, inside the jobs child of ``turnout serve``: ``gateway/jobs_child.py``) looks at the
 stored state of every job once a second; a job is due when it never ran or its next tick after the last start
 has passed, so a job whose ticks were missed while everything was down runs once at start, not once per tick.
 A due job is run under a lease row in the store (``collectors.job_state``), renewed while it runs; the due

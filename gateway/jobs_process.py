@@ -1,7 +1,6 @@
 """The jobs child of a serving process: ``JobsProcess`` (run in the serving process) starts it once the config
-asks for any job, restarts it if it dies and stops it at shutdown; ``python -P -m gateway.jobs_process``
-(the child) runs ``gateway.jobs.run_jobs`` until its stdin reaches end of file (the serving process is gone,
-SIGKILL included) or it gets SIGTERM.
+asks for any job, restarts it if it dies and stops it at shutdown by closing its stdin;
+``python -P -m gateway.jobs_child`` (the child, ``gateway/jobs_child.py``) runs ``gateway.jobs.run_jobs``.
 
 Jobs run in their own process so that an eval run, a dataset build or a report never takes CPU from the
 event loop serving requests. The child reads the config file itself (and re-reads it when it changes), so
@@ -18,15 +17,12 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
-import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from collectors.store import open_store
-from gateway.config import Config, ConfigError, Loaded, load_config
-from gateway.jobs import jobs_for, run_jobs
+from gateway.config import Config
+from gateway.jobs import jobs_for
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +48,7 @@ class JobsProcess:
         while True:
             path = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-P", "-m", "gateway.jobs_process", str(self.config_path),
+                sys.executable, "-P", "-m", "gateway.jobs_child", str(self.config_path),
                 # the serving process's working directory: a relative sqlite:///turnout.db, state_dir and
                 # datasets_dir mean the same files here (-P and PYTHONPATH find the code)
                 stdin=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": path},
@@ -70,51 +66,10 @@ class JobsProcess:
         proc = self.proc
         if proc is None or proc.returncode is not None:
             return
-        proc.terminate()
+        assert proc.stdin is not None
+        proc.stdin.close()  # end of file: the child stops
         try:
             await asyncio.wait_for(proc.wait(), grace_s)
         except TimeoutError:
             proc.kill()
             await proc.wait()
-
-
-class _Reloading:
-    """The config generation the child runs with: re-read when the file changes, kept when the edit is bad."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.loaded = load_config(path)
-        self._stamp = self._stat()
-
-    def _stat(self) -> tuple[int, int]:
-        st = os.stat(self.path)
-        return st.st_mtime_ns, st.st_size
-
-    def __call__(self) -> Loaded:
-        try:
-            stamp = self._stat()
-            if stamp != self._stamp:
-                self._stamp = stamp
-                self.loaded = load_config(self.path)
-        except (OSError, ConfigError) as exc:
-            log.warning("jobs: keeping the previous config: %s", exc)
-        return self.loaded
-
-
-async def _main(path: str) -> None:
-    load = _Reloading(path)
-    store = open_store(load.loaded.secrets.store_dsn)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_reader(sys.stdin.fileno(), lambda: stop.set() if not os.read(sys.stdin.fileno(), 512) else None)
-    try:
-        await run_jobs(load, store, holder=f"{socket.gethostname()}:{os.getpid()}", stop=stop)
-    finally:
-        await store.close()
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(_main(sys.argv[1]))

@@ -147,7 +147,8 @@ def main() -> None:
     parser.add_argument("--retention-interval", type=float, default=600.0)
     parser.add_argument("--idle", action="store_true", help="run at SCHED_IDLE priority")
     args = parser.parse_args()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the serving process decides
+    for sig in (signal.SIGINT, signal.SIGTERM):  # sent to the whole group (Ctrl-C, systemd): the serving process
+        signal.signal(sig, signal.SIG_IGN)  # decides, and drains this loader through the control pipe
     if args.idle:
         with contextlib.suppress(AttributeError, OSError):  # not on every platform
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))

@@ -33,8 +33,13 @@ def config(tmp_path: Path, fake: FakeOpenAI, store: str) -> Path:
     return write_config(tmp_path, CONFIG.format(state=tmp_path / "state", store=store, url=fake.url))
 
 
-def loader_of(gateway_pid: int, within: float = 10.0, other_than: int | None = None) -> int:
-    """The pid of the gateway's capture loader (a new one when ``other_than`` is given)."""
+def loader_of(
+    gateway_pid: int,
+    within: float = 10.0,
+    other_than: int | None = None,
+    module: bytes = b"collectors.spool.loader_child",
+) -> int:
+    """The pid of the gateway's capture loader, or its child running ``module`` (a new one when ``other_than``)."""
     deadline = time.monotonic() + within
     while True:
         for entry in Path("/proc").iterdir():
@@ -45,9 +50,9 @@ def loader_of(gateway_pid: int, within: float = 10.0, other_than: int | None = N
                 cmdline = (entry / "cmdline").read_bytes()
             except (OSError, IndexError, ValueError):
                 continue
-            if ppid == gateway_pid and b"collectors.spool.loader_child" in cmdline:
+            if ppid == gateway_pid and module in cmdline:
                 return int(entry.name)
-        assert time.monotonic() < deadline, "no capture loader process"
+        assert time.monotonic() < deadline, f"no {module.decode()} process"
         time.sleep(0.05)
 
 
@@ -226,6 +231,33 @@ async def test_a_loader_that_falls_behind_runs_at_normal_priority_until_it_caugh
         assert "exited with code" not in output  # a planned restart is not reported as a crash
         gw.stop(signal.SIGTERM)
     exactly_once(db, seen)
+
+
+async def test_a_signal_to_the_whole_process_group_stops_the_gateway_not_its_children_first(
+    tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    """Ctrl-C in a terminal, systemd and ``timeout`` signal every process of the group: the children leave the
+    decision to the serving process, which drains the loader and ends the jobs child; none is reported as
+    exited nor restarted, and everything answered is stored once."""
+    (tmp_path / "suite.yaml").write_text("suite: s\ncases: [{messages: [{role: user, content: hi}]}]\n")
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        db = tmp_path / f"{sig.name}.db"  # a new store: the eval job has never run, so it runs at start
+        text = CONFIG.format(state=tmp_path / sig.name, store=f"store: sqlite:///{db}", url=fake_openai.url)
+        cfg = write_config(tmp_path, text + "evals: [{suite: suite.yaml, route: bot, every: 1h}]\n")
+        with GatewayProcess(cfg) as gw:
+            loader, jobs = loader_of(gw.proc.pid), loader_of(gw.proc.pid, module=b"gateway.jobs_child")
+            async with httpx.AsyncClient(timeout=30) as client:
+                seen = await load(client, gw.url, f"before-{sig.name}", 20)
+            deadline = time.monotonic() + 30
+            while "job eval:" not in gw.output():  # the child is up: it runs its never-run job at start
+                assert time.monotonic() < deadline, gw.output()[-2000:]
+                await asyncio.sleep(0.05)
+            os.killpg(gw.proc.pid, sig)  # the harness starts it in its own session: the group is its own
+            assert gw.proc.wait(20) == 0
+            output = gw.output()
+            assert "exited" not in output and "restarting" not in output, output[-2000:]
+            assert gone(loader) and gone(jobs)
+        exactly_once(db, seen)
 
 
 def test_the_loader_never_imports_from_the_working_directory_nor_sees_the_keys(tmp_path: Path) -> None:
