@@ -50,7 +50,7 @@ async def load(dsn: str, rows: int, users: int, seed: int) -> None:
         batch, feedback, done = [], [], 0
         while done < rows:
             unit, variant = units[rng.randrange(users)]
-            rid = f"{done:032x}"
+            rid = f"{rng.getrandbits(128):032x}"  # as the gateway makes them (random: no order on disk)
             failed = rng.random() < 0.01
             record = orjson.dumps({"k": "i", "request_id": rid, "extra": {"unit": unit}}).decode()
             batch.append((rid, start + 7 * 86400 * done / rows, "bot", "bot", variant, "primary", None, variant,
@@ -91,28 +91,45 @@ async def report(dsn: str, series: bool) -> float:
     return took
 
 
-def pg_cpu_s(data_dir: Path | None) -> float:
-    """CPU seconds used so far by the PostgreSQL server's processes (the postmaster's children), from /proc:
-    what the report costs with the machine to itself, whatever else is running."""
-    if data_dir is None:
-        return 0.0
-    master = int((data_dir / "postmaster.pid").read_text().split()[0])
-    total = 0.0
+def _postmaster(data_dir: Path) -> int:
+    return int((data_dir / "postmaster.pid").read_text().split()[0])
+
+
+def _stats(data_dir: Path) -> dict[int, list[str]]:
+    """The /proc stat fields (after the name) of the PostgreSQL server's processes: the postmaster, its children."""
+    master, out = _postmaster(data_dir), {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(stat.parent.name) == master:  # its own time and that of the children it reaped (backends)
-            total += sum(map(int, fields[11:15])) / os.sysconf("SC_CLK_TCK")
-        elif int(fields[1]) == master:
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        if int(stat.parent.name) == master or int(fields[1]) == master:
+            out[int(stat.parent.name)] = fields
+    return out
+
+
+def pg_cpu_s(data_dir: Path | None) -> float:
+    """CPU seconds used so far by the PostgreSQL server's processes (the postmaster's children), from /proc:
+    what the report costs with the machine to itself, whatever else is running."""
+    if data_dir is None:
+        return 0.0
+    master, ticks = _postmaster(data_dir), os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid, fields in _stats(data_dir).items():
+        if pid == master:  # its own time and that of the children it reaped (backends, parallel workers)
+            total += sum(map(int, fields[11:15])) / ticks
+        else:
+            total += (int(fields[11]) + int(fields[12])) / ticks
     return total
 
 
 def timed(dsn: str, series: bool, data_dir: Path | None) -> str:
+    before = set(_stats(data_dir)) if data_dir else set()
     cpu, own = pg_cpu_s(data_dir), time.process_time()
     wall = asyncio.run(report(dsn, series))
+    deadline = time.monotonic() + 5  # the report's backends have exited and been reaped: their time is counted
+    while data_dir and set(_stats(data_dir)) - before and time.monotonic() < deadline:
+        time.sleep(0.05)
     used = pg_cpu_s(data_dir) - cpu + time.process_time() - own
     return f"{wall:.2f} s wall, {used:.2f} s CPU (PostgreSQL + this process)" if data_dir else f"{wall:.2f} s wall"
 
@@ -138,7 +155,7 @@ def main() -> None:
             t = time.perf_counter()
             asyncio.run(load(dsn, args.rows, args.users, args.seed))
             print(f"loaded {args.rows:,} interactions of {args.users:,} users in {time.perf_counter() - t:.1f} s")
-        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+        print(f"load average {', '.join(f'{x:.1f}' for x in os.getloadavg())} (1, 5, 15 min) on {os.cpu_count()} cores")
         for attempt in (1, 2):  # the second run has a warm cache, as a daily report would
             print(f"report run {attempt} (terminal, the controller's query): {timed(dsn, False, data_dir)}")
             print(f"report run {attempt} (--html/--json, with the series): {timed(dsn, True, data_dir)}")

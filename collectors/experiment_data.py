@@ -15,9 +15,11 @@ Usage::
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from collectors.store.base import SAME_CALLER_SQL, Store
 
@@ -27,30 +29,50 @@ METRICS = ("requests", "error_rate", "latency", "feedback_score", "thumbs_up", "
 
 # feedback per answer (several ratings of one answer averaged): keyed by request id, or by the upstream's
 # response id for feedback that carries only that (exact where response ids are unique, as SPEC says); only
-# feedback from the caller that made the request, or from the admin key, counts (SAME_CALLER_SQL)
+# feedback from the caller that made the request, or from the admin key, counts (SAME_CALLER_SQL). By request
+# id, feedback is summed per (request, caller) from the feedback table alone, then joined twice (the request's
+# own caller, the admin key): one hash join each, no second pass over the interactions. Feedback is never
+# older than its answer; a day's margin covers the replicas' clocks. Rates and scores are floats: numeric
+# arithmetic (1.0 is numeric on PostgreSQL) doubled the query's time.
+_SUMS = """SUM(score) AS s, COUNT(score) AS ns,
+           SUM(CASE WHEN label = 'good' THEN CAST(1 AS DOUBLE PRECISION) WHEN label = 'bad' THEN 0 END) AS up,
+           COUNT(CASE WHEN label IN ('good', 'bad') THEN 1 END) AS nup,
+           SUM(CAST(task_completed AS DOUBLE PRECISION)) AS dn, COUNT(task_completed) AS ndn"""
 _FEEDBACK = f"""
-fb AS MATERIALIZED (
-    SELECT f.request_id AS rid, AVG(f.score) AS score,
-           AVG(CASE WHEN f.label = 'good' THEN 1.0 WHEN f.label = 'bad' THEN 0.0 END) AS up,
-           AVG(f.task_completed * 1.0) AS done
-      FROM feedback f JOIN interactions i ON i.request_id = f.request_id AND {SAME_CALLER_SQL}
-     WHERE i.route = $1 GROUP BY f.request_id
+fo AS (
+    SELECT request_id AS rid, COALESCE(caller, '') AS who, {_SUMS}
+      FROM feedback WHERE request_id IS NOT NULL AND (caller IS NULL OR caller <> '*') AND ts >= $3 - 86400
+     GROUP BY request_id, COALESCE(caller, '')
 ),
-fr AS MATERIALIZED (
+fa AS (
+    SELECT request_id AS rid, {_SUMS}
+      FROM feedback WHERE request_id IS NOT NULL AND caller = '*' AND ts >= $3 - 86400 GROUP BY request_id
+),
+fr AS (
     SELECT f.response_id AS rid, COALESCE(i.caller, '') AS who, AVG(f.score) AS score,
-           AVG(CASE WHEN f.label = 'good' THEN 1.0 WHEN f.label = 'bad' THEN 0.0 END) AS up,
-           AVG(f.task_completed * 1.0) AS done
+           AVG(CASE WHEN f.label = 'good' THEN CAST(1 AS DOUBLE PRECISION) WHEN f.label = 'bad' THEN 0 END) AS up,
+           AVG(CAST(f.task_completed AS DOUBLE PRECISION)) AS done
       FROM feedback f JOIN interactions i ON i.response_id = f.response_id AND i.role = 'primary'
        AND {SAME_CALLER_SQL}
      WHERE f.request_id IS NULL AND i.route = $1 GROUP BY f.response_id, COALESCE(i.caller, '')
 )"""
-_REQUEST = """
+
+
+def _mean(field: str) -> str:
+    """The average of a feedback figure over the request's own caller's and the admin's ratings."""
+    return (f"(COALESCE(o.{field}, 0) + COALESCE(a.{field}, 0)) / "
+            f"NULLIF(COALESCE(o.n{field}, 0) + COALESCE(a.n{field}, 0), 0)")  # fmt: skip
+
+
+_REQUEST = f"""
            CASE WHEN i.outcome IN ('upstream_error', 'timeout') OR i.status >= 500 THEN 1 ELSE 0 END AS err,
            LN(CASE WHEN i.latency_ms > 0.01 THEN i.latency_ms ELSE 0.01 END) AS lat,
-           COALESCE(i.tokens, 0) AS tok, COALESCE(fb.score, fr.score) AS score, COALESCE(fb.up, fr.up) AS up,
-           COALESCE(fb.done, fr.done) AS done, i.cost_usd AS cost
-      FROM interactions i LEFT JOIN fb ON fb.rid = i.request_id LEFT JOIN fr ON fr.rid = i.response_id
-           AND fr.who = COALESCE(i.caller, '')
+           COALESCE(i.tokens, 0) AS tok, COALESCE({_mean("s")}, fr.score) AS score,
+           COALESCE({_mean("up")}, fr.up) AS up, COALESCE({_mean("dn")}, fr.done) AS done, i.cost_usd AS cost
+      FROM interactions i
+      LEFT JOIN fo o ON o.rid = i.request_id AND o.who = COALESCE(i.caller, '')
+      LEFT JOIN fa a ON a.rid = i.request_id
+      LEFT JOIN fr ON fr.rid = i.response_id AND fr.who = COALESCE(i.caller, '')
      WHERE i.route = $1 AND i.experiment = $2 AND i.role = 'primary' AND i.ts >= $3 AND i.ts < $4 CLIENT"""
 _PER_GROUP = """COUNT(*) AS n, SUM(err) AS err, SUM(lat) AS lat, SUM(tok) AS tok,
            COALESCE(SUM(score), 0) AS sc, COUNT(score) AS nsc, COALESCE(SUM(up), 0) AS up, COUNT(up) AS nup,
@@ -91,7 +113,7 @@ running AS (
 )
 SELECT v, b, COALESCE(nb, $6) AS nb, {_OVER_USERS}
   FROM running GROUP BY v, b, COALESCE(nb, $6)
-""".replace("SAME_CALLER", SAME_CALLER_SQL)  # feedback counts only from the caller who made the request
+"""
 
 _LATENCY_SQL = """
 SELECT variant, CAST(FLOOR(LN(CASE WHEN latency_ms > 0.01 THEN latency_ms ELSE 0.01 END) * 20) AS INTEGER) AS k,
@@ -136,22 +158,30 @@ async def variant_sums(
     since: float,
     until: float,
     series: bool = False,
-    series_rows: int = SERIES_ROWS,
+    max_rows: int = SERIES_ROWS,
     client: str | None = None,
 ) -> VariantData:
     """The per-user sums of every variant over [since, until); with ``series`` also at ``BUCKETS`` points;
     with ``client`` only that named client's interactions."""
     only = (client,) if client is not None else ()
-    rows = await store.fetch(_only(_SQL, client, 5), route, experiment, since, until, *only)
-    final = {v: _metric_sums(int(users), [float(x or 0) for x in figures]) for v, users, *figures in rows}
-    data = VariantData(since, until, final)
-    data.cost = {r[0]: (float(r[-2] or 0), int(r[-1] or 0)) for r in rows}
-    if series:
-        await _series(store, data, route, experiment, series_rows, client)
     hist: dict[str, dict[int, int]] = {}
     for v, k, count in await store.fetch(_only(_LATENCY_SQL, client, 5), route, experiment, since, until, *only):
         hist.setdefault(v, {})[int(k)] = int(count)
+    # the decision's query and the series' run at once (PostgreSQL: two connections of the pool, two cores)
+    requests = sum(sum(h.values()) for h in hist.values())
+    final_rows = store.fetch(_only(_SQL, client, 5), route, experiment, since, until, *only)
+    if series:
+        rows, (share, series_rows) = await asyncio.gather(
+            final_rows, _series_rows(store, route, experiment, since, until, requests, max_rows, client)
+        )
+    else:
+        rows = await final_rows
+    final = {v: _metric_sums(int(users), [float(x or 0) for x in figures]) for v, users, *figures in rows}
+    data = VariantData(since, until, final)
+    data.cost = {r[0]: (float(r[-2] or 0), int(r[-1] or 0)) for r in rows}
     data.latency_quantiles = {v: _quantiles(h) for v, h in hist.items()}
+    if series:
+        _snapshots(data, share, series_rows)
     return data
 
 
@@ -160,17 +190,28 @@ def _only(sql: str, client: str | None, arg: int) -> str:
     return sql.replace(" CLIENT", "" if client is None else f" AND i.client = ${arg}")
 
 
-async def _series(
-    store: Store, data: VariantData, route: str, experiment: str, max_rows: int, client: str | None
-) -> None:
-    width = max((data.until - data.since) / BUCKETS, 1e-6)
-    requests = sum(m["requests"][1] for m in data.final.values())
+async def _series_rows(
+    store: Store,
+    route: str,
+    experiment: str,
+    since: float,
+    until: float,
+    requests: int,
+    max_rows: int,
+    client: str | None,
+) -> tuple[float, list[tuple[Any, ...]]]:
+    """(the share of users drawn, the series query's rows): at most about ``max_rows`` of ``requests``."""
+    width = max((until - since) / BUCKETS, 1e-6)
     share = min(1.0, max_rows / requests) if requests else 1.0
     below = "g" if share >= 1.0 else f"{min(int(share * 16**6), 16**6 - 1):06x}"  # every hex unit is below "g"
-    data.series_share = 1.0 if share >= 1.0 else int(below, 16) / 16**6
     only = (client,) if client is not None else ()
     sql = _only(_SERIES_SQL, client, 8)
-    rows = await store.fetch(sql, route, experiment, data.since, data.until, width, BUCKETS, below, *only)
+    rows = await store.fetch(sql, route, experiment, since, until, width, BUCKETS, below, *only)
+    return (1.0 if share >= 1.0 else int(below, 16) / 16**6), rows
+
+
+def _snapshots(data: VariantData, share: float, rows: list[tuple[Any, ...]]) -> None:
+    width = max((data.until - data.since) / BUCKETS, 1e-6)
     acc: list[dict[str, list[float]]] = [{} for _ in range(BUCKETS)]
     for v, b, nb, users, *figures in rows:
         start, end = min(int(b), BUCKETS - 1), min(int(nb), BUCKETS)
@@ -179,6 +220,7 @@ async def _series(
             cur[0] += users
             for i, value in enumerate(figures):
                 cur[i + 1] += float(value or 0)
+    data.series_share = share
     data.snapshots = [{v: _metric_sums(int(vals[0]), vals[1:]) for v, vals in bucket.items()} for bucket in acc]
     data.times = [data.since + width * (k + 1) for k in range(BUCKETS)]
 

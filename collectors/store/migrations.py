@@ -293,6 +293,7 @@ _POSTGRES_REVIEW_COUNTS = [
     "FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION review_count()",
 ]
 
+_ADMIN_FEEDBACK = "CREATE INDEX feedback_admin ON feedback (request_id) WHERE caller = '*'"
 _CALLER = ["ALTER TABLE interactions ADD COLUMN caller TEXT", "ALTER TABLE feedback ADD COLUMN caller TEXT"]
 
 MIGRATIONS: list[tuple[int, str, dict[str, list[str]]]] = [
@@ -340,6 +341,9 @@ MIGRATIONS: list[tuple[int, str, dict[str, list[str]]]] = [
     # who made a request and who gave feedback (a keyed hash, "*" for the admin key): feedback joins only its
     # own caller's interactions. Rows of earlier releases keep NULL: such feedback joins only such interactions.
     (12, "caller of interactions and feedback", {"sqlite": _CALLER, "postgres": _CALLER}),
+    # the experiment report joins the admin key's feedback apart from each caller's own: without this index
+    # PostgreSQL walked the whole request_id index to find the few admin rows (in every parallel worker)
+    (13, "admin feedback", {"sqlite": [_ADMIN_FEEDBACK], "postgres": [_ADMIN_FEEDBACK]}),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -127,7 +127,7 @@ async def test_sql_sums_match_a_per_user_computation(dsn: str) -> None:
     store = open_store(dsn)
     await store.open()
     try:
-        sampled = await variant_sums(store, "bot", "bot", since=1000.0, until=1020.0, series=True, series_rows=150)
+        sampled = await variant_sums(store, "bot", "bot", since=1000.0, until=1020.0, series=True, max_rows=150)
     finally:
         await store.close()
     assert 0.2 < sampled.series_share < 0.3
@@ -137,6 +137,43 @@ async def test_sql_sums_match_a_per_user_computation(dsn: str) -> None:
     cand_requests = sum(t[3] for t in truth if t[1] == "cand")
     assert data.cost["cand"] == (pytest.approx(0.002 * cand_requests), cand_requests)
     assert data.cost["prod"] == (0.0, 0)  # no request with a known cost
+
+
+async def test_feedback_counts_from_the_requests_caller_and_the_admin_only(dsn: str) -> None:
+    """Several ratings of one answer are averaged over its own caller's and the admin key's; anyone else's are
+    not counted (SAME_CALLER_SQL), whether keyed by request id or by response id."""
+
+    def req(rid: str, caller: str, response_id: str | None = None) -> InteractionRow:
+        return InteractionRow(rid, 1001.0, "bot", "bot", "prod", "primary", None, "prod", "chat.completions", 200,
+                              "ok", 100.0, None, False, response_id, "{}", "u-" + rid, 10.0, caller=caller)  # fmt: skip
+
+    def rate(fid: str, caller: str, *, rid: str | None = None, resp: str | None = None, **kw: Any) -> FeedbackRow:
+        return FeedbackRow(fid, 1002.0, rid, resp, kw.get("score"), kw.get("label"), "{}", kw.get("done"), caller)
+
+    store = open_store(dsn)
+    await store.open()
+    try:
+        await store.write(
+            [req("a", "alice"), req("b", "bob"), req("c", "*"), req("d", "dave", response_id="resp-d")],
+            [
+                rate("1", "alice", rid="a", label="good", score=1.0, done=1),
+                rate("2", "*", rid="a", label="bad", score=0.0),  # averaged with alice's: 0.5
+                rate("3", "mallory", rid="a", label="bad", score=0.0, done=0),  # not alice's request: ignored
+                rate("4", "mallory", rid="b", label="good"),  # ignored: b has no rating
+                rate("5", "*", rid="c", label="good", score=0.25),
+                rate("6", "dave", resp="resp-d", label="bad", done=0),
+                rate("7", "mallory", resp="resp-d", label="good"),
+            ],
+        )
+        data = await variant_sums(store, "bot", "bot", since=1000.0, until=1010.0)
+    finally:
+        await store.close()
+    m = data.final["prod"]
+    assert m["requests"][:2] == (4, 4.0)
+    # per user (one request each): thumbs a 0.5, c 1, d 0; score a 0.5, c 0.25; done a 1, d 0
+    assert m["thumbs_up"] == (4, 1.5, 3.0, pytest.approx(1.25), 3.0, 1.5)
+    assert m["feedback_score"] == (4, 0.75, 2.0, pytest.approx(0.3125), 2.0, 0.75)
+    assert m["task_completed"] == (4, 1.0, 2.0, 1.0, 2.0, 1.0)
 
 
 def test_report_costs_and_filter_by_client(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
