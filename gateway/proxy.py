@@ -336,7 +336,11 @@ class Call:
         await self.client.whole(reply.status, data, headers)
 
     async def _relay_stream(self, reply: Reply, withhold_usage: bool) -> None:
-        tee = ResponsesTee() if self.endpoint == "responses" else SSETee(withhold_usage=withhold_usage)
+        text = self.facts.capture or bool(self.facts.shadows)  # who reads the answer; metrics need only usage
+        if self.endpoint == "responses":
+            tee: ResponsesTee | SSETee = ResponsesTee(text=text)
+        else:
+            tee = SSETee(withhold_usage=withhold_usage, text=text)
         server, outcome = self.gen.config.server, self.outcome
         outcome.status = 200
         timeout_s = self.gen.config.upstreams[outcome.upstream].timeout_s
@@ -352,7 +356,7 @@ class Call:
             )
         finally:
             outcome.first_token_at = tee.first_token_at
-            outcome.response = tee.assemble()
+            outcome.response = tee.assemble() if text else None
             outcome.usage = tee.usage if isinstance(tee.usage, dict) else None
             outcome.response_id = tee.meta.get("id")
         if failure is not None:

@@ -10,19 +10,25 @@ Usage: ``tee = ResponsesTee()``; ``failure, last = await relay(reply, client, te
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
-import orjson
-
-from gateway.stream import MAX_EVENT_BYTES, StreamProtocolError
+from gateway.sse import Framer, StreamProtocolError, events, loads, payload
 
 TERMINAL = ("response.completed", "response.incomplete", "response.failed")
+# an event that may end the stream (a terminal type, or an error): read as it passes
+_NOTABLE = re.compile(rb"response\.(?:completed|incomplete|failed)|error")
 
 
 class ResponsesTee:
-    def __init__(self) -> None:
-        self.buffer = b""
+    """After the first output text, only a block of events that may end the stream is parsed as it passes; with
+    ``text`` (capture or a shadow wants the answer) the others are kept raw, read only if the stream ends
+    without its final ``response`` (``assemble``)."""
+
+    def __init__(self, *, text: bool = True) -> None:
+        self.text = text
+        self.framer = Framer()
         self.done = False
         self.first_token_at: float | None = None
         self.usage: dict[str, Any] | None = None
@@ -30,36 +36,32 @@ class ResponsesTee:
         self.meta: dict[str, Any] = {}
         self.final: dict[str, Any] | None = None
         self.texts: dict[tuple[int, int], list[str]] = {}
+        self.later: list[bytes] = []  # blocks of events after the first output text, not read yet
 
     def feed(self, data: bytes) -> bytes:
-        buffer = self.buffer + data
-        if b"\r" in buffer:
-            buffer = buffer.replace(b"\r\n", b"\n")
-        end = buffer.rfind(b"\n\n")
-        if end < 0:
-            if len(buffer) > MAX_EVENT_BYTES:
-                raise StreamProtocolError("upstream sent an SSE event larger than 1 MiB")
-            self.buffer = buffer
+        block = self.framer.complete(data)
+        if not block or self.done:
             return b""
-        complete, self.buffer = buffer[: end + 2], buffer[end + 2 :]
+        if self.first_token_at is not None and _NOTABLE.search(block) is None:
+            if self.text:
+                self.later.append(block)
+            return block
         out = []
-        for event in complete.split(b"\n\n"):
-            if event and not self.done:
+        for event in events(block):
+            if not self.done:
                 self._event(event)
                 out.append(event + b"\n\n")
         return b"".join(out)
 
     def _event(self, event: bytes) -> None:
-        for line in event.split(b"\n"):
-            if not line.startswith(b"data:"):
-                continue
-            try:
-                payload = orjson.loads(line[5:].strip())
-            except orjson.JSONDecodeError:
-                raise StreamProtocolError("upstream sent an SSE event that is not JSON") from None
-            if not isinstance(payload, dict):
-                raise StreamProtocolError("upstream sent an SSE event that is not a JSON object")
-            self._payload(payload)
+        value = payload(event)
+        if value is None:
+            return
+        if self.first_token_at is not None and _NOTABLE.search(event) is None:
+            if self.text:
+                self.later.append(event)
+            return
+        self._payload(loads(value))
 
     def _payload(self, payload: dict[str, Any]) -> None:
         kind = payload.get("type")
@@ -69,8 +71,7 @@ class ResponsesTee:
         if kind == "response.output_text.delta" and isinstance(payload.get("delta"), str):
             if self.first_token_at is None:
                 self.first_token_at = time.perf_counter()
-            slot = (int(payload.get("output_index") or 0), int(payload.get("content_index") or 0))
-            self.texts.setdefault(slot, []).append(payload["delta"])
+            self._delta(payload)
         elif kind in TERMINAL and isinstance(response, dict):
             self.final = response
             self.usage = response.get("usage") if isinstance(response.get("usage"), dict) else None
@@ -79,9 +80,27 @@ class ResponsesTee:
             self.error = payload.get("error") or payload
             self.done = True
 
+    def _delta(self, payload: dict[str, Any]) -> None:
+        if self.later:  # one read as it passed, after some kept raw: those come first
+            self._read_later()
+        slot = (int(payload.get("output_index") or 0), int(payload.get("content_index") or 0))
+        self.texts.setdefault(slot, []).append(payload["delta"])
+
+    def _read_later(self) -> None:
+        later, self.later = self.later, []
+        for event in events(b"\n\n".join(later)):
+            value = payload(event)
+            try:
+                parsed = loads(value) if value is not None else {}
+            except StreamProtocolError:
+                continue  # a partial answer: what parses
+            if parsed.get("type") == "response.output_text.delta" and isinstance(parsed.get("delta"), str):
+                self._delta(parsed)
+
     def assemble(self) -> dict[str, Any]:
         if self.final is not None:
             return self.final
+        self._read_later()
         output = [
             {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "".join(parts)}]}
             for _, parts in sorted(self.texts.items())

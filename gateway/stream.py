@@ -5,112 +5,154 @@
 ``ClientSide.last`` once the interaction is finished. A stream that ends without ``[DONE]``, goes idle, is
 cut or is not valid SSE is a failure (the caller ends it with an error event, never a fabricated ``[DONE]``).
 ``SSETee.feed(data)`` returns the bytes to send to the client now (only complete events, so the client
-never sees half an event); meanwhile it reassembles the streamed answer into one ``chat.completion`` (or
-``text_completion``), notes the first token and the usage. When Turnout asked the upstream for usage on
-the client's behalf, the usage-only chunk is withheld from the client.
+never sees half an event); meanwhile it notes the first token and the usage and, when something wants the
+text (capture, a shadow), keeps the events to reassemble the streamed answer into one ``chat.completion`` (or
+``text_completion``) once, at the end: no JSON parse per event once the first token is through. When
+Turnout asked the upstream for usage on the client's behalf, the usage-only chunk is withheld from the client.
 
 Usage::
 
-    tee = SSETee(withhold_usage=True)
+    tee = SSETee(withhold_usage=True, text=True)
     failure, last = await relay(reply, client, tee, heartbeat_s=15, idle_s=120, timeout_s=60)
     answer = tee.assemble()
 """
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 import aiohttp
-import orjson
 
 from gateway.client_side import ClientSide
 from gateway.errors import UpstreamFailure
 from gateway.pacing import HEARTBEAT, Pacer, StreamIdle
+from gateway.sse import Framer, StreamProtocolError, events, loads, payload
 from gateway.upstream import Reply
 
-MAX_EVENT_BYTES = 1 << 20  # one SSE event larger than this is a broken upstream
-
-
-class StreamProtocolError(Exception):
-    """The upstream's stream is not valid SSE (or an event is too large)."""
+# what must be read as it passes (besides [DONE]): an error, a usage object (withheld, or the metrics'); a false
+# match (these bytes inside a string) only costs a parse. It starts with a literal: a fast scan
+_NOTABLE = re.compile(rb'"(?:error"\s*:|usage"\s*:\s*\{)')
+_META = ("id", "object", "created", "model", "system_fingerprint")
 
 
 class SSETee:
-    def __init__(self, *, withhold_usage: bool = False) -> None:
+    """Each block of events is parsed as it passes only until the first token (the answer's metadata, the time
+    to first token) and when it may hold an error, the usage or ``[DONE]``; any other block goes out as it
+    came. With ``text`` (capture or a shadow wants the answer) those blocks are kept and read once, at
+    ``[DONE]`` (or by ``assemble`` for a stream cut short); without it they are never parsed."""
+
+    def __init__(self, *, withhold_usage: bool = False, text: bool = True) -> None:
         self.withhold_usage = withhold_usage
-        self.buffer = b""
+        self.text = text
+        self.framer = Framer()
         self.done = False
         self.first_token_at: float | None = None
         self.usage: dict[str, Any] | None = None
         self.error: Any = None
         self.meta: dict[str, Any] = {}
         self.choices: dict[int, dict[str, Any]] = {}
+        self.later: list[bytes | dict[str, Any]] = []  # after the first token, in order: raw blocks, parsed chunks
 
     def feed(self, data: bytes) -> bytes:
-        buffer = self.buffer + data
-        if b"\r" in buffer:
-            buffer = buffer.replace(b"\r\n", b"\n")
-        end = buffer.rfind(b"\n\n")
-        if end < 0:
-            if len(buffer) > MAX_EVENT_BYTES:
-                raise StreamProtocolError("upstream sent an SSE event larger than 1 MiB")
-            self.buffer = buffer
+        block = self.framer.complete(data)
+        if not block:
             return b""
-        complete, self.buffer = buffer[: end + 2], buffer[end + 2 :]
-        out = []
-        for event in complete.split(b"\n\n"):
-            if event and self._event(event):
-                out.append(event + b"\n\n")
+        if self.first_token_at is not None and b"[DONE]" not in block and _NOTABLE.search(block) is None:
+            if self.text:
+                self.later.append(block)
+            return block
+        out = [event + b"\n\n" for event in events(block) if self._event(event)]
+        if self.done and self.text:
+            self._read_later(strict=True)
         return b"".join(out)
 
     def _event(self, event: bytes) -> bool:
         """Take one event in; returns whether the client should see it."""
-        for line in event.split(b"\n"):
-            if not line.startswith(b"data:"):
-                continue
-            payload = line[5:].strip()
-            if payload == b"[DONE]":
-                self.done = True
-                return True
-            try:
-                chunk = orjson.loads(payload)
-            except orjson.JSONDecodeError:
-                raise StreamProtocolError("upstream sent an SSE event that is not JSON") from None
-            if not isinstance(chunk, dict):
-                raise StreamProtocolError("upstream sent an SSE event that is not a JSON object")
-            return self._chunk(chunk)
-        return True  # comments and keep-alives pass through
+        value = payload(event)
+        if value is None:
+            return True  # comments and keep-alives pass through
+        if value == b"[DONE]":
+            self.done = True
+            return True
+        if self.first_token_at is None:
+            chunk = loads(value)
+            if "error" not in chunk:
+                self._answer(chunk, _META)
+            return self._notable(chunk)
+        if _NOTABLE.search(value) is None:
+            if self.text:
+                self.later.append(event)
+            return True
+        chunk = loads(value)
+        if self.text:
+            self.later.append(chunk)  # its choices are read in order, with the rest
+        return self._notable(chunk)
 
-    def _chunk(self, chunk: dict[str, Any]) -> bool:
+    def _notable(self, chunk: dict[str, Any]) -> bool:
+        """A chunk's error and usage; returns whether the client should see it."""
         if "error" in chunk:
             self.error = chunk["error"]
             return True
-        for key in ("id", "object", "created", "model", "system_fingerprint"):
-            if key in chunk and key not in self.meta:
-                self.meta[key] = chunk[key]
         if chunk.get("usage"):
             self.usage = chunk["usage"]
-        choices = chunk.get("choices") or []
-        for choice in choices:
+        return not (self.withhold_usage and not chunk.get("choices") and chunk.get("usage"))
+
+    def _read_later(self, *, strict: bool) -> None:
+        """Read what was kept since the first token (a stream cut short: the events that parse)."""
+        later, self.later = self.later, []
+        missing = [key for key in _META if key not in self.meta]
+        blocks: list[bytes] = []
+        for i, kept in enumerate([*later, {}]):  # consecutive blocks are read at once; {} ends the last run
+            if isinstance(kept, bytes):
+                blocks.append(kept)
+                continue
+            chunks = [kept] if kept else []
+            broken: StreamProtocolError | None = None
+            if blocks:
+                values = [value for event in events(b"\n\n".join(blocks)) if (value := payload(event)) is not None]
+                try:
+                    chunks[:0] = [loads(value) for value in values]
+                except StreamProtocolError as exc:
+                    broken = exc if strict else None
+                    chunks[:0] = [chunk for value in values if (chunk := _parsed(value)) is not None]
+                blocks = []
+            for chunk in chunks:
+                if "error" not in chunk:
+                    self._answer(chunk, missing)
+            if broken is not None:
+                self.later = later[i + 1 :]  # what follows still counts for a partial answer
+                raise broken
+
+    def _answer(self, chunk: dict[str, Any], keys: Iterable[str]) -> None:
+        for key in keys:
+            if key in chunk and key not in self.meta:
+                self.meta[key] = chunk[key]
+        for choice in chunk.get("choices") or ():
             self._choice(choice)
-        return not (self.withhold_usage and not choices and chunk.get("usage"))
 
     def _choice(self, choice: dict[str, Any]) -> None:
-        slot = self.choices.setdefault(choice.get("index", 0), {"content": [], "tools": {}, "role": None})
+        index = choice.get("index", 0)
+        slot = self.choices.get(index)
+        if slot is None:
+            slot = self.choices[index] = {"content": [], "tools": {}, "role": None}
         if choice.get("finish_reason"):
             slot["finish_reason"] = choice["finish_reason"]
         delta = choice.get("delta")
         text = choice.get("text") if delta is None else delta.get("content")
         if text:
             slot["content"].append(text)
-            self._token()
+            if self.first_token_at is None:
+                self.first_token_at = time.perf_counter()
         if delta is None:
             return
         if delta.get("role"):
             slot["role"] = delta["role"]
-        for call in delta.get("tool_calls") or []:
-            self._token()
+        for call in delta.get("tool_calls") or ():
+            if self.first_token_at is None:
+                self.first_token_at = time.perf_counter()
             tool = slot["tools"].setdefault(
                 call.get("index", 0), {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
             )
@@ -120,12 +162,9 @@ class SSETee:
             tool["function"]["name"] += function.get("name") or ""
             tool["function"]["arguments"] += function.get("arguments") or ""
 
-    def _token(self) -> None:
-        if self.first_token_at is None:
-            self.first_token_at = time.perf_counter()
-
     def assemble(self) -> dict[str, Any]:
         """The streamed answer as one non-streamed body (what the upstream would have returned)."""
+        self._read_later(strict=False)
         chat = self.meta.get("object", "chat.completion.chunk") == "chat.completion.chunk"
         choices = []
         for index in sorted(self.choices):
@@ -144,6 +183,14 @@ class SSETee:
         if self.usage:
             body["usage"] = self.usage
         return body
+
+
+def _parsed(value: bytes) -> dict[str, Any] | None:
+    """``value`` parsed, if it is a JSON object."""
+    try:
+        return loads(value)
+    except StreamProtocolError:
+        return None
 
 
 class Tee(Protocol):
