@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from collectors.compare import compare
+from collectors.compare import answer_of, compare, compare_answers
+from collectors.compare import scores as full_scores
 from collectors.record import Interaction
 
 
@@ -123,3 +124,22 @@ def test_similarity_is_always_in_the_unit_interval() -> None:
     for p, s in pairs:
         assert 0.0 <= scores(p, s)["similarity"] <= 1.0
     assert scores(chat("[1, 2]"), chat("[2, 1]"))["json_equal"] is False
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        chat("The capital of France is Paris."),
+        chat('{"name": "Ada", "tags": ["a", "b"]}'),
+        chat(""),
+        {"object": "chat.completion", "choices": [{"index": 0, "message": {"content": None, "tool_calls": [
+            {"type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}]}}]},
+        {"object": "chat.completion", "choices": [{"index": 0, "message": {"content": "x", "tool_calls": [
+            {"type": "function", "function": {"name": "f", "arguments": "not json"}}]}}]},
+        {"object": "list", "data": [{"embedding": [0.0, 0.0]}]},
+        {"object": "list", "data": [{"embedding": []}]},
+    ],
+)  # fmt: skip
+def test_identical_answers_score_as_the_full_comparison_does(answer: dict[str, Any]) -> None:
+    quick = compare_answers(answer_of(answer), answer_of(answer))
+    assert quick == full_scores(answer_of(answer), answer_of(answer)) and quick["exact"] is True
