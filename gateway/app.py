@@ -28,7 +28,7 @@ from collectors.capture import Capture
 from collectors.metrics import Metrics, prune_dead_gauges
 from collectors.sink import Sink
 from collectors.stored_metrics import StoredMetrics
-from gateway.admission import Admission
+from gateway.admission import Admission, BoundedBodies
 from gateway.config import ConfigError, Loaded, load_config
 from gateway.config_view import redacted
 from gateway.errors import BadRequest, GatewayError, NotFound, RouteError, error_response
@@ -227,7 +227,8 @@ class TurnoutApp(Starlette):
 
     def build_middleware_stack(self) -> Any:
         hot = {r.path: r.app for r in self.routes if isinstance(r, Route) and isinstance(r.app, Endpoint)}
-        return Admission(HotRoutes(super().build_middleware_stack(), endpoints=hot), gateway=self.gateway)
+        routes = BoundedBodies(super().build_middleware_stack(), gateway=self.gateway)  # server.body_limits_kb
+        return Admission(HotRoutes(routes, endpoints=hot), gateway=self.gateway)
 
 
 class HotRoutes:

@@ -21,6 +21,7 @@ import yaml
 from cronsim import CronSim, CronSimError
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.body_limits import BodyLimitsKb
 from gateway.config_refs import env_errors, reference_errors, schema_errors
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
@@ -69,7 +70,8 @@ class _Model(BaseModel):
 class Server(_Model):
     host: str = "0.0.0.0"  # listen address
     port: int = Field(8080, ge=1, le=65535)  # listen port
-    max_body_mb: float = Field(32, gt=0)  # bigger request bodies get 413
+    max_body_mb: float = Field(32, gt=0)  # bigger request bodies get 413 (the OpenAI endpoints)
+    body_limits_kb: BodyLimitsKb = BodyLimitsKb()  # the other endpoints' limits (feedback, /admin/*, the rest)
     state_dir: str = "./turnout-state"  # journal, metrics files: must be writable and survive a crash
     capture_spool_mb: float = Field(1024, gt=0)  # journal bytes waiting for the store before drops
     max_in_flight: int = Field(4096, ge=1)  # proxied requests at once; beyond: fast 503 with Retry-After
@@ -454,10 +456,9 @@ def parse_config(
     store_only: bool = False,
     check_env: bool = True,
 ) -> Loaded:
-    """Validate a whole file; raise ``ConfigError`` with every independent problem at once.
-
-    ``store_only`` (offline commands such as ``turnout export``) requires no environment variable but the
-    store's; ``check_env=False`` (``turnout check --no-env``, for CI without the secrets) requires none."""
+    """Validate a whole file; raise ``ConfigError`` with every independent problem at once. ``store_only``
+    (offline commands such as ``turnout export``) requires no environment variable but the store's;
+    ``check_env=False`` (``turnout check --no-env``, for CI without the secrets) requires none."""
     try:
         data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:

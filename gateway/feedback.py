@@ -4,7 +4,7 @@ The key is ``request_id`` (Turnout's, from ``x-turnout-request-id``) or ``respon
 answer body); an id not (yet) stored is accepted too: feedback is joined to its interaction when read, and
 only when it comes from the caller that made the request or from the admin key (``Keys.caller_hash`` is
 stored with it). Feedback from anyone else is answered the same 202 and never joined. Wrong types are a 400
-naming the field; unknown fields are ignored.
+naming the field; unknown fields are ignored. The body is at most ``server.body_limits_kb.feedback`` (64 KB).
 
 Usage: ``Route("/v1/feedback", feedback_endpoint, methods=["POST"])``.
 """
@@ -20,8 +20,7 @@ from starlette.responses import JSONResponse, Response
 
 from collectors.capture import CaptureUnavailable
 from gateway.auth import ADMIN_CALLER
-from gateway.errors import BadRequest, GatewayError, Overloaded, PayloadTooLarge, RateLimited, error_response
-from gateway.limits import FEEDBACK_MAX_BYTES as MAX_BODY
+from gateway.errors import BadRequest, GatewayError, Overloaded, RateLimited, error_response
 from gateway.runtime import Gateway
 
 MAX_ID = 256
@@ -85,22 +84,12 @@ def validate(body: Any) -> dict[str, Any]:
     return fields
 
 
-async def _read(request: Request) -> bytes:
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise PayloadTooLarge(f"feedback body is larger than {MAX_BODY} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def feedback_endpoint(request: Request) -> Response:
     gw: Gateway = request.state.gateway
     try:
         keys = gw.generation.keys
         caller = keys.client(request.headers.get("authorization", "").encode("latin-1") or None)
-        raw = await _read(request)
+        raw = await request.body()  # at most server.body_limits_kb.feedback (64 KB): BoundedBodies
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:

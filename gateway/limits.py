@@ -1,5 +1,5 @@
 """Bounds on what a client can make the gateway hold: JSON shape, header bytes (the body size and the body
-deadline are enforced in ``proxy.read_body`` and ``proxy.Endpoint``).
+deadline are enforced in ``body_limits.read_body``, ``proxy.Endpoint`` and ``body_limits.BoundedBodies``).
 
 ``check_shape`` walks a parsed body without recursion and refuses (400) nesting deeper than ``MAX_DEPTH``,
 more than ``MAX_ITEMS`` keys and array items in all, and strings longer than ``MAX_STRING``; orjson already
@@ -25,7 +25,6 @@ MAX_ITEMS = 100_000
 MAX_STRING = 16 * 1024 * 1024  # characters; a base64 image can be large
 MAX_HEADER_BYTES = 64 * 1024
 HEAD_TIMEOUT_ENV = "TURNOUT_HEAD_TIMEOUT_S"  # server.head_timeout_s, handed to every worker by turnout serve
-FEEDBACK_MAX_BYTES = 64 * 1024  # a feedback body (a correction is one answer, not a document)
 LARGE_BODY_BYTES = 1024 * 1024  # a body past this (declared or counted) takes a LargeBodies slot
 FEEDBACK_PER_MINUTE = 120  # feedback posts per caller per minute and process (the admin key: unlimited)
 

@@ -22,13 +22,13 @@ import orjson
 
 from collectors.record import Interaction, new_id
 from gateway.auth import Caller
+from gateway.body_limits import ClientGone, read_body
 from gateway.client_side import ClientSide
 from gateway.decide import Facts, decide
 from gateway.errors import (
     BadRequest,
     GatewayError,
     Overloaded,
-    PayloadTooLarge,
     RateLimited,
     RequestTimeout,
     StreamBroken,
@@ -37,7 +37,7 @@ from gateway.errors import (
     send_error,
 )
 from gateway.generation import Generation
-from gateway.limits import LARGE_BODY_BYTES, BodySlot, check_brackets, check_shape
+from gateway.limits import check_brackets, check_shape
 from gateway.outcome import Outcome
 from gateway.responses_stream import ResponsesTee
 from gateway.retry import Attempts
@@ -51,34 +51,6 @@ Scope = dict[str, Any]
 REQUIRED = {"chat.completions": "messages", "completions": "prompt", "embeddings": "input"}
 NULLABLE = {"prompt"}  # OpenAI's schema: present but null means the default prompt
 JSON_HEADERS = [(b"content-type", b"application/json")]
-
-
-class ClientGone(Exception):
-    """The client disconnected before its request body was complete."""
-
-
-async def read_body(receive: Any, limit: int, declared: bytes | None, slot: BodySlot) -> bytes:
-    """The whole request body; 413 as soon as it passes ``limit`` (declared or counted); a body over
-    ``LARGE_BODY_BYTES`` (declared or counted) takes ``slot`` first (503 when the process holds enough)."""
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body is larger than the {limit} byte limit (server.max_body_mb)")
-    if declared is not None and declared.isdigit() and int(declared) > LARGE_BODY_BYTES:
-        slot.take()
-    chunks = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body is larger than the {limit} byte limit (server.max_body_mb)")
-        if size > LARGE_BODY_BYTES:
-            slot.take()
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 def _check_n(body: dict[str, Any], max_n: int) -> None:

@@ -25,7 +25,6 @@ from gateway.config import duration_seconds
 from gateway.review.service import Access, ReviewService, json_error
 
 MAX_LIMIT = 500
-MAX_BODY = 256 << 10
 
 
 def _time(value: str | None, key: str) -> float | None:
@@ -102,9 +101,7 @@ async def item_endpoint(request: Request) -> Response:
             signer = review.signer()
             if signer is None or not signer.csrf_ok(access.session, request.headers.get("x-csrf-token")):
                 return json_error(403, "missing or wrong CSRF token (x-csrf-token)", "csrf")
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            return json_error(413, f"body over {MAX_BODY} bytes", "too_large")
+        body = await request.body()  # at most server.body_limits_kb.admin (256 KB): BoundedBodies
         try:
             data = orjson.loads(body)
             if not isinstance(data, dict):

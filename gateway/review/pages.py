@@ -53,16 +53,10 @@ def _html(name: str, status: int = 200, **context: Any) -> Response:
     return HTMLResponse(body, status_code=status, headers=headers)
 
 
-MAX_FORM = 256 << 10
-
-
 async def _form(request: Request) -> dict[str, str]:
-    """An urlencoded form (the page's only kind), bounded; the last value of a repeated field wins."""
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_FORM:
-            return {}
+    """An urlencoded form (the page's only kind; at most ``server.body_limits_kb.admin``, 256 KB: BoundedBodies);
+    the last value of a repeated field wins."""
+    body = await request.body()
     return {k: v[-1] for k, v in parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True).items()}
 
 
