@@ -57,9 +57,9 @@ async def window(store: Store, config: Config, route: str, now: float) -> tuple[
     rollout, the last step of a finished one (what the controller judged), else the whole experiment."""
     weights = dict(config.routes[route].variants)
     row = await rollouts.load(store, route)
-    if row is not None and row.phase in ("step", "paused", "succeeded", "rolled_back"):
+    if row is not None and row.phase in ("step", "awaiting_approval", "paused", "succeeded", "rolled_back"):
         plan, state = plan_of(row), state_of(row)
-        if row.phase in ("step", "paused") and plan.candidate in weights:
+        if row.phase in ("step", "awaiting_approval", "paused") and plan.candidate in weights:
             pct = candidate_percent(plan, state)
             since = min(row.since + SETTLE_S, now)
             return since, now, effective_weights(weights, plan, state), f"rollout step {pct} % (current)"

@@ -9,62 +9,22 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import itertools
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import yaml
 from cronsim import CronSim, CronSimError
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from gateway.body_limits import BodyLimitsKb
 from gateway.config_refs import env_errors, reference_errors, schema_errors
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def _duration(value: Any) -> float:
-    """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` or a number of seconds -> seconds."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 30d, 12h or 90s")
-    if isinstance(value, int | float):
-        return float(value)
-    match = _DURATION.match(str(value))
-    if not match:
-        raise ValueError(f"invalid duration {value!r}: expected a number and a unit (s, m, h, d, w), e.g. 30d")
-    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-
-
-def duration_seconds(value: str) -> float:
-    """Seconds in ``30d``, ``12h``, ... (raises ValueError); for command-line options."""
-    return _duration(value)
-
-
-def _date(value: Any) -> dt.datetime:
-    if isinstance(value, dt.datetime):
-        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-    if isinstance(value, dt.date):
-        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
-    try:
-        parsed = dt.datetime.fromisoformat(str(value))
-    except ValueError:
-        raise ValueError(f"invalid date {value!r}: expected YYYY-MM-DD or an ISO 8601 time") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
-
-
-Duration = Annotated[float, BeforeValidator(_duration)]
-Date = Annotated[dt.datetime, BeforeValidator(_date)]
-Share = Annotated[float, Field(ge=0.0, le=1.0)]
-EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from gateway.config_types import DURATION_PATTERN, Date, Duration, EnvName, Share, duration_seconds
+from gateway.config_types import Model as _Model
+from gateway.rollout_config import Analysis, Rollout, rollout_errors
 
 
 class Server(_Model):
@@ -167,55 +127,13 @@ class Drift(_Model):
     @field_validator("reference")
     @classmethod
     def _reference(cls, value: str) -> str:
-        if value != "dataset" and not (value.startswith("window:") and _DURATION.match(value[7:])):
+        if value != "dataset" and not (value.startswith("window:") and DURATION_PATTERN.match(value[7:])):
             raise ValueError(f"expected window:<duration> (e.g. window:30d) or dataset, got {value!r}")
         return value
 
     def window_s(self) -> float | None:
         """The reference window's span, None for ``reference: dataset``."""
-        return None if self.reference == "dataset" else _duration(self.reference[7:])
-
-
-Metric = Literal["feedback_score", "thumbs_up", "task_completed", "error_rate", "latency", "eval_score"]
-Guardrail = Literal["feedback_score", "thumbs_up", "task_completed", "error_rate", "latency", "latency_p95"]
-
-
-class Analysis(_Model):
-    """How an A/B split is judged (``turnout experiment report``, rollout steps): see policies/experiments.py."""
-
-    control: str  # the variant serving now
-    primary: Metric = "feedback_score"  # the metric that decides
-    guardrails: dict[Guardrail, Annotated[float, Field(ge=0)]] = {}  # most harm tolerated (latency: relative)
-    alpha: float = Field(0.05, gt=0, lt=0.5)  # error rate of the decision
-    min_users: int = Field(200, ge=2)  # per variant
-    min_duration: Duration = 7 * 86400.0  # no promote before this
-    max_duration: Duration = 28 * 86400.0  # no decision by then: inconclusive
-
-
-class ShadowGate(_Model):
-    min_samples: int = Field(200, ge=1)  # comparisons needed
-    min_agreement: Share = 0.8  # mean agreement needed
-    max_error_rate: Share = 0.05  # shadow error rate allowed
-
-
-class Gates(_Model):
-    eval: str | None = None  # an eval suite file (relative to the config file): candidate vs control
-    shadow: ShadowGate | None = None  # shadow gate: comparisons, agreement, errors
-
-
-class Rollout(_Model):
-    candidate: str  # a variant of the route (weight 0 in the file)
-    gates: Gates = Gates()  # before the first step
-    steps: list[Annotated[int, Field(ge=1, le=100)]] = [1, 10, 50, 100]  # percent of users on the candidate
-    interval: Duration = 3600.0  # at least this long on a step
-    on_failure: Literal["rollback", "pause"] = "rollback"  # rollback or pause
-
-    @field_validator("steps")
-    @classmethod
-    def _increasing(cls, steps: list[int]) -> list[int]:
-        if not steps or any(b <= a for a, b in itertools.pairwise(steps)):
-            raise ValueError("steps: expected increasing percentages, e.g. [1, 10, 50, 100]")
-        return steps
+        return None if self.reference == "dataset" else duration_seconds(self.reference[7:])
 
 
 class RouteConfig(_Model):
@@ -275,7 +193,7 @@ class Dataset(_Model):
         if inc.reviewed is None and inc.label is None and inc.min_score is None:
             raise ValueError("include: needs reviewed, label or min_score (else every interaction would be in it)")
         if self.every is not None and " " not in self.every.strip():
-            _duration(self.every)
+            duration_seconds(self.every)
         elif self.every is not None:
             try:
                 CronSim(self.every, dt.datetime.now(dt.UTC))
@@ -406,18 +324,7 @@ def _drift_errors(config: Config) -> list[str]:
                     f"routes.{name}.drift.reference: dataset needs the dataset version of every serving variant "
                     f"(upstreams.{missing[0]}.dataset is not set)"
                 )
-        if route.analysis and route.analysis.control not in route.variants:
-            errors.append(f"routes.{name}.analysis.control: {route.analysis.control!r} is not a variant of the route")
-        if route.rollout:
-            if route.rollout.candidate not in route.variants:
-                errors.append(
-                    f"routes.{name}.rollout.candidate: {route.rollout.candidate!r} is not a variant of the "
-                    "route (add it to variants, at weight 0)"
-                )
-            if route.analysis is None:
-                errors.append(f"routes.{name}.rollout: needs routes.{name}.analysis (its control and guardrails)")
-            elif route.analysis.control == route.rollout.candidate:
-                errors.append(f"routes.{name}.rollout.candidate: the candidate cannot be the control")
+        errors += rollout_errors(name, route.variants, route.analysis, route.rollout)
     for i, entry in enumerate(config.evals):
         if entry.route not in config.routes:
             errors.append(f"evals.{i}.route: unknown route {entry.route!r}")

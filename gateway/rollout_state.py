@@ -54,7 +54,8 @@ def plan_from_config(config: Config, route: str) -> Plan:
         raise ValueError(f"routes.{route}: no rollout configured (routes.{route}.rollout and .analysis)")
     g = ro.gates.shadow
     shadow = ShadowGate(g.min_samples, g.min_agreement, g.max_error_rate) if g else None
-    return Plan(ro.candidate, a.control, tuple(ro.steps), ro.interval, ro.on_failure, ro.gates.eval is not None, shadow)
+    return Plan(ro.candidate, a.control, tuple(ro.steps), ro.interval, ro.on_failure, ro.gates.eval is not None,
+                shadow, ro.gates.manual)  # fmt: skip
 
 
 def plan_to_json(plan: Plan) -> dict[str, Any]:
@@ -65,7 +66,7 @@ def plan_of(row: rollouts.RolloutRow) -> Plan:
     p = dict(row.plan)
     shadow = ShadowGate(**p["shadow"]) if p.get("shadow") else None
     return Plan(p["candidate"], p["control"], tuple(p["steps"]), float(p["interval_s"]), p["on_failure"],
-                bool(p["eval_gate"]), shadow)  # fmt: skip
+                bool(p["eval_gate"]), shadow, bool(p.get("manual_gate", False)))  # fmt: skip
 
 
 def state_of(row: rollouts.RolloutRow) -> State:
@@ -107,6 +108,8 @@ async def read_rollouts(ctx: ReadContext) -> None:
         ctx.out.gauge("rollout_step", "Percent of users on the rollout's candidate now", labels, pct or 0)
         ctx.out.gauge("rollout_active", "1 while a rollout is in a gate, on a step or paused", labels,
                       1.0 if state.phase in ACTIVE else 0.0)  # fmt: skip
+        ctx.out.gauge("rollout_awaiting_approval", "1 while the rollout waits for `turnout rollout approve`",
+                      labels, 1.0 if state.phase == "awaiting_approval" else 0.0)  # fmt: skip
         ctx.out.gauge("rollout_rolled_back", "1 while the rollout stands rolled back (until the file is rewritten)",
                       labels, 1.0 if state.phase == "rolled_back" else 0.0)  # fmt: skip
         ctx.out.gauge("rollout_last_transition_timestamp_seconds", "When the rollout last changed phase or step",

@@ -3,7 +3,9 @@
 Phases in the brief's order: ``eval`` (the suite compares candidate and control) -> ``shadow`` (the candidate
 mirrors traffic until ``min_samples`` comparisons, then agreement and error rate are checked) -> ``step``
 (A/B at ``steps[i]`` percent of users; each step holds at least ``interval`` and advances only when the
-analysis says the candidate is non-inferior with enough users) -> ``succeeded`` at 100 %. A failed gate or a
+analysis says the candidate is non-inferior with enough users) -> ``succeeded`` at 100 %. With a manual gate
+the step that would send everyone to the candidate waits in ``awaiting_approval`` (the step's weight held, its
+analysis still watched: a breach fails as on a step) until a person approves. A failed gate or a
 guardrail breach goes to ``rolled_back`` (weight 0) or, with ``on_failure: pause``, to ``paused`` (the weight
 is held, nothing advances until a person approves, aborts or rolls back). ``aborted`` hands the weights back
 to the config file. A gate that is not configured is skipped. Every function is pure: the controller feeds it
@@ -21,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-ACTIVE = ("eval", "shadow", "step", "paused")
+ACTIVE = ("eval", "shadow", "step", "awaiting_approval", "paused")
 FINAL = ("succeeded", "rolled_back", "aborted")
 
 
@@ -41,13 +43,14 @@ class Plan:
     on_failure: str = "rollback"  # rollback | pause
     eval_gate: bool = False
     shadow: ShadowGate | None = None
+    manual_gate: bool = False  # a person approves before the candidate serves everyone
 
 
 @dataclass(frozen=True)
 class State:
-    phase: str  # eval | shadow | step | paused | succeeded | rolled_back | aborted
+    phase: str  # eval | shadow | step | awaiting_approval | paused | succeeded | rolled_back | aborted
     step: int  # index into plan.steps; -1 before the A/B steps
-    since: float  # when the current phase or step began (the analysis window starts here)
+    since: float  # when the current step began (the analysis window starts here; held while awaiting approval)
     started_at: float
     resume: str = ""  # the phase a paused rollout returns to
     reason: str = ""
@@ -124,18 +127,36 @@ def _step(plan: Plan, state: State, obs: Observation) -> State:
         return _fail(plan, state, obs.now, "guardrail breach: " + "; ".join(a.reasons))
     if obs.now - state.since < plan.interval_s or a is None or not a.advance:
         return state
-    nxt = state.step + 1
-    if nxt >= len(plan.steps) or plan.steps[state.step] >= 100:
-        return State("succeeded", state.step, obs.now, state.started_at, reason="every step passed")
     why = f"step {plan.steps[state.step]} % passed after {obs.now - state.since:.0f} s"
+    if plan.manual_gate and _to_everyone(plan, state.step + 1):
+        return replace(state, phase="awaiting_approval", reason=why + "; waiting for approval to serve everyone")
+    return _next(plan, state, obs.now, why)
+
+
+def _to_everyone(plan: Plan, step: int) -> bool:
+    return step >= len(plan.steps) or plan.steps[step] >= 100
+
+
+def _next(plan: Plan, state: State, now: float, why: str) -> State:
+    """The step after the current one, or ``succeeded`` when that serves everyone."""
+    nxt = state.step + 1
+    if nxt >= len(plan.steps):
+        return State("succeeded", state.step, now, state.started_at, reason=why + "; every step passed")
     if plan.steps[nxt] >= 100:
-        return State("succeeded", nxt, obs.now, state.started_at, reason=why + "; the candidate serves everyone")
-    return State("step", nxt, obs.now, state.started_at, reason=why)
+        return State("succeeded", nxt, now, state.started_at, reason=why + "; the candidate serves everyone")
+    return State("step", nxt, now, state.started_at, reason=why)
+
+
+def _awaiting(plan: Plan, state: State, obs: Observation) -> State:
+    a = obs.analysis
+    if a is not None and a.breach:
+        return _fail(plan, state, obs.now, "guardrail breach while awaiting approval: " + "; ".join(a.reasons))
+    return state
 
 
 def advance(plan: Plan, state: State, obs: Observation) -> tuple[State, str | None]:
     """The next state for this observation, and the reason when the phase or step changed (else None)."""
-    handlers = {"eval": _eval, "shadow": _shadow, "step": _step}
+    handlers = {"eval": _eval, "shadow": _shadow, "step": _step, "awaiting_approval": _awaiting}
     if state.phase not in handlers:
         return state, None
     nxt = handlers[state.phase](plan, state, obs)
@@ -149,7 +170,10 @@ def pause(state: State, now: float, reason: str) -> State:
 
 
 def approve(plan: Plan, state: State, now: float, reason: str) -> State:
-    """Resume a paused rollout where it stopped (its step timer and analysis window restart)."""
+    """Pass the manual gate (the candidate goes on to serve everyone), or resume a paused rollout where it
+    stopped (its step timer and analysis window restart)."""
+    if state.phase == "awaiting_approval":
+        return _next(plan, state, now, reason)
     if state.phase != "paused":
         return state
     return State(state.resume or "step", state.step, now, state.started_at, reason=reason)
@@ -163,7 +187,7 @@ def candidate_percent(plan: Plan, state: State) -> int | None:
     """The candidate's share of users now, or None when the config file's weights apply."""
     if state.phase in ("eval", "shadow", "rolled_back"):
         return 0
-    if state.phase in ("step", "paused"):
+    if state.phase in ("step", "awaiting_approval", "paused"):
         return plan.steps[state.step] if state.step >= 0 else 0
     if state.phase == "succeeded":
         return 100

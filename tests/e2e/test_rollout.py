@@ -6,6 +6,7 @@ back on the control on both replicas."""
 
 from __future__ import annotations
 
+import calendar
 import re
 import signal
 import time
@@ -185,3 +186,46 @@ def test_a_broken_candidate_is_rolled_back_and_its_users_return(
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_manual_gate_waits_for_approve_then_serves_everyone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = f"sqlite:///{tmp_path / 'turnout.db'}"
+    path = config(tmp_path, store, candidate="{provider: dummy, wrong_share: 0.1}", steps="[50, 100]",
+                  gates="{manual: true}")  # fmt: skip
+    gateway = GatewayProcess(path)
+    try:
+        gateway.wait_ready(60)
+        assert main(["rollout", "start", "bot", "-c", str(path), "--actor", "tester"]) == 0
+        users = Users("manual")
+        deadline = time.monotonic() + 60
+        while phase(path, capsys) == "step" and time.monotonic() < deadline:
+            users.round([gateway.url])
+            time.sleep(0.2)
+        out = status(path, capsys)
+        assert phase(path, capsys) == "awaiting_approval", out + gateway.output()
+        assert "waiting for approval: `turnout rollout approve bot`" in out
+        # held at 50 % while nobody approves, however good the candidate looks; every replica says it waits
+        for _ in range(3):
+            users.round([gateway.url])
+            time.sleep(1.0)  # more than the 2 s interval in all
+        assert phase(path, capsys) == "awaiting_approval" and weight(gateway.url, "cand") == 50.0
+        assert 'turnout_rollout_awaiting_approval{route="bot"} 1.0' in httpx.get(gateway.url + "/metrics").text
+        assert main(["rollout", "approve", "bot", "-c", str(path), "--actor", "alice", "--reason", "figures ok"]) == 0
+        approved = time.time()
+        out = status(path, capsys)
+        assert phase(path, capsys) == "succeeded", out
+        t = time.monotonic()
+        while weight(gateway.url, "cand") != 100.0 and time.monotonic() - t < 5:
+            time.sleep(0.2)
+        assert weight(gateway.url, "cand") == 100.0
+        assert 'turnout_rollout_awaiting_approval{route="bot"} 0.0' in httpx.get(gateway.url + "/metrics").text
+        # the approval is audited: who, when, from, to, why
+        line = next(x for x in out.splitlines() if " alice: " in x)
+        stamp = time.strptime(line.split(" alice:")[0].strip(), "%Y-%m-%d %H:%M:%S")
+        assert abs(calendar.timegm(stamp) - approved) < 5
+        assert "awaiting_approval 50 -> succeeded 100: figures ok" in line
+        assert main(["rollout", "approve", "bot", "-c", str(path), "--actor", "alice"]) == 1  # nothing to approve
+    finally:
+        gateway.stop()

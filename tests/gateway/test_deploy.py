@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -317,3 +318,18 @@ async def test_eval_gate_runs_the_suite_comparison_first(tmp_path: Path, wrong: 
         assert ("eval gate passed" if phase == "step" else "eval gate failed") in after.reason
     finally:
         await store.close()
+
+
+def test_manual_gate_config_is_checked_with_key_paths(tmp_path: Path) -> None:
+    base = CONFIG.replace("STATE", str(tmp_path)).replace("STORE", f"sqlite:///{tmp_path / 't.db'}")
+    manual = base.replace("      interval: 2s\n", "      interval: 2s\n      gates: {manual: true}\n")
+    ok = parse_config(manual.encode(), "t.yaml").config
+    assert ok.routes["bot"].rollout is not None and ok.routes["bot"].rollout.gates.manual
+    for gates, steps, message in (
+        ("{manual: maybe}", "[20, 50, 100]", "routes.bot.rollout.gates.manual: "),
+        ("{manual: true, approve: true}", "[20, 50, 100]", "routes.bot.rollout.gates.approve: "),
+        ("{manual: true}", "[100]", "routes.bot.rollout.gates.manual: the approval is asked before"),
+    ):
+        text = base.replace("      interval: 2s\n", f"      interval: 2s\n      gates: {gates}\n")
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            parse_config(text.replace("steps: [20, 50, 100]", f"steps: {steps}").encode(), "t.yaml")

@@ -82,6 +82,35 @@ def test_on_failure_pause_holds_the_weight_until_approved() -> None:
     assert candidate_percent(plan, s) == 50
 
 
+def test_a_manual_gate_holds_the_last_step_until_a_person_approves() -> None:
+    plan = Plan("cand", "prod", (10, 50, 100), 10.0, manual_gate=True)
+    s = start(plan, 0.0)
+    s, _ = advance(plan, s, Observation(11.0, analysis=OK))
+    assert (s.phase, candidate_percent(plan, s)) == ("step", 50)
+    s, why = advance(plan, s, Observation(22.0, analysis=OK))
+    assert (s.phase, candidate_percent(plan, s), s.since) == ("awaiting_approval", 50, 11.0)  # the step's window
+    assert why is not None and "waiting for approval" in why
+    for t in (30.0, 1000.0, 10**6):  # however long and however good the figures: it waits for a person
+        assert advance(plan, s, Observation(t, analysis=OK)) == (s, None)
+    approved = approve(plan, s, 2000.0, "approve by alice")
+    assert (approved.phase, candidate_percent(plan, approved)) == ("succeeded", 100)
+    assert approved.reason.startswith("approve by alice")
+    # a breach while waiting fails as on any step; a pause while waiting comes back to the gate
+    failed, why = advance(plan, s, Observation(40.0, analysis=BREACH))
+    assert failed.phase == "rolled_back" and "awaiting approval" in (why or "")
+    paused = approve(plan, pause(s, 50.0, "by bob"), 60.0, "resume by bob")
+    assert (paused.phase, candidate_percent(plan, paused)) == ("awaiting_approval", 50)
+    # without 100 in the steps the gate sits before "succeeded" (which serves everyone)
+    short = Plan("cand", "prod", (10, 50), 10.0, manual_gate=True)
+    s = State("step", 1, 0.0, 0.0)
+    s, _ = advance(short, s, Observation(11.0, analysis=OK))
+    assert (s.phase, candidate_percent(short, s)) == ("awaiting_approval", 50)
+    assert approve(short, s, 12.0, "ok").phase == "succeeded"
+    # nothing to approve on an ordinary step
+    on_step = State("step", 0, 0.0, 0.0)
+    assert approve(plan, on_step, 1.0, "too early") == on_step
+
+
 def test_failed_gates_follow_on_failure() -> None:
     s = start(FULL, 0.0)
     s, why = advance(FULL, s, Observation(1.0, eval="fail", eval_reason="pass rate 0.70 vs 0.88"))
