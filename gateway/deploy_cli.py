@@ -112,7 +112,7 @@ def rollout(args: argparse.Namespace) -> int:
         print(f"route {args.route}: candidate {plan.candidate}, {state.phase}, {share}; {steps}; {state.reason}")
         if state.phase == "awaiting_approval":
             print(f"  waiting for approval: `turnout rollout approve {args.route}` sends every user to "
-                  f"{plan.candidate}; `turnout rollout abort {args.route}` hands the weights back to the file")  # fmt: skip
+                  f"{plan.candidate}; `abort` hands the weights back to the file")  # fmt: skip
         for a in await stored.audit_log(store, args.route, limit=args.history):
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(a.ts))
             print(f"  {stamp} {a.actor}: {a.from_phase} {a.from_percent} -> {a.to_phase} {a.to_percent}: {a.reason}")
