@@ -20,11 +20,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from collectors import rollouts
+from collectors.evals.store import Pair, latest_pair
 from collectors.experiment_data import VariantData, variant_sums
 from collectors.store.base import Store
 from gateway.config import Config
 from gateway.rollout_state import plan_of, state_of
-from policies.experiments import METRICS, Decision, Settings, Sums, decide, metric_of
+from policies.experiments import Decision, Settings, Sums, decide, metric_of
 from policies.rollout import State, candidate_percent, effective_weights
 
 SETTLE_S = 5.0  # each serving process reads rollout state every 2 s and applies it at once: 5 s covers every replica
@@ -36,10 +37,9 @@ def settings_for(config: Config, route: str) -> Settings:
     if a is None:
         control = max(r.variants, key=lambda v: r.variants[v])
         return Settings(control=control)
-    primary = a.primary if a.primary in METRICS else "feedback_score"
     return Settings(
         a.control,
-        primary,
+        a.primary,
         {str(k): v for k, v in a.guardrails.items()},
         a.alpha,
         a.min_users,
@@ -111,13 +111,15 @@ def _comparison(c: Any) -> dict[str, Any]:
     return out
 
 
-def _series(data: VariantData, settings: Settings, weights: Mapping[str, float], since: float) -> list[dict[str, Any]]:
+def _series(
+    data: VariantData, settings: Settings, weights: Mapping[str, float], since: float, evals: Mapping[str, Pair]
+) -> list[dict[str, Any]]:
     """The decision's comparisons at each snapshot in time (for the report's charts)."""
     points = []
     for t, raw in zip(data.times, data.snapshots, strict=True):
         if not raw:
             continue
-        d = decide(settings, _sums(raw), weights, t - since)
+        d = decide(settings, _sums(raw), weights, t - since, {v: p.scores for v, p in evals.items()})
         users = {v: m["requests"][0] for v, m in raw.items()}
         points.append({"t": t, "users": users, "comparisons": [_comparison(c) for c in d.comparisons]})
     return points
@@ -134,12 +136,14 @@ async def build_report(
         store, route, config.experiment(route), since=since, until=until + 1e-3, series=series, client=client
     )
     final = _sums(data.final)
-    decision: Decision = decide(settings, final, weights, until - since)
+    evals = await _eval_pairs(store, settings, weights) if settings.primary == "eval_score" else {}
+    decision: Decision = decide(settings, final, weights, until - since, {v: p.scores for v, p in evals.items()})
     reasons = list(decision.reasons)
-    a = config.routes[route].analysis
-    if a is not None and a.primary == "eval_score":
-        reasons.insert(0, "eval_score is measured by the eval suite, not by traffic: the A/B analysis judges "
-                          "feedback_score instead")  # fmt: skip
+    for v in sorted(weights):
+        if settings.primary == "eval_score" and v != settings.control and weights[v] > 0 and v not in evals:
+            reasons.insert(0, f"{v}: no complete eval runs of {v} and {settings.control} on one suite to "
+                              "compare (`turnout eval compare`, a rollout's eval gate or an `evals:` schedule "
+                              "stores them)")  # fmt: skip
     return {
         "route": route,
         "experiment": config.experiment(route),
@@ -163,9 +167,28 @@ async def build_report(
         "decision": decision.decision,
         "winner": decision.winner,
         "reasons": reasons,
-        "series": _series(data, settings, weights, since),
+        "evals": {v: _eval_figures(p) for v, p in evals.items()},
+        "series": _series(data, settings, weights, since, evals),
         "series_share": data.series_share,
     }
+
+
+async def _eval_pairs(store: Store, settings: Settings, weights: Mapping[str, float]) -> dict[str, Pair]:
+    """Each candidate's newest eval runs against the control's on one suite (``primary: eval_score``)."""
+    out = {}
+    for v in sorted(weights):
+        if v != settings.control and weights[v] > 0:
+            pair = await latest_pair(store, settings.control, v)
+            if pair is not None and pair.scores:
+                out[v] = pair
+    return out
+
+
+def _eval_figures(pair: Pair) -> dict[str, Any]:
+    control, candidate = pair.means
+    return {"suite": pair.suite, "cases": len(pair.scores), "control_run": pair.baseline_run,
+            "candidate_run": pair.candidate_run, "finished": pair.finished, "control_score": control,
+            "candidate_score": candidate}  # fmt: skip
 
 
 def render_table(report: Mapping[str, Any]) -> str:
@@ -188,6 +211,11 @@ def render_table(report: Mapping[str, Any]) -> str:
             f"{f(m['cost_per_request_usd'], '.6f'):>11}"
         )
     lines += ["", f"sample ratio check: p = {report['srm_p']:.3g}", ""]
+    for v, e in report.get("evals", {}).items():
+        lines.append(f"eval_score of {v} vs control on suite {e['suite']} ({e['cases']} cases, runs "
+                     f"{e['control_run']} / {e['candidate_run']}): {e['candidate_score']:.3f} vs "
+                     f"{e['control_score']:.3f}")  # fmt: skip
+    lines += [""] if report.get("evals") else []
     for c in report["comparisons"]:
         if "difference" not in c:
             lines.append(f"{c['variant']} vs control, {c['metric']} ({c['role']}): no data yet")

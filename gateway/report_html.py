@@ -176,6 +176,20 @@ at least {s["min_users"]} users per variant and {s["min_duration_s"] / 86400:.1f
 <p>The line is the estimated difference, the band its always-valid 1-alpha interval: the report may be read
 every day without inflating false decisions. A band wholly on one side of 0 is a result.{_sampled(report)}</p>
 {"".join(charts)}
-<h2>Per variant</h2>{_table(report)}
+<h2>Per variant</h2>{_table(report)}{_evals(report)}
 </body></html>
 """
+
+
+def _evals(report: Mapping[str, Any]) -> str:
+    """The eval suite comparison behind ``primary: eval_score`` (one paragraph per candidate)."""
+    out = []
+    for v, e in report.get("evals", {}).items():
+        out.append(
+            f"<p>Eval score of <b>{escape(v)}</b> on suite <code>{escape(e['suite'])}</code>: "
+            f"{e['candidate_score']:.3f} against the control's {e['control_score']:.3f} over the same "
+            f"{e['cases']} cases (runs <code>{escape(e['control_run'])}</code> and "
+            f"<code>{escape(e['candidate_run'])}</code>; the band above is a paired t-interval over the cases, "
+            "not an always-valid one: the suite does not grow with traffic).</p>"
+        )
+    return "<h2>Eval suite</h2>" + "".join(out) if out else ""

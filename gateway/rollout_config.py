@@ -26,7 +26,7 @@ class Analysis(Model):
     """How an A/B split is judged (``turnout experiment report``, rollout steps): see policies/experiments.py."""
 
     control: str  # the variant serving now
-    primary: Metric = "feedback_score"  # the metric that decides
+    primary: Metric = "feedback_score"  # the metric that decides (eval_score: the eval suite's paired comparison)
     guardrails: dict[Guardrail, Annotated[float, Field(ge=0)]] = {}  # most harm tolerated (latency: relative)
     alpha: float = Field(0.05, gt=0, lt=0.5)  # error rate of the decision
     min_users: int = Field(200, ge=2)  # per variant

@@ -124,6 +124,39 @@ def paired_t(baseline: Sequence[float], candidate: Sequence[float]) -> PairedT:
     return PairedT(mean, t, n - 1, 1.0 - t_sf(t, n - 1))
 
 
+def t_quantile(p: float, df: float) -> float:
+    """The t with P(T <= t) = p for Student's t with ``df`` degrees of freedom (bisection on ``t_sf``)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"p must be in (0, 1), got {p}")
+    lo, hi = -1.0, 1.0
+    while t_sf(lo, df) < 1.0 - p:
+        lo *= 2
+    while t_sf(hi, df) > 1.0 - p:
+        hi *= 2
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if t_sf(mid, df) > 1.0 - p else (lo, mid)
+        if hi - lo < 1e-12 * max(1.0, abs(mid)):
+            break
+    return (lo + hi) / 2
+
+
+def paired_t_interval(
+    baseline: Sequence[float], candidate: Sequence[float], alpha: float
+) -> tuple[float, float, float] | None:
+    """(mean difference, low, high): the two-sided 1 - alpha paired t-interval of candidate - baseline over the
+    same cases; None below two cases. When every case moved by the same amount the interval is that point."""
+    if len(baseline) != len(candidate):
+        raise ValueError("paired scores need the same cases on both sides")
+    n = len(baseline)
+    if n < 2:
+        return None
+    diffs = [c - b for b, c in zip(baseline, candidate, strict=True)]
+    mean = sum(diffs) / n
+    half = t_quantile(1.0 - alpha / 2, n - 1) * math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n)
+    return mean, mean - half, mean + half
+
+
 @dataclass(frozen=True)
 class Decision:
     not_worse: bool

@@ -20,6 +20,12 @@ interval to miss the truth, a wrong rollback needs the primary's or a guardrail'
 within alpha. Latency is compared on the mean of log(latency) (the difference is a relative change of the
 geometric mean), never on raw means, which a few slow requests dominate.
 
+``primary: eval_score`` takes its evidence from the eval suite instead of traffic: the paired t-interval of the
+mean case score, candidate minus control, over the same cases of their newest runs on one suite, at the
+primary's share of alpha. It is a fixed-sample interval (the suite does not grow with traffic; a new pair of
+runs replaces the old one), so it is combined with the guardrails' always-valid intervals by the same
+Bonferroni split: a wrong promote needs it to miss (at most alpha/2), a wrong rollback it or a guardrail's.
+
 Usage::
 
     d = decide(Settings(control="prod", primary="thumbs_up", guardrails={"error_rate": 0.01}),
@@ -30,8 +36,10 @@ Usage::
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+
+from policies.evals import paired_t_interval
 
 # metric -> +1 when higher is better, -1 when lower is better
 METRICS: dict[str, int] = {
@@ -40,6 +48,7 @@ METRICS: dict[str, int] = {
     "task_completed": 1,
     "error_rate": -1,
     "latency": -1,
+    "eval_score": 1,  # from the eval suite's paired comparison, not from traffic
 }
 LATENCY_KEYS = ("latency", "latency_p95")  # guardrail keys compared on log-latency, tolerance relative
 SRM_ALPHA = 0.001  # GrowthBook's default: an SRM check that cries wolf blocks good experiments
@@ -205,6 +214,16 @@ def _compare(
     return Comparison(variant, metric, role, iv, harm if role == "guardrail" else 0.0, verdict)
 
 
+def _eval_compare(variant: str, pairs: Sequence[tuple[float, float]] | None, alpha: float) -> Comparison:
+    """The eval suite's paired comparison (control, candidate case scores) as the primary's comparison."""
+    found = paired_t_interval([b for b, _ in pairs], [c for _, c in pairs], alpha) if pairs else None
+    if found is None:
+        return Comparison(variant, "eval_score", "primary", None, 0.0, "unclear")
+    mean, low, high = found
+    verdict = "better" if low > 0 else ("worse" if high < 0 else "unclear")
+    return Comparison(variant, "eval_score", "primary", Interval(mean, low, high, alpha), 0.0, verdict)
+
+
 def _describe(c: Comparison) -> str:
     iv = c.interval
     assert iv is not None
@@ -218,8 +237,10 @@ def decide(
     sums: Mapping[str, Mapping[str, Sums]],
     weights: Mapping[str, float],
     elapsed_s: float,
+    evals: Mapping[str, Sequence[tuple[float, float]]] | None = None,
 ) -> Decision:
-    """The decision for this experiment now. ``sums[variant][metric]``; users per variant come from the sums."""
+    """The decision for this experiment now. ``sums[variant][metric]``; users per variant come from the sums;
+    with ``primary: eval_score``, ``evals[candidate]`` holds the (control, candidate) score of every case."""
     s = settings
     candidates = [v for v in sums if v != s.control and weights.get(v, 0) > 0]
     users = {v: max((m.users for m in sums[v].values()), default=0) for v in sums}
@@ -235,18 +256,21 @@ def decide(
     control = sums[s.control]
     comparisons: list[Comparison] = []
     for v in candidates:
-        comparisons.append(
-            _compare(
-                v,
-                s.primary,
-                "primary",
-                0.0,
-                control.get(s.primary, Sums(0)),
-                sums[v].get(s.primary, Sums(0)),
-                a_primary,
-                tuning,
+        if s.primary == "eval_score":
+            comparisons.append(_eval_compare(v, (evals or {}).get(v), a_primary))
+        else:
+            comparisons.append(
+                _compare(
+                    v,
+                    s.primary,
+                    "primary",
+                    0.0,
+                    control.get(s.primary, Sums(0)),
+                    sums[v].get(s.primary, Sums(0)),
+                    a_primary,
+                    tuning,
+                )
             )
-        )
         for key, tol in s.guardrails.items():
             m = metric_of(key)
             comparisons.append(

@@ -165,3 +165,42 @@ async def latest_complete(store: Store) -> list[StoredRun]:
         " AND l.upstream = r.upstream AND COALESCE(l.route, '') = COALESCE(r.route, ''))"
     )
     return [_run(r, 0.0) for r in rows]
+
+
+@dataclass(frozen=True)
+class Pair:
+    """The newest complete runs of two upstreams on one suite version, case by case (the experiment report's
+    evidence for ``primary: eval_score``)."""
+
+    suite: str
+    baseline_run: str
+    candidate_run: str
+    finished: float  # the later of the two runs
+    scores: list[tuple[float, float]]  # (baseline, candidate) score of every case both ran
+
+    @property
+    def means(self) -> tuple[float, float]:
+        n = len(self.scores) or 1
+        return sum(b for b, _ in self.scores) / n, sum(c for _, c in self.scores) / n
+
+
+async def latest_pair(store: Store, baseline: str, candidate: str) -> Pair | None:
+    """The candidate's newest complete run and the baseline's newest on the same suite file (same cases)."""
+    runs = await store.fetch(
+        "SELECT c.suite, b.run_id, c.run_id, c.finished, b.finished FROM eval_runs c JOIN eval_runs b"
+        " ON b.suite = c.suite AND b.suite_sha256 = c.suite_sha256 AND b.upstream = $1 AND b.status = 'complete'"
+        " WHERE c.upstream = $2 AND c.status = 'complete' ORDER BY c.finished DESC, b.finished DESC LIMIT 1",
+        baseline,
+        candidate,
+    )
+    if not runs:
+        return None
+    suite, base_run, cand_run, cand_done, base_done = runs[0]
+    rows = await store.fetch(
+        "SELECT b.score, c.score FROM eval_results b JOIN eval_results c ON c.case_id = b.case_id AND c.run_id = $2"
+        " WHERE b.run_id = $1 ORDER BY b.case_id",
+        base_run,
+        cand_run,
+    )
+    scores = [(float(b), float(c)) for b, c in rows]
+    return Pair(suite, base_run, cand_run, max(float(cand_done), float(base_done)), scores)

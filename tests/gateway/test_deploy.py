@@ -12,15 +12,19 @@ from typing import Any
 
 import orjson
 import pytest
+from scipy import stats
 
 from collectors import rollouts as stored
+from collectors.evals.store import run_results
 from collectors.experiment_data import variant_sums
 from collectors.store import open_store
 from collectors.store.base import FeedbackRow, InteractionRow, Store
-from gateway.analysis import build_report
+from gateway.analysis import build_report, render_table
 from gateway.cli import main
 from gateway.config import ConfigError, load_config, parse_config
 from gateway.config_edit import rewrite, set_weights
+from gateway.evals import compare_upstreams
+from gateway.report_html import render_html
 from gateway.rollout_state import overlay
 from gateway.rollouts import act, check, start
 from policies.routing import sticky_variant, unit_id
@@ -333,3 +337,53 @@ def test_manual_gate_config_is_checked_with_key_paths(tmp_path: Path) -> None:
         text = base.replace("      interval: 2s\n", f"      interval: 2s\n      gates: {gates}\n")
         with pytest.raises(ConfigError, match=re.escape(message)):
             parse_config(text.replace("steps: [20, 50, 100]", f"steps: {steps}").encode(), "t.yaml")
+
+
+@pytest.mark.parametrize(("prod_wrong", "cand_wrong", "decision"), [(0.5, 0.0, "promote"), (0.0, 0.5, "rollback")])
+async def test_eval_score_primary_judges_the_stored_eval_comparison(
+    tmp_path: Path, prod_wrong: float, cand_wrong: float, decision: str
+) -> None:
+    answers = {f"q{i:02d}": f"a{i}" for i in range(60)}
+    suite = {"suite": "golden", "cases": [{"id": q, "messages": [{"role": "user", "content": q}], "expected": a,
+                                           "assert": [{"type": "equals"}]} for q, a in answers.items()]}  # fmt: skip
+    (tmp_path / "suite.yaml").write_text(orjson.dumps(suite).decode())
+    known = orjson.dumps(answers).decode()
+    text = CONFIG.replace("  prod: {provider: dummy}   # production\n  cand: {provider: dummy}\n",
+                          f"  prod: {{provider: dummy, answers: {known}, wrong_share: {prod_wrong}}}\n"
+                          f"  cand: {{provider: dummy, answers: {known}, wrong_share: {cand_wrong}}}\n")  # fmt: skip
+    text = text.replace("primary: thumbs_up", "primary: eval_score")
+    path = write_config(tmp_path, f"sqlite:///{tmp_path / 't.db'}")
+    path.write_text(text.replace("STATE", str(tmp_path / "state")).replace("STORE", f"sqlite:///{tmp_path / 't.db'}"))
+    config = load_config(path).config
+    store = open_store(f"sqlite:///{tmp_path / 't.db'}")
+    await store.open()
+    try:
+        await traffic(store, users=300, weights={"prod": 50, "cand": 50}, since=1000.0,
+                      error={"prod": 0.0, "cand": 0.0}, up={"prod": 0.6, "cand": 0.6}, seed=3)  # fmt: skip
+        weights = {"prod": 50.0, "cand": 50.0}
+        config = config.model_copy(update={"routes": {"bot": config.routes["bot"].model_copy(
+            update={"variants": weights})}})  # fmt: skip
+        before = await build_report(store, config, "bot", now=1020.0)
+        cmp = await compare_upstreams(config, tmp_path / "suite.yaml", "prod", "cand", store)
+        report = await build_report(store, config, "bot", now=1020.0, series=True)
+        stored_prod = {r["case_id"]: r["score"] for r in await run_results(store, cmp.baseline.header.run_id)}
+        stored_cand = {r["case_id"]: r["score"] for r in await run_results(store, cmp.candidate.header.run_id)}
+    finally:
+        await store.close()
+    assert before["decision"] == "continue" and "no complete eval runs of cand and prod" in before["reasons"][0]
+    assert report["decision"] == decision, report["reasons"]
+    (primary,) = [c for c in report["comparisons"] if c["role"] == "primary"]
+    assert primary["metric"] == "eval_score" and primary["alpha"] == pytest.approx(0.025)
+    cases = sorted(stored_prod)
+    oracle = stats.ttest_rel([stored_cand[c] for c in cases], [stored_prod[c] for c in cases])
+    interval = oracle.confidence_interval(confidence_level=1 - 0.025)
+    assert (primary["low"], primary["high"]) == (pytest.approx(interval.low), pytest.approx(interval.high))
+    assert primary["verdict"] == ("better" if decision == "promote" else "worse")
+    e = report["evals"]["cand"]
+    assert (e["suite"], e["cases"], e["candidate_run"]) == ("golden", 60, cmp.candidate.header.run_id)
+    assert e["candidate_score"] == pytest.approx(cmp.candidate.score)
+    assert "eval_score" in report["reasons"][0]
+    assert all(p["comparisons"][0]["metric"] == "eval_score" for p in report["series"])
+    assert "eval_score of cand vs control on suite golden (60 cases" in render_table(report)
+    page = render_html(report)
+    assert "Eval score of <b>cand</b> on suite <code>golden</code>" in page and "over the same 60 cases" in page

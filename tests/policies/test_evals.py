@@ -17,7 +17,16 @@ from hypothesis import strategies as st
 from scipy import stats
 from sklearn.metrics import cohen_kappa_score
 
-from policies.evals import binomial_tail, cohen_kappa, compare, mcnemar_exact, paired_t, t_sf
+from policies.evals import (
+    binomial_tail,
+    cohen_kappa,
+    compare,
+    mcnemar_exact,
+    paired_t,
+    paired_t_interval,
+    t_quantile,
+    t_sf,
+)
 
 labels_st = st.lists(st.tuples(st.sampled_from("abc"), st.sampled_from("abc")), min_size=2, max_size=200)
 
@@ -128,3 +137,25 @@ def test_better_candidate_is_not_worse() -> None:
     cand = [i % 10 < 9 for i in range(200)]
     decision = compare(base, cand, [float(x) for x in base], [float(x) for x in cand])
     assert decision.not_worse and decision.only_candidate_passed == 40
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(0.0005, 0.9995), st.integers(1, 500))
+def test_t_quantile_matches_scipy(p: float, df: int) -> None:
+    assert t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-8, abs=1e-8)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1)), min_size=2, max_size=80), st.floats(0.001, 0.2))
+def test_paired_t_interval_matches_scipy(pairs: list[tuple[float, float]], alpha: float) -> None:
+    base, cand = [b for b, _ in pairs], [c for _, c in pairs]
+    found = paired_t_interval(base, cand, alpha)
+    assert found is not None
+    mean, low, high = found
+    diffs = [c - b for b, c in pairs]
+    if max(diffs) - min(diffs) < 1e-9:  # scipy's interval is NaN without variance; ours is the point
+        assert low == pytest.approx(mean, abs=1e-9) and high == pytest.approx(mean, abs=1e-9)
+        return
+    oracle = stats.ttest_rel(cand, base).confidence_interval(confidence_level=1 - alpha)
+    assert (low, high) == (pytest.approx(oracle.low, abs=1e-9), pytest.approx(oracle.high, abs=1e-9))
+    assert paired_t_interval([0.5], [0.7], alpha) is None

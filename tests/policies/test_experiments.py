@@ -231,3 +231,29 @@ def test_identical_arms_never_decide_and_srm_is_silent(n: int, p: float) -> None
                           "cand": {"thumbs_up": arm, "error_rate": Sums(n, 0, n, 0, n, 0)}},
                {"prod": 50, "cand": 50}, 30 * 86400)  # fmt: skip
     assert d.decision in ("continue", "inconclusive") and d.srm_p == 1.0
+
+
+def test_eval_score_primary_false_decisions_by_simulation() -> None:
+    """A/A eval suites (60 cases of varied difficulty, each side passing a case with that case's chance) make a
+    wrong promote or rollback in at most the primary's share of alpha; a 30-point better candidate is promoted
+    in most suites. The eval interval itself is checked against scipy in test_evals.py."""
+    rng = np.random.default_rng(7)
+    s = Settings("prod", "eval_score", {}, alpha=0.05, min_users=2, min_duration_s=0)
+    traffic = {v: {"requests": Sums(100, 100.0, 100.0, 100.0, 100.0, 100.0)} for v in ("prod", "cand")}
+    weights = {"prod": 50.0, "cand": 50.0}
+
+    def decisions(lift: float, runs: int) -> list[str]:
+        out = []
+        for _ in range(runs):
+            p = rng.uniform(0.1, 0.8, 60)
+            base = (rng.random(60) < p).astype(float)
+            cand = (rng.random(60) < np.minimum(p + lift, 1.0)).astype(float)
+            out.append(decide(s, traffic, weights, 0.0, {"cand": list(zip(base, cand, strict=True))}).decision)
+        return out
+
+    aa = decisions(0.0, 1000)
+    wrong = sum(d in ("promote", "rollback") for d in aa) / len(aa)
+    assert wrong <= 0.025 + 3 * math.sqrt(0.025 * 0.975 / 1000), wrong
+    assert set(aa) <= {"promote", "rollback", "continue"}
+    better = decisions(0.3, 200)
+    assert better.count("promote") / len(better) > 0.6 and "rollback" not in better
