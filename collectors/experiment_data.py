@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,19 +160,28 @@ async def variant_sums(
     series: bool = False,
     max_rows: int = SERIES_ROWS,
     client: str | None = None,
+    on_query: Callable[[], None] = lambda: None,
 ) -> VariantData:
     """The per-user sums of every variant over [since, until); with ``series`` also at ``BUCKETS`` points;
-    with ``client`` only that named client's interactions."""
+    with ``client`` only that named client's interactions. ``on_query`` is called as each query completes
+    (``queries(series)`` in all: a command's progress)."""
     only = (client,) if client is not None else ()
+
+    async def counted(rows: Awaitable[Any]) -> Any:
+        found = await rows
+        on_query()
+        return found
+
     hist: dict[str, dict[int, int]] = {}
-    for v, k, count in await store.fetch(_only(_LATENCY_SQL, client, 5), route, experiment, since, until, *only):
+    latency = store.fetch(_only(_LATENCY_SQL, client, 5), route, experiment, since, until, *only)
+    for v, k, count in await counted(latency):
         hist.setdefault(v, {})[int(k)] = int(count)
     # the decision's query and the series' run at once (PostgreSQL: two connections of the pool, two cores)
     requests = sum(sum(h.values()) for h in hist.values())
-    final_rows = store.fetch(_only(_SQL, client, 5), route, experiment, since, until, *only)
+    final_rows = counted(store.fetch(_only(_SQL, client, 5), route, experiment, since, until, *only))
     if series:
         rows, (share, series_rows) = await asyncio.gather(
-            final_rows, _series_rows(store, route, experiment, since, until, requests, max_rows, client)
+            final_rows, counted(_series_rows(store, route, experiment, since, until, requests, max_rows, client))
         )
     else:
         rows = await final_rows
@@ -183,6 +192,11 @@ async def variant_sums(
     if series:
         _snapshots(data, share, series_rows)
     return data
+
+
+def queries(series: bool) -> int:
+    """How many queries ``variant_sums`` runs."""
+    return 3 if series else 2
 
 
 def _only(sql: str, client: str | None, arg: int) -> str:

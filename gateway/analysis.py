@@ -16,7 +16,7 @@ Usage::
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from collectors import rollouts
@@ -126,14 +126,29 @@ def _series(
 
 
 async def build_report(
-    store: Store, config: Config, route: str, *, now: float, series: bool = False, client: str | None = None
+    store: Store,
+    config: Config,
+    route: str,
+    *,
+    now: float,
+    series: bool = False,
+    client: str | None = None,
+    on_query: Callable[[], None] = lambda: None,
 ) -> dict[str, Any]:
     """The report; ``series`` adds the comparisons at points in time (for charts: a second, heavier query);
-    ``client`` limits it to that named client's interactions (the window stays the experiment's)."""
+    ``client`` limits it to that named client's interactions (the window stays the experiment's);
+    ``on_query`` is called as each of the large queries completes (``queries(series)``)."""
     settings = settings_for(config, route)
     since, until, weights, what = await window(store, config, route, now)
     data = await variant_sums(
-        store, route, config.experiment(route), since=since, until=until + 1e-3, series=series, client=client
+        store,
+        route,
+        config.experiment(route),
+        since=since,
+        until=until + 1e-3,
+        series=series,
+        client=client,
+        on_query=on_query,
     )
     final = _sums(data.final)
     evals = await _eval_pairs(store, settings, weights) if settings.primary == "eval_score" else {}

@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from collectors import rollouts as stored
+from collectors.experiment_data import queries
 from collectors.store import UnknownStore, open_store
 from collectors.store.base import Store, StoreUnavailable
 from gateway.analysis import build_report, render_table
 from gateway.config import ConfigError, Loaded, load_config
 from gateway.config_edit import set_weights
-from gateway.progress import config_failed
+from gateway.progress import Progress, add_quiet, config_failed
 from gateway.report_html import render_html
 from gateway.rollout_state import plan_of, state_of
 from gateway.rollouts import RolloutError, act, end, start
@@ -62,9 +63,13 @@ def report(args: argparse.Namespace) -> int:
     found: dict[str, Any] = {}
 
     async def body(store: Store, loaded: Loaded) -> int:
-        found["report"] = await build_report(
-            store, loaded.config, args.route, now=time.time(), series=bool(args.json or args.html), client=args.client
-        )
+        series = bool(args.json or args.html)
+        label = f"experiment report {args.route}"
+        with Progress(label, total=queries(series), unit="step", quiet=args.quiet) as bar:
+            found["report"] = await build_report(
+                store, loaded.config, args.route, now=time.time(), series=series, client=args.client,
+                on_query=bar.update,
+            )  # fmt: skip
         return 0
 
     code = _with_store(args, body)
@@ -175,6 +180,7 @@ def add_commands(sub: Any) -> None:
     r.add_argument("--json", help="also write the report as JSON to this file")
     r.add_argument("--html", help="also write a self-contained HTML page to this file")
     r.add_argument("--client", metavar="NAME", help="only the interactions of this named client (auth.clients)")
+    add_quiet(r)
     r.set_defaults(run=report)
     p = sub.add_parser("rollout", help="a route's guarded rollout: status, start, approve, pause, abort")
     p.add_argument("action", choices=("status", "start", "approve", "pause", "abort"))

@@ -215,7 +215,10 @@ def test_report_costs_and_filter_by_client(tmp_path: Path, capsys: pytest.Captur
     # the command line: --client and the cost in the table and the JSON
     js = tmp_path / "r.json"
     assert main(["experiment", "report", "bot", "-c", str(path), "--client", "acme", "--json", str(js)]) == 0
-    table = capsys.readouterr().out
+    table, err = capsys.readouterr()
+    assert err == "experiment report bot: 3/3 steps\n"  # progress: a plain line when stderr is not a terminal
+    assert main(["experiment", "report", "bot", "-c", str(path), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
     data = orjson.loads(js.read_text())
     assert data["client"] == "acme" and "client acme" in table.splitlines()[0]
     assert data["variants"]["cand"]["requests"] == sum(t[3] for t in truth if t[0] in acme_users and t[1] == "cand")
