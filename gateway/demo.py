@@ -41,6 +41,11 @@ from gateway.demo_world import CAND, PROD, ROUTE, World
 
 ADMIN_ENV = "TURNOUT_DEMO_ADMIN_KEY"
 FINAL = ("succeeded", "rolled_back", "aborted")
+# requests a second while the rollout runs: the controller judges only what the capture has stored, and unpaced
+# users (~250 requests a second here) outran the capture on a loaded 2-core machine (~140 stored a second): it
+# fell ~50 s behind and held every step by that lag. This pace keeps it current and still gives each step's
+# analysis its users within seconds.
+ROLLOUT_RATE = 40.0
 
 
 class DemoError(Exception):
@@ -227,7 +232,7 @@ class Demo:
 
         async def users() -> None:
             while not stop.is_set():
-                await self.world.traffic(http, self.url, requests=60, concurrency=8)
+                await self.world.traffic(http, self.url, requests=60, concurrency=8, rate=ROLLOUT_RATE)
 
         traffic = asyncio.create_task(users())
         seen = "start"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import random
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,7 +59,11 @@ def config(port: int, admin_key_env: str, *, candidate_dataset: str | None, fast
     """The demo's config file: production at 100 %, a better candidate at 0 % with a rollout planned."""
     answers = orjson.dumps(questions()).decode()
     dataset = f", trained_at: {dt.date.today()}, dataset: {candidate_dataset}" if candidate_dataset else ""
-    steps, interval, min_users = ("[50, 100]", "2s", 20) if fast else ("[10, 50, 100]", "4s", 30)
+    # the full demo holds each step 20 s: at the rollout's pace (gateway/demo.py) the 50 % step then sees ~150
+    # users an arm, enough for the report to show the primary better, not only the candidate no worse
+    steps, interval, min_duration, min_users = (
+        ("[50, 100]", "2s", "2s", 20) if fast else ("[10, 50, 100]", "20s", "10s", 30)
+    )
     return f"""# Written by `turnout demo`: two built-in models of different quality behind one route.
 server: {{host: 127.0.0.1, port: {port}, state_dir: ./state}}
 store: sqlite:///turnout.db
@@ -84,7 +89,7 @@ routes:
       primary: thumbs_up
       guardrails: {{error_rate: 0.05}}
       min_users: {min_users}
-      min_duration: {interval}
+      min_duration: {min_duration}
       max_duration: 1h
     rollout:
       candidate: {CAND}
@@ -133,18 +138,22 @@ class World:
 
     async def traffic(
         self, http: aiohttp.ClientSession, url: str, *, requests: int, month: int = 1, concurrency: int = 16,
-        progress: Any = None,
+        rate: float | None = None, progress: Any = None,
     ) -> Tally:  # fmt: skip
-        """``requests`` chat requests from random users, each followed by that user's feedback."""
+        """``requests`` chat requests from random users, each followed by that user's feedback; with ``rate``,
+        the i-th request starts no earlier than i / rate seconds after the first (at most that many a second)."""
         tally = Tally()
         work = [(f"user-{self.rng.randrange(USERS)}", self.prompt(month), self.rng.random()) for _ in range(requests)]
-        queue: asyncio.Queue[tuple[str, str, float]] = asyncio.Queue()
-        for item in work:
+        queue: asyncio.Queue[tuple[int, tuple[str, str, float]]] = asyncio.Queue()
+        for item in enumerate(work):
             queue.put_nowait(item)
+        began = time.monotonic()
 
         async def worker() -> None:
             while not queue.empty():
-                user, prompt, luck = queue.get_nowait()
+                i, (user, prompt, luck) = queue.get_nowait()
+                if rate is not None:
+                    await asyncio.sleep(began + i / rate - time.monotonic())
                 await self._one(http, url, user, prompt, luck, tally)
                 if progress is not None:
                     progress.update(1)

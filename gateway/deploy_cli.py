@@ -28,7 +28,7 @@ from gateway.config_edit import set_weights
 from gateway.progress import Progress, add_quiet, config_failed
 from gateway.report_html import render_html
 from gateway.rollout_state import plan_of, state_of
-from gateway.rollouts import RolloutError, act, end, start
+from gateway.rollouts import RolloutError, act, end, start, waiting
 from policies.rollout import candidate_percent
 
 
@@ -118,6 +118,8 @@ def rollout(args: argparse.Namespace) -> int:
         if state.phase == "awaiting_approval":
             print(f"  waiting for approval: `turnout rollout approve {args.route}` sends every user to "
                   f"{plan.candidate}; `abort` hands the weights back to the file")  # fmt: skip
+        for why in await waiting(store, loaded.config, args.route, now=now):
+            print(f"  waiting: {why}")
         for a in await stored.audit_log(store, args.route, limit=args.history):
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(a.ts))
             print(f"  {stamp} {a.actor}: {a.from_phase} {a.from_percent} -> {a.to_phase} {a.to_percent}: {a.reason}")

@@ -5,7 +5,8 @@ comparison, the shadow comparisons since the gate began, the A/B analysis over t
 it to ``policies.rollout.advance``; a transition is stored with its audit row (who, when, from, to, why, the
 figures) in one transaction, so the serving processes pick up the new weights at their next read (2 s) and a
 controller killed at any point resumes from the stored state on whichever replica runs the next check. The
-check runs every ``min(interval, 10 s)``.
+check runs every ``min(interval, 10 s)``; one that holds a shadow gate or step logs what holds it, with the
+figures (``waiting``: what ``turnout rollout status`` prints too).
 
 Usage::
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,10 @@ from collectors.store.base import Store
 from gateway.analysis import build_report
 from gateway.config import Config
 from gateway.evals import compare_upstreams
+from gateway.rollout_config import Analysis
 from gateway.rollout_state import plan_from_config, plan_of, row_of, state_of
 from gateway.schedule import Job, JobContext, Schedule
+from policies.experiments import SRM_ALPHA
 from policies.rollout import (
     ACTIVE,
     Observation,
@@ -50,6 +53,7 @@ from policies.rollout import (
 log = logging.getLogger(__name__)
 
 MAX_CHECK_S = 10.0
+WAITS_IN = ("shadow", "step")  # the phases whose measurements hold them (logged at each check, shown by status)
 
 
 class RolloutError(Exception):
@@ -75,32 +79,70 @@ def _checker(route: str) -> Callable[[JobContext], Awaitable[None]]:
 
 async def _observe(
     store: Store, config: Config, route: str, plan: Plan, state: State, now: float, config_path: Path | None
-) -> Observation:
+) -> tuple[Observation, list[str]]:
+    """What the current phase needs measured, and what holds it there (empty when nothing does)."""
     if state.phase == "eval":
         ro = config.routes[route].rollout
         if ro is None or ro.gates.eval is None or config_path is None:
-            return Observation(now, eval="skip", eval_reason="no eval suite to run")
+            return Observation(now, eval="skip", eval_reason="no eval suite to run"), []
         suite = config_path.parent / ro.gates.eval
         cmp = await compare_upstreams(config, suite, plan.control, plan.candidate, store, source="rollout")
-        return Observation(now, eval="pass" if cmp.not_worse else "fail", eval_reason=cmp.summary)
+        return Observation(now, eval="pass" if cmp.not_worse else "fail", eval_reason=cmp.summary), []
     if state.phase == "shadow":
         n, agreement, errors = await shadow_stats(store, route, plan.candidate, state.since)
-        return Observation(now, shadow=ShadowStats(n, agreement, errors))
+        need = plan.shadow.min_samples if plan.shadow else 0
+        waits = [f"{n} of the {need} shadow comparisons needed"] if n < need else []
+        return Observation(now, shadow=ShadowStats(n, agreement, errors)), waits
     report = await build_report(store, config, route, now=now)
-    cand = report["variants"].get(plan.candidate, {"users": 0})
-    ctrl = report["variants"].get(plan.control, {"users": 0})
-    a = config.routes[route].analysis
-    enough = a is not None and min(cand["users"], ctrl["users"]) >= a.min_users
-    safe = all(
-        c["verdict"] in ("safe", "better", "unclear") if c["role"] == "primary" else c["verdict"] == "safe"
-        for c in report["comparisons"]
-        if c["variant"] == plan.candidate
-    )
-    srm_ok = report["srm_p"] >= 0.001
+    waits = step_waits(report, plan, config.routes[route].analysis)
+    if waits:
+        waits += await _stale(store, route, report["window"]["since"], now)
+    if now - state.since < plan.interval_s:
+        waits.insert(0, f"the step has run {now - state.since:.0f} of its {plan.interval_s:.0f} s")
     breach = report["decision"] == "rollback"
-    return Observation(
-        now, analysis=Verdict(breach, enough and safe and srm_ok and not breach, tuple(report["reasons"]))
-    )
+    return Observation(now, analysis=Verdict(breach, not waits and not breach, tuple(report["reasons"]))), waits
+
+
+async def _stale(store: Store, route: str, since: float, now: float) -> list[str]:
+    """A hint when nothing was stored since the window opened: no traffic, or the capture is behind (the
+    controller judges only what is stored; a loader that lags the traffic holds every step by its lag)."""
+    rows = await store.fetch("SELECT MAX(ts) FROM interactions WHERE route = $1 AND role = 'primary'", route)
+    newest = rows[0][0] if rows else None
+    if newest is not None and float(newest) >= since:
+        return []
+    age = "none stored yet" if newest is None else f"the newest is {now - float(newest):.0f} s old"
+    return [f"no interaction of the route stored since the window opened ({age}): no traffic, or the capture is "
+            "behind (turnout_capture_queue_depth)"]  # fmt: skip
+
+
+async def waiting(store: Store, config: Config, route: str, *, now: float) -> list[str]:
+    """What holds the route's rollout in its shadow gate or current step now (empty when nothing does or
+    there is no such phase), as the controller's next check would measure it: for ``turnout rollout status``."""
+    row = await rollouts.load(store, route)
+    if row is None or row.phase not in WAITS_IN or route not in config.routes:
+        return []
+    return (await _observe(store, config, route, plan_of(row), state_of(row), now, None))[1]
+
+
+def step_waits(report: Mapping[str, Any], plan: Plan, a: Analysis | None) -> list[str]:
+    """Why the analysis does not let the current step advance (empty when it does), with the figures: too few
+    users on an arm, a guardrail not shown within its tolerance, the primary shown worse, a sample-ratio
+    mismatch."""
+    out = []
+    need = a.min_users if a is not None else 0
+    users = {v: report["variants"].get(v, {"users": 0})["users"] for v in (plan.candidate, plan.control)}
+    if a is None or min(users.values()) < need:
+        out.append(f"users {plan.candidate} {users[plan.candidate]}, {plan.control} {users[plan.control]}; "
+                   f"{need} each needed")  # fmt: skip
+    for c in report["comparisons"]:
+        ok = ("safe", "better", "unclear") if c["role"] == "primary" else ("safe",)
+        if c["variant"] == plan.candidate and c["verdict"] not in ok:
+            shown = f" [{c['low']:+.4f}, {c['high']:+.4f}]" if "low" in c else " (no data)"
+            out.append(f"{c['role']} {c['metric']} {c['verdict']}{shown}")
+    if report["srm_p"] < SRM_ALPHA:
+        shares = ", ".join(f"{v} {n} at {report['weights'].get(v, 0):g} %" for v, n in users.items())
+        out.append(f"sample ratio mismatch: p = {report['srm_p']:.2g} < {SRM_ALPHA} (users {shares})")
+    return out
 
 
 def _figures(obs: Observation) -> dict[str, Any]:
@@ -137,9 +179,12 @@ async def check(
     if row is None or row.phase not in ACTIVE or row.phase == "paused":
         return None if row is None else state_of(row)
     plan, state = plan_of(row), state_of(row)
-    obs = await _observe(store, config, route, plan, state, now, config_path)
+    obs, waits = await _observe(store, config, route, plan, state, now, config_path)
     new, why = advance(plan, state, obs)
     if why is None:
+        if waits and state.phase in WAITS_IN:  # awaiting_approval waits for a person, and says so
+            log.info("rollout %s: %s %s waits: %s", route, state.phase, candidate_percent(plan, state),
+                     "; ".join(waits))  # fmt: skip
         return state
     actor = f"controller@{socket.gethostname()}:{os.getpid()}"  # which replica's job runner moved it
     return await _store(store, route, row, plan, new, actor=actor, now=now, figures=_figures(obs))
