@@ -17,7 +17,7 @@ from gateway.config import load_config
 from gateway.rollouts import check, start, waiting
 from tests.gateway.test_deploy import traffic, write_config
 
-SAME = {"error": {"prod": 0.0, "cand": 0.0}, "up": {"prod": 0.6, "cand": 0.6}}
+NO_ERRORS, SAME_UP = {"prod": 0.0, "cand": 0.0}, {"prod": 0.6, "cand": 0.6}
 
 
 async def test_the_controller_and_rollout_status_say_what_holds_a_step(
@@ -38,7 +38,9 @@ async def test_the_controller_and_rollout_status_say_what_holds_a_step(
             "capture is behind (turnout_capture_queue_depth)",
         ]
         # a few users, assigned by the step's weights: only their number holds it
-        truth = await traffic(store, users=40, weights={"prod": 80, "cand": 20}, since=t0 + 6, seed=4, **SAME)
+        truth = await traffic(
+            store, users=40, weights={"prod": 80, "cand": 20}, since=t0 + 6, seed=4, error=NO_ERRORS, up=SAME_UP
+        )
         cand = sum(1 for t in truth if t[1] == "cand")
         assert 0 < cand < 30
         assert await waiting(store, config, "bot", now=t0 + 20) == [
@@ -46,7 +48,9 @@ async def test_the_controller_and_rollout_status_say_what_holds_a_step(
         ]
         # then many users split 50/50 while the step serves 20 %: a sample-ratio mismatch holds it, and the
         # controller's check logs it
-        await traffic(store, users=400, weights={"prod": 50, "cand": 50}, since=t0 + 21, seed=5, **SAME)
+        await traffic(
+            store, users=400, weights={"prod": 50, "cand": 50}, since=t0 + 21, seed=5, error=NO_ERRORS, up=SAME_UP
+        )
         waits = await waiting(store, config, "bot", now=t0 + 40)
         assert len(waits) == 1 and waits[0].startswith("sample ratio mismatch: p = "), waits
         with caplog.at_level(logging.INFO, logger="gateway.rollouts"):
@@ -69,10 +73,13 @@ async def test_a_step_that_can_advance_waits_for_nothing(tmp_path: Path) -> None
     try:
         t0 = 10_000.0
         await start(store, config, "bot", actor="alice", now=t0)
-        await traffic(store, users=400, weights={"prod": 80, "cand": 20}, since=t0 + 6, seed=2, **SAME)
+        await traffic(
+            store, users=400, weights={"prod": 80, "cand": 20}, since=t0 + 6, seed=2, error=NO_ERRORS, up=SAME_UP
+        )
         assert await waiting(store, config, "bot", now=t0 + 20) == []
         moved = await check(store, config, "bot", now=t0 + 20)
-        assert moved is not None and (moved.phase, moved.step) == ("step", 1), moved.reason
+        assert moved is not None
+        assert (moved.phase, moved.step) == ("step", 1), moved.reason
         assert await waiting(store, config, "bot", now=t0 + 21) == [
             "the step has run 1 of its 2 s",
             "users cand 0, prod 0; 30 each needed",
