@@ -172,19 +172,20 @@ async def variant_sums(
         on_query()
         return found
 
-    hist: dict[str, dict[int, int]] = {}
-    latency = store.fetch(_only(_LATENCY_SQL, client, 5), route, experiment, since, until, *only)
-    for v, k, count in await counted(latency):
-        hist.setdefault(v, {})[int(k)] = int(count)
-    # the decision's query and the series' run at once (PostgreSQL: two connections of the pool, two cores)
-    requests = sum(sum(h.values()) for h in hist.values())
-    final_rows = counted(store.fetch(_only(_SQL, client, 5), route, experiment, since, until, *only))
-    if series:
-        rows, (share, series_rows) = await asyncio.gather(
-            final_rows, counted(_series_rows(store, route, experiment, since, until, requests, max_rows, client))
-        )
-    else:
-        rows = await final_rows
+    async def latency_then_series() -> tuple[dict[str, dict[int, int]], tuple[float, list[tuple[Any, ...]]]]:
+        hist: dict[str, dict[int, int]] = {}
+        latency = store.fetch(_only(_LATENCY_SQL, client, 5), route, experiment, since, until, *only)
+        for v, k, count in await counted(latency):
+            hist.setdefault(v, {})[int(k)] = int(count)
+        if not series:
+            return hist, (1.0, [])
+        requests = sum(sum(h.values()) for h in hist.values())  # the series' sample depends on it
+        return hist, await counted(_series_rows(store, route, experiment, since, until, requests, max_rows, client))
+
+    # the decision's query beside the others (PostgreSQL: the pool's two connections, two cores)
+    rows, (hist, (share, series_rows)) = await asyncio.gather(
+        counted(store.fetch(_only(_SQL, client, 5), route, experiment, since, until, *only)), latency_then_series()
+    )
     final = {v: _metric_sums(int(users), [float(x or 0) for x in figures]) for v, users, *figures in rows}
     data = VariantData(since, until, final)
     data.cost = {r[0]: (float(r[-2] or 0), int(r[-1] or 0)) for r in rows}
