@@ -26,7 +26,7 @@ from typing import Any
 from collectors import rollouts
 from collectors.experiment_data import shadow_stats
 from collectors.store.base import Store
-from gateway.analysis import build_report
+from gateway.analysis import SETTLE_S, build_report
 from gateway.config import Config
 from gateway.evals import compare_upstreams
 from gateway.rollout_config import Analysis
@@ -94,9 +94,11 @@ async def _observe(
         waits = [f"{n} of the {need} shadow comparisons needed"] if n < need else []
         return Observation(now, shadow=ShadowStats(n, agreement, errors)), waits
     report = await build_report(store, config, route, now=now)
-    waits = step_waits(report, plan, config.routes[route].analysis)
-    if waits:
-        waits += await _stale(store, route, report["window"]["since"], now)
+    if report["window"]["since"] >= now:  # the window opens SETTLE_S into the step
+        waits = [f"the analysis window opens {SETTLE_S:.0f} s into the step, once every replica serves its weights"]
+    else:
+        waits = step_waits(report, plan, config.routes[route].analysis)
+        waits += await _stale(store, route, report["window"]["since"], now) if waits else []
     if now - state.since < plan.interval_s:
         waits.insert(0, f"the step has run {now - state.since:.0f} of its {plan.interval_s:.0f} s")
     breach = report["decision"] == "rollback"

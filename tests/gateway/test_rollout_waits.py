@@ -33,6 +33,9 @@ async def test_the_controller_and_rollout_status_say_what_holds_a_step(
         assert (state.phase, state.step) == ("step", 0)  # 20 %, interval 2 s, 30 users an arm needed
         assert await waiting(store, config, "bot", now=t0 + 1) == [
             "the step has run 1 of its 2 s",
+            "the analysis window opens 5 s into the step, once every replica serves its weights",
+        ]
+        assert await waiting(store, config, "bot", now=t0 + 6) == [
             "users cand 0, prod 0; 30 each needed",
             "no interaction of the route stored since the window opened (none stored yet): no traffic, or the "
             "capture is behind (turnout_capture_queue_depth)",
@@ -80,10 +83,9 @@ async def test_a_step_that_can_advance_waits_for_nothing(tmp_path: Path) -> None
         moved = await check(store, config, "bot", now=t0 + 20)
         assert moved is not None
         assert (moved.phase, moved.step) == ("step", 1), moved.reason
-        assert await waiting(store, config, "bot", now=t0 + 21) == [
-            "the step has run 1 of its 2 s",
+        assert await waiting(store, config, "bot", now=t0 + 26) == [
             "users cand 0, prod 0; 30 each needed",
-            "no interaction of the route stored since the window opened (the newest is 5 s old): no traffic, or the "
+            "no interaction of the route stored since the window opened (the newest is 10 s old): no traffic, or the "
             "capture is behind (turnout_capture_queue_depth)",
         ]
     finally:
