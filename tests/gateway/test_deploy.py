@@ -344,7 +344,7 @@ def test_manual_gate_config_is_checked_with_key_paths(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("prod_wrong", "cand_wrong", "decision"), [(0.5, 0.0, "promote"), (0.0, 0.5, "rollback")])
 async def test_eval_score_primary_judges_the_stored_eval_comparison(
-    tmp_path: Path, prod_wrong: float, cand_wrong: float, decision: str
+    tmp_path: Path, dsn: str, prod_wrong: float, cand_wrong: float, decision: str
 ) -> None:
     answers = {f"q{i:02d}": f"a{i}" for i in range(60)}
     suite = {"suite": "golden", "cases": [{"id": q, "messages": [{"role": "user", "content": q}], "expected": a,
@@ -355,10 +355,10 @@ async def test_eval_score_primary_judges_the_stored_eval_comparison(
                           f"  prod: {{provider: dummy, answers: {known}, wrong_share: {prod_wrong}}}\n"
                           f"  cand: {{provider: dummy, answers: {known}, wrong_share: {cand_wrong}}}\n")  # fmt: skip
     text = text.replace("primary: thumbs_up", "primary: eval_score")
-    path = write_config(tmp_path, f"sqlite:///{tmp_path / 't.db'}")
-    path.write_text(text.replace("STATE", str(tmp_path / "state")).replace("STORE", f"sqlite:///{tmp_path / 't.db'}"))
+    path = write_config(tmp_path, dsn)
+    path.write_text(text.replace("STATE", str(tmp_path / "state")).replace("STORE", dsn))
     config = load_config(path).config
-    store = open_store(f"sqlite:///{tmp_path / 't.db'}")
+    store = open_store(dsn)
     await store.open()
     try:
         await traffic(store, users=300, weights={"prod": 50, "cand": 50}, since=1000.0,
