@@ -25,11 +25,10 @@ from gateway.config import parse_config
 from gateway.ejection import Ejector
 from gateway.resilience import RetryBudget
 from gateway.retry import backoff, retry_after_s
-from tests.fakes.anthropic_server import FakeAnthropic
-from tests.fakes.fixtures import fake_anthropic, fake_openai  # noqa: F401
+from tests.fakes.fixtures import fake_openai  # noqa: F401
 from tests.fakes.openai_server import Behavior, FakeOpenAI
 from tests.gateway.interactions import tap
-from tests.harness import GatewayProcess, Served, free_port, served, write_config
+from tests.harness import Served, free_port, served, write_config
 
 MESSAGES = [{"role": "user", "content": "hello there"}]
 BASE = """
@@ -150,23 +149,6 @@ def test_always_failing_upstream_errs_within_the_deadline_after_the_configured_a
         assert resp.status_code == 504 and len(fake_openai.requests) == 9 + 1
         assert 0.5 <= hung < 0.5 + 0.05 + 2 * baseline
     print(f"UP-2 baseline {baseline * 1000:.1f}ms, 503+Retry-After vs 1s deadline {elapsed:.3f}s, hang {hung:.3f}s")
-
-
-def test_litellm_upstream_gets_exactly_the_configured_attempts(tmp_path: Path, fake_anthropic: FakeAnthropic) -> None:
-    config = f"""
-upstreams:
-  claude: {{provider: litellm, model: anthropic/claude-test, base_url: "{fake_anthropic.url}", retries: 1,
-           api_key_env: T_ANTHROPIC_KEY}}
-routes:
-  assistant: {{variants: {{claude: 100}}}}
-"""
-    fake_anthropic.default = Behavior(statuses=[529] * 10)
-    # a process of its own: litellm keeps connection pools that only process exit tidies
-    with GatewayProcess(write_config(tmp_path, config), env={"T_ANTHROPIC_KEY": "sk-ant-test"}) as proc:
-        body = {"model": "assistant", "messages": MESSAGES}
-        resp = httpx.post(proc.url + "/v1/chat/completions", json=body, timeout=30)
-        assert resp.status_code == 502
-        assert len(fake_anthropic.requests) == 2  # litellm's own retries are off
 
 
 def test_refused_connection_falls_back_else_502(start: Start, fake_openai: FakeOpenAI) -> None:

@@ -23,7 +23,6 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.fakes.anthropic_server import FakeAnthropic
 from tests.fakes.openai_server import Behavior, FakeOpenAI, Recorded
 from tests.harness import ROOT, GatewayProcess, write_config
 
@@ -342,29 +341,3 @@ routes:
     assert "Application shutdown complete" in log
     assert all(r.wait_done(2).aborted for r in hanging)  # the cut shadows' connections were closed
     assert not any(bad in log for bad in CLEAN_LOG), log
-
-
-def test_a_litellm_shadow_gets_the_marker_the_correlation_id_and_its_own_key(
-    tmp_path: Path, fake_openai: FakeOpenAI, fake_anthropic: FakeAnthropic
-) -> None:
-    cfg = write_config(
-        tmp_path,
-        f"""
-auth: {{client_keys_env: T_CLIENT_KEYS}}
-upstreams:
-  prod: {{base_url: "{fake_openai.url}", model: prod-model}}
-  claude: {{provider: litellm, model: anthropic/claude-test, base_url: "{fake_anthropic.url}", api_key_env: T_ANT}}
-routes:
-  bot: {{variants: {{prod: 1}}, shadows: [{{upstream: claude, sample: 1}}]}}
-""",
-    )
-    with GatewayProcess(cfg, env={"T_ANT": SHADOW_KEY, "T_CLIENT_KEYS": CLIENT_KEY}) as gateway:
-        body = {"model": "bot", "messages": [{"role": "user", "content": "hi"}], "stream": True}
-        response = httpx.post(gateway.url + "/v1/chat/completions", json=body, headers=HEADERS, timeout=10)
-        assert response.status_code == 200
-        (seen,) = fake_anthropic.wait_for(1, timeout=20)
-        assert seen.headers["x-turnout-shadow"] == "1" and seen.headers["x-api-key"] == SHADOW_KEY
-        (primary,) = fake_openai.requests
-        assert seen.headers["x-turnout-correlation-id"] == primary.headers["x-turnout-correlation-id"]
-        assert "x-turnout-request-id" not in seen.headers  # the feedback key never leaves the gateway
-        assert CLIENT_KEY not in json.dumps(seen.headers) and not seen.body.get("stream")
