@@ -7,14 +7,14 @@ import asyncio
 import contextlib
 import gc
 import random
+import subprocess
+import sys
 import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import httpx
-import orjson
 from prometheus_client import CollectorRegistry, generate_latest
 
 from gateway.app import create_app
@@ -52,6 +52,54 @@ async def black_hole() -> AsyncIterator[int]:
         server.close()
 
 
+# The load runs in a child process: on the other core, and outside what tracemalloc traces and slows down.
+_CLIENT = r"""
+import asyncio, sys
+
+import aiohttp, orjson
+
+url, port = sys.argv[1], int(sys.argv[2])
+MESSAGES = [{"role": "user", "content": "hello there"}]
+payload = orjson.dumps({"model": "stuck", "messages": MESSAGES, "stream": True})
+cancel_request = (
+    b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n"
+    b"content-length: %d\r\n\r\n%s" % (len(payload), payload)
+)
+
+
+async def main() -> None:
+    async with aiohttp.ClientSession() as client:  # lighter than httpx: the test measures the gateway
+        gate = asyncio.Semaphore(20)
+
+        async def post(route, stream=False):
+            body = {"model": route, "messages": MESSAGES, "stream": stream}
+            async with client.post(url, json=body) as resp:
+                return resp.status, await resp.read()
+
+        async def one(path):
+            async with gate:
+                if path == "plain":
+                    assert (await post("bot"))[0] == 200
+                elif path == "stream":
+                    assert b"[DONE]" in (await post("bot", stream=True))[1]
+                elif path == "error":
+                    assert (await post("gone"))[0] == 502
+                else:  # a client that goes away while the upstream has not answered
+                    _, writer = await asyncio.open_connection("127.0.0.1", port)
+                    writer.write(cancel_request)
+                    await asyncio.sleep(0.05)
+                    writer.close()
+                    await writer.wait_closed()
+
+        while await asyncio.to_thread(sys.stdin.readline):
+            await asyncio.gather(*(one(p) for p in ("plain", "stream", "error", "cancel") for _ in range(100)))
+            print("done", flush=True)
+
+
+asyncio.run(main())
+"""
+
+
 async def test_traced_memory_stays_flat_over_repeated_requests(tmp_path: Path) -> None:
     async with black_hole() as hole:
         text = CONFIG.format(state=tmp_path / "state", db=tmp_path / "t.db", dead=free_port(), hole=hole)
@@ -59,47 +107,31 @@ async def test_traced_memory_stays_flat_over_repeated_requests(tmp_path: Path) -
         tracemalloc.start()
         try:
             with served(cfg) as gw:
-                async with aiohttp.ClientSession() as client:  # lighter than httpx: the test measures the gateway
-                    url = gw.url + "/v1/chat/completions"
-                    port = int(gw.url.rsplit(":", 1)[1])
-                    payload = orjson.dumps({"model": "stuck", "messages": MESSAGES, "stream": True})
-                    cancel_request = (
-                        b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n"
-                        b"content-length: %d\r\n\r\n%s" % (len(payload), payload)
-                    )
-                    gate = asyncio.Semaphore(20)
-
-                    async def post(route: str, stream: bool = False) -> tuple[int, bytes]:
-                        body = {"model": route, "messages": MESSAGES, "stream": stream}
-                        async with client.post(url, json=body) as resp:
-                            return resp.status, await resp.read()
-
-                    async def one(path: str) -> None:
-                        async with gate:
-                            if path == "plain":
-                                assert (await post("bot"))[0] == 200
-                            elif path == "stream":
-                                assert b"[DONE]" in (await post("bot", stream=True))[1]
-                            elif path == "error":
-                                assert (await post("gone"))[0] == 502
-                            else:  # a client that goes away while the upstream has not answered
-                                _, writer = await asyncio.open_connection("127.0.0.1", port)
-                                writer.write(cancel_request)
-                                await asyncio.sleep(0.05)
-                                writer.close()
-                                await writer.wait_closed()
+                url = gw.url + "/v1/chat/completions"
+                port = gw.url.rsplit(":", 1)[1]
+                command = [sys.executable, "-c", _CLIENT, url, port]
+                with subprocess.Popen(  # noqa: ASYNC220 (fork and exec; its output is awaited in a thread)
+                    command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+                ) as client:
+                    assert client.stdin is not None and client.stdout is not None
 
                     async def batch() -> int:
-                        await asyncio.gather(
-                            *(one(p) for p in ("plain", "stream", "error", "cancel") for _ in range(100))
-                        )
+                        """400 requests (100 per path: plain, stream, error, cancel); then the traced size."""
+                        client.stdin.write("go\n")
+                        client.stdin.flush()
+                        done = await asyncio.to_thread(client.stdout.readline)
+                        assert done == "done\n", "the load client failed: its traceback is in the captured stderr"
                         await asyncio.sleep(0.3)  # cancelled calls finish and are recorded
                         gc.collect()
                         return tracemalloc.get_traced_memory()[0]
 
-                    await batch()  # warm-up: pools, caches, label sets
-                    base = await batch()
-                    sizes = [await batch() for _ in range(10)]
+                    try:
+                        await batch()  # warm-up: pools, caches, label sets
+                        base = await batch()
+                        sizes = [await batch() for _ in range(10)]
+                    finally:
+                        client.stdin.close()
+                        client.wait(10)
         finally:
             tracemalloc.stop()
     growth = (sizes[-1] - base) / base
