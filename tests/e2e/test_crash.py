@@ -1,6 +1,6 @@
 """ST-2: kill -9 the gateway at random moments under load, restarting each time; every request the client saw
 complete is stored exactly once (the journal is replayed by the next process). CI kills it 8 times (each round
-is mostly a gateway start); ``python -m bench.crash`` runs the same rounds the catalogue's 20 times."""
+is mostly a gateway start); ``python -m bench.catalogue st-2`` runs the same rounds the catalogue's 20 times."""
 
 from __future__ import annotations
 
