@@ -19,6 +19,7 @@ import pytest
 from gateway.client_limits import RateLimiter
 from gateway.config import ConfigError, parse_config
 from tests.gateway.interactions import tap
+from tests.gateway.rate_limit_worker import admit_many
 from tests.harness import ROOT, GatewayProcess, Served, served, write_config
 
 CONFIG = """
@@ -110,16 +111,10 @@ def test_the_limit_is_a_sliding_minute(tmp_path: Path) -> None:
     limiter.close()
 
 
-def _admit_many(directory: str, n: int, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
-    limiter = RateLimiter(Path(directory))
-    out.put(sum(limiter.admit("shared", 30) is None for _ in range(n)))
-    limiter.close()
-
-
 def test_processes_sharing_a_state_dir_share_the_limit(tmp_path: Path) -> None:
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
-    workers = [context.Process(target=_admit_many, args=(str(tmp_path), 50, out)) for _ in range(4)]
+    workers = [context.Process(target=admit_many, args=(str(tmp_path), 50, out)) for _ in range(4)]
     for w in workers:
         w.start()
     admitted = [out.get(timeout=60) for _ in workers]
