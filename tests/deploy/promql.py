@@ -44,6 +44,7 @@ GAUGES = {
     "turnout_rollout_step",
     "turnout_rollout_active",
     "turnout_rollout_rolled_back",
+    "turnout_rollout_awaiting_approval",
     "turnout_rollout_last_transition_timestamp_seconds",
     "turnout_rollout_interval_seconds",
     "turnout_drift_score",
