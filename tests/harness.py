@@ -81,8 +81,9 @@ class Served:
 
 
 class _Uvicorn(uvicorn.Server):
-    """uvicorn's server, whose main loop also wakes as soon as the test asks it to exit (uvicorn's own looks every
-    0.1 s: that much idle waiting at the end of every served gateway, hundreds of times a run)."""
+    """uvicorn's server, whose main loop also wakes as soon as the test asks it to exit, and whose shutdown does
+    not pause 0.1 s once every connection is gone (uvicorn's own looks every 0.1 s and then pauses 0.1 s: that
+    much idle waiting at the end of every served gateway, hundreds of times a run)."""
 
     _loop: asyncio.AbstractEventLoop | None = None
     _wake: asyncio.Event | None = None
@@ -95,6 +96,25 @@ class _Uvicorn(uvicorn.Server):
             counter = (counter + 1) % 864000
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 0.1)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's, but its fixed 0.1 s pause after asking the connections to close ends once none is left."""
+        for server in self.servers:
+            server.close()
+        for connection in list(self.server_state.connections):
+            connection.shutdown()
+        pause_until = time.monotonic() + 0.1
+        # uvicorn sets no event when its last connection goes
+        while (self.server_state.connections or self.server_state.tasks) and time.monotonic() < pause_until:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+        try:
+            async with asyncio.timeout(self.config.timeout_graceful_shutdown):
+                await self._wait_tasks_to_complete()
+        except TimeoutError:
+            for task in self.server_state.tasks:
+                task.cancel(msg="Task cancelled, timeout graceful shutdown exceeded")
+        if not self.force_exit:
+            await self.lifespan.shutdown()
 
     def exit_now(self) -> None:
         self.should_exit = True
