@@ -2,7 +2,8 @@
 
 Subjects: direct (no proxy), passthrough (bench/passthrough.py), turnout-plain (capture off), turnout
 (defaults: capture + metrics), turnout-shadow (one shadow at 100 %), nginx and litellm when installed; on
-request, turnout-w2 (``--workers 2`` on both CPUs) and turnout-base (``turnout`` from ``--base-root``: A/B).
+request, turnout-w2 (``--workers 2`` on both CPUs), turnout-base (``turnout`` from ``--base-root``: A/B) and
+turnout-pyqwest (``turnout`` with ``server.http_client: pyqwest``).
 The proxy runs on CPU 0; wrk, the asyncio clients, the mock and this harness on CPU 1. Every repetition
 measures every subject once per figure, and the ratios are computed within each repetition.
 
@@ -40,8 +41,8 @@ from bench.subjects import (
 PROXY_CPU = 0
 LOAD_CPU = 1
 ALL_SUBJECTS = ["direct", "passthrough", "turnout-plain", "turnout", "turnout-shadow", "turnout-drift", "turnout-w2",
-                "turnout-base", "nginx", "litellm"]  # fmt: skip
-DEFAULT_SUBJECTS = [s for s in ALL_SUBJECTS if s not in ("turnout-w2", "turnout-base")]
+                "turnout-base", "turnout-pyqwest", "nginx", "litellm"]  # fmt: skip
+DEFAULT_SUBJECTS = [s for s in ALL_SUBJECTS if s not in ("turnout-w2", "turnout-base", "turnout-pyqwest")]
 # name -> (capture, shadow, drift): turnout-drift is turnout with a drift check every minute (its jobs child included)
 TURNOUT_SUBJECTS = {
     "turnout-plain": (False, False, False),
@@ -50,11 +51,14 @@ TURNOUT_SUBJECTS = {
     "turnout-drift": (True, False, True),
     "turnout-w2": (True, False, False),  # `--workers 2` on both CPUs (the load shares the second one)
     "turnout-base": (True, False, False),  # `turnout` from the --base-root checkout: an A/B within one run
+    "turnout-pyqwest": (True, False, False),  # `turnout` with server.http_client: pyqwest
 }
 RATIOS = [
     ("turnout", "passthrough"),
     ("turnout-w2", "turnout"),
     ("turnout", "turnout-base"),
+    ("turnout-pyqwest", "turnout"),
+    ("turnout-pyqwest", "passthrough"),
     ("turnout-base", "passthrough"),
     ("turnout-plain", "passthrough"),
     ("turnout-shadow", "turnout"),
@@ -78,11 +82,13 @@ def start_subjects(args: argparse.Namespace, workdir: Path, mock_url: str) -> li
             capture, shadow, drift = TURNOUT_SUBJECTS[name]
             workers, cpus = (2, f"{PROXY_CPU},{LOAD_CPU}") if name == "turnout-w2" else (1, str(PROXY_CPU))
             root = args.base_root if name == "turnout-base" else args.gateway_root
+            client = "pyqwest" if name == "turnout-pyqwest" else None
             subjects.append(
                 start_turnout(
-                    workdir, cpus, mock_url, root, name, capture=capture, shadow=shadow, drift=drift, workers=workers
+                    workdir, cpus, mock_url, root, name, capture=capture, shadow=shadow, drift=drift, workers=workers,
+                    http_client=client,
                 )
-            )
+            )  # fmt: skip
         elif name == "nginx":
             nginx = start_nginx(workdir, PROXY_CPU, mock_url)
             if nginx is None:

@@ -108,10 +108,18 @@ def start_passthrough(workdir: Path, cpu: int, mock_url: str) -> Subject:
 
 
 def turnout_config(
-    workdir: Path, name: str, mock_url: str, port: int, *, capture: bool, shadow: bool, drift: bool = False
+    workdir: Path,
+    name: str,
+    mock_url: str,
+    port: int,
+    *,
+    capture: bool,
+    shadow: bool,
+    drift: bool = False,
+    http_client: str | None = None,
 ) -> Path:
     """Write a Turnout config: route `bench` -> upstream `mock`; capture at the default or off; one shadow; a
-    drift check every minute."""
+    drift check every minute; the upstream HTTP client when not the default."""
     home = workdir / name
     home.mkdir(exist_ok=True)
     route = ["  bench:", "    variants: {mock: 100}"]
@@ -122,7 +130,8 @@ def turnout_config(
     if drift:
         route.append("    drift: {reference: window:30d, every: 1m}")
     lines = [
-        f"server: {{host: 127.0.0.1, port: {port}, state_dir: {home / 'state'}}}",
+        f"server: {{host: 127.0.0.1, port: {port}, state_dir: {home / 'state'}"
+        + (f", http_client: {http_client}}}" if http_client else "}"),
         f"store: sqlite:///{home / 'turnout.db'}",
         "upstreams:",
         f"  mock: {{provider: openai, base_url: {mock_url}/v1, model: mock-model}}",
@@ -167,9 +176,12 @@ def start_turnout(
     shadow: bool,
     drift: bool = False,
     workers: int = 1,
+    http_client: str | None = None,
 ) -> Subject:
     port = free_port()
-    config = turnout_config(workdir, name, mock_url, port, capture=capture, shadow=shadow, drift=drift)
+    config = turnout_config(
+        workdir, name, mock_url, port, capture=capture, shadow=shadow, drift=drift, http_client=http_client
+    )
     command = turnout_command(config, port, workers)
     process = spawn(command, cpu, workdir / f"{name}.log", cwd=config.parent, env=turnout_env(gateway_root))
     url = f"http://127.0.0.1:{port}"

@@ -14,8 +14,6 @@ import random
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from collectors.capture import CapturePolicy
 from collectors.metrics import Metrics
 from collectors.review.queue import ReviewPolicy
@@ -30,7 +28,7 @@ from gateway.pricing import upstream_prices
 from gateway.resilience import Resilience
 from gateway.rollout_state import overlay
 from gateway.shadow import ShadowRunner
-from gateway.upstream import close_clients, make_client
+from gateway.upstream import Session, close_clients, make_client, open_session
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +39,7 @@ class Gateway:
         self.sink = sink
         self.rng = rng or random.Random()
         self.resilience = Resilience(metrics, self.rng)  # in-flight count, retry budget, ejection, drain
-        self.session: aiohttp.ClientSession | None = None
+        self.session: Session | None = None
         self.shadows = ShadowRunner(metrics, sink)
         self.limiter = RateLimiter(Path(loaded.config.server.state_dir) / "clients")  # auth.clients rpm
         self.feedback_rate = CallerRate(FEEDBACK_PER_MINUTE)  # per caller, per process
@@ -53,9 +51,8 @@ class Gateway:
         self.generation: Generation
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
-        self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
-        await self.shadows.open()
+        self.session = open_session(self._first.config.server.http_client)
+        await self.shadows.open(self._first.config.server.http_client)
         self.apply(self._first)
         self.ready = True
 

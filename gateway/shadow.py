@@ -1,6 +1,6 @@
 """Shadow mirroring: bounded fire-and-forget calls to candidate upstreams, compared with the primary.
 
-A shadow lives in its own world (RELIABILITY rule 2): its own aiohttp session and connection pool, its own
+A shadow lives in its own world (RELIABILITY rule 2): its own HTTP session and connection pool, its own
 timeout (``shadow.timeout_s``), its own in-flight cap per shadow upstream (``shadow.max_in_flight``, so one
 slow shadow cannot starve another), and a task set holding strong references, drained for at most
 ``shadow.drain_s`` on shutdown. Nothing here can delay, fail or change the primary: ``mirror`` only creates
@@ -16,7 +16,7 @@ answer (``collectors.compare``) and handed to the same sink.
 
 Usage (owned by ``Gateway``)::
 
-    runner = ShadowRunner(metrics, sink); await runner.open()
+    runner = ShadowRunner(metrics, sink); await runner.open(config.server.http_client)
     clients = runner.clients(config, secrets)        # per config generation
     answered = runner.mirror(gen, endpoint, facts)   # in Call.run; resolve it with the primary's Interaction
     await runner.close(drain_s)
@@ -33,7 +33,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 
 from collectors.compare import compare
@@ -46,7 +45,7 @@ from gateway.decide import Facts
 from gateway.errors import UpstreamFailure, UpstreamTimeout
 from gateway.generation import Generation
 from gateway.outcome import Outcome
-from gateway.upstream import Client, make_client
+from gateway.upstream import Client, Session, make_client, open_session
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +71,13 @@ class ShadowRunner:
     def __init__(self, metrics: Metrics, sink: Sink) -> None:
         self.metrics = metrics
         self.sink = sink
-        self.session: aiohttp.ClientSession | None = None
+        self.session: Session | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self.in_flight: Counter[str] = Counter()
         self.closing = False
 
-    async def open(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
-        self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+    async def open(self, http_client: str) -> None:
+        self.session = open_session(http_client)  # its own pools: a shadow never waits for a primary's connection
 
     def clients(self, config: Config, secrets: Secrets) -> dict[str, Client]:
         """Clients for every upstream some route mirrors to, on the shadow session, with the shadow timeout."""
@@ -206,5 +204,6 @@ class ShadowRunner:
             for task in pending:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            self.tasks.difference_update(pending)  # their done callbacks may not have run yet
         if self.session is not None:
             await self.session.close()

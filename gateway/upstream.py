@@ -6,7 +6,11 @@ type and either a whole body or an async iterator of raw SSE bytes. Transport fa
 ``UpstreamFailure`` / ``UpstreamTimeout`` naming the upstream, never its key. This module is the only
 importer of litellm, imported lazily so start-up stays fast when no litellm upstream is configured.
 
-Usage: ``client = make_client("prod-v3", conf, api_key, session)``; ``reply = await client.call(...)``.
+The OpenAI pass-through runs on the HTTP client ``server.http_client`` names: aiohttp (``OpenAIClient`` below, the
+default) or pyqwest (``gateway/qwest_client.py``); ``open_session(kind)`` opens what its clients share.
+
+Usage: ``session = open_session("aiohttp")``; ``client = make_client("prod-v3", conf, api_key, session)``;
+``reply = await client.call(...)``; ``await session.close()`` at shutdown.
 """
 
 from __future__ import annotations
@@ -24,16 +28,11 @@ from yarl import URL
 from gateway.config import Upstream
 from gateway.dummy import DummyClient
 from gateway.errors import UpstreamFailure, UpstreamTimeout, UpstreamUnreachable
+from gateway.qwest_client import PATHS, SAME_TIMEOUT_S, QwestClient, Transports
 from gateway.reply import JSON, SSE, Reply, sse_event
 
 log = logging.getLogger(__name__)
-SAME_TIMEOUT_S = 0.01  # a first attempt's time left is its upstream's timeout less what routing took: the same
-PATHS = {
-    "chat.completions": "/chat/completions",
-    "completions": "/completions",
-    "embeddings": "/embeddings",
-    "responses": "/responses",
-}
+Session = aiohttp.ClientSession | Transports  # what an owner's OpenAI clients share: one per server.http_client
 
 
 class Client(Protocol):
@@ -307,11 +306,19 @@ async def close_clients(clients: Iterable[Client]) -> None:
         litellm.in_memory_llm_clients_cache.flush_cache()
 
 
+def open_session(kind: str) -> Session:
+    """The connection pools an owner's OpenAI clients share (``server.http_client``); ``await .close()`` once."""
+    if kind == "aiohttp":
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+        return aiohttp.ClientSession(connector=connector, auto_decompress=False)
+    return Transports()
+
+
 def make_client(
     name: str,
     conf: Upstream,
     api_key: str | None,
-    session: aiohttp.ClientSession,
+    session: Session,
     headers: Mapping[str, str] | None = None,
 ) -> Client:
     """A client for one upstream; ``headers`` are sent on every call (e.g. the shadow marker)."""
@@ -319,4 +326,6 @@ def make_client(
         return DummyClient(name, conf)
     if conf.provider == "litellm":
         return LitellmClient(name, conf, api_key, headers)
+    if isinstance(session, Transports):
+        return QwestClient(name, conf, api_key, session, headers)
     return OpenAIClient(name, conf, api_key, session, headers)

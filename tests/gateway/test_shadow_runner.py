@@ -72,7 +72,7 @@ async def started(loaded: Loaded, keep: bool = True) -> Setup:
     metrics = Metrics(registry)
     sink = RecordingSink(metrics, keep)
     runner = ShadowRunner(metrics, sink)
-    await runner.open()
+    await runner.open(loaded.config.server.http_client)
     return Setup(loaded, runner, sink, registry)
 
 
