@@ -42,16 +42,27 @@ MESSAGES = [{"role": "user", "content": "hello there"}]
 async def black_hole() -> AsyncIterator[int]:
     """A TCP server that reads and never answers; each connection ends when its client goes away."""
 
+    held: dict[asyncio.StreamWriter, asyncio.Task[None]] = {}
+
     async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while await reader.read(65536):
-            pass
-        writer.close()
+        held[writer] = asyncio.current_task()  # type: ignore[assignment]
+        try:
+            while await reader.read(65536):
+                pass
+        finally:
+            del held[writer]
+            writer.close()
 
     server = await asyncio.start_server(hold, "127.0.0.1", 0)
     try:
         yield server.sockets[0].getsockname()[1]
     finally:
-        server.close()
+        server.close()  # stops accepting; the connections still held are closed here, before the loop ends (a
+        tasks = list(held.values())  # writer collected after it warns "loop is closed" in a later test)
+        for writer in list(held):
+            writer.close()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+        await server.wait_closed()
 
 
 # The load runs in a child process: on the other core, and outside what tracemalloc traces and slows down.

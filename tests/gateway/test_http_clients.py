@@ -42,6 +42,7 @@ class Flood:
 
     def __init__(self) -> None:
         self.sent = 0
+        self.held: dict[asyncio.StreamWriter, asyncio.Task[None]] = {}
         self.loop = asyncio.new_event_loop()
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
@@ -53,6 +54,14 @@ class Flood:
         self.server = await asyncio.start_server(self._serve, sock=self.sock)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.held[writer] = asyncio.current_task()  # type: ignore[assignment]
+        try:
+            await self._flood(reader, writer)
+        finally:
+            del self.held[writer]
+            writer.close()
+
+    async def _flood(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
         fields = dict(line.lower().partition(b":")[::2] for line in head.split(b"\r\n"))
         await reader.readexactly(int(fields[b"content-length"]))
@@ -66,10 +75,17 @@ class Flood:
                 self.sent += len(chunk)
         except (ConnectionError, OSError):
             pass
-        writer.close()
+
+    async def _stop(self) -> None:
+        """Close every connection before the loop ends (a writer collected later warns "loop is closed")."""
+        self.server.close()
+        tasks = list(self.held.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.server.close)
+        asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
         self.loop.close()
