@@ -1,4 +1,5 @@
-"""Reload storms (CF-5): 50 writes in a second under traffic, then 1,000 reloads with memory and fds flat."""
+"""Reload storms (CF-5): 50 writes in a second under traffic, then reloads with memory and fds flat (500 in CI with
+the same bound per reload; ``python -m bench.catalogue cf-5`` runs the catalogue's 1,000)."""
 
 from __future__ import annotations
 
@@ -37,11 +38,11 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def test_fifty_writes_in_a_second_then_a_thousand_reloads_stay_flat(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("T_ADMIN", "adm")  # the reloader reads the environment at every reload
-    path = tmp_path / "turnout.yaml"
+def reload_storm(directory: Path, reloads: int) -> str:
+    """50 writes in a second under traffic, then 100 warm-up reloads and ``reloads`` more: traced memory grows by
+    less than 25 % per 900 reloads (the catalogue's 1,000), descriptors by at most 2. Needs T_ADMIN=adm in the
+    environment (the reloader reads it at every reload). Returns the summary."""
+    path = directory / "turnout.yaml"
     write(path, 50)
     failures: list[int] = []
     stop = threading.Event()
@@ -79,15 +80,15 @@ def test_fifty_writes_in_a_second_then_a_thousand_reloads_stay_flat(
             admin = {"authorization": "Bearer adm"}
             with httpx.Client(base_url=gw.url, headers=admin, timeout=10) as client:
 
-                def reloads(n: int) -> None:
-                    for i in range(n):
+                def reload_times(count: int) -> None:
+                    for i in range(count):
                         write(path, 10 + i % 80)
                         assert client.post("/admin/reload").status_code == 200
 
-                reloads(100)  # warm-up
+                reload_times(100)  # warm-up
                 gc.collect()
                 base_mem, base_fds = tracemalloc.get_traced_memory()[0], open_fds()
-                reloads(900)
+                reload_times(reloads)
                 gc.collect()
                 mem, fds = tracemalloc.get_traced_memory()[0], open_fds()
             applied = gw.metric("turnout_config_reloads_total", result="success")
@@ -95,8 +96,17 @@ def test_fifty_writes_in_a_second_then_a_thousand_reloads_stay_flat(
         tracemalloc.stop()
     growth = (mem - base_mem) / base_mem
     traced = f"{base_mem / 1e6:.2f} -> {mem / 1e6:.2f} MB ({growth:+.1%})"
-    per_reload = (mem - base_mem) / 900
-    print(f"CF-5: 1,000 reloads: traced {traced}, {per_reload:.0f} B per reload, fds {base_fds} -> {fds}")
-    assert applied >= 1000
-    assert growth < 0.25
-    assert fds <= base_fds + 2
+    per_reload = (mem - base_mem) / reloads
+    summary = f"CF-5: {100 + reloads:,} reloads: traced {traced}, {per_reload:.0f} B per reload, fds {base_fds}->{fds}"
+    assert applied >= 100 + reloads, summary
+    assert growth < 0.25 * reloads / 900, summary  # the same bytes per reload however many
+    assert fds <= base_fds + 2, summary
+    return summary
+
+
+def test_fifty_writes_in_a_second_then_hundreds_of_reloads_stay_flat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 100 + 400 reloads in CI; python -m bench.catalogue cf-5 runs the catalogue's 1,000 (100 + 900)
+    monkeypatch.setenv("T_ADMIN", "adm")
+    print("\n" + reload_storm(tmp_path, 400))
