@@ -32,7 +32,12 @@ KINDS = ("email", "phone")
 # whitespace as it appears serialised ("\\t", "\\n")
 _QUOTE = rb"""(?:\\{0,7}["'])?"""
 _SPACE = rb"(?:\s|\\[tnr])*+"
-_VALUE = _QUOTE + _SPACE + rb"[:=]" + _SPACE + _QUOTE + rb"""(?P<v>[^\s"',;\\]{6,}+)"""
+# The value never holds JSON structure ({}[]) and never is a number (it holds a character no JSON number has): a
+# masked value in the serialised line stays valid JSON ("total_tokens":12345} must not lose its brace)
+_VALUE = (
+    _QUOTE + _SPACE + rb"[:=]" + _SPACE + _QUOTE
+    + rb"""(?=[0-9.e+-]{0,64}+[^0-9.e+\s"',;\\{}\[\]-])(?P<v>[^\s"',;\\{}\[\]]{6,}+)"""
+)  # fmt: skip
 _NAME_TAIL = rb"[a-z0-9_-]{0,30}+"  # aws_secret_access_key, token_value, client_secret_2: the keyword's name goes on
 # searched in the original bytes; the whole match is the secret
 _CASED = [

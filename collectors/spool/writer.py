@@ -5,7 +5,8 @@ It tails the serving process's journal (and first replays journals left by proce
 batch in one transaction and only then moves the journal checkpoint, so nothing leaves the spool before it is
 committed. While the store is unavailable the writer backs off and retries, the journal keeps spooling (up to
 its bound) and ``degraded`` is true. A batch the store rejects for its content is split until the bad row is
-alone; that row goes to the dead-letter file, counted and logged by id. Once caught up it polls the journal
+alone; that row goes to the dead-letter file, counted and logged by id (a journal line that cannot be read
+at all goes there too, as text). Once caught up it polls the journal
 every ``linger_s`` (the serving process sends no per-append signal), so one batch carries many interactions;
 while nothing comes the interval doubles up to ``IDLE_POLL_S`` (each wake-up of an idle loader costs ~0.5 ms).
 What it did goes out through ``publish`` as a ``Report`` after each batch or change of state.
@@ -240,9 +241,10 @@ class Writer:
         for line in lines:
             try:
                 items.append(decode(line))
-            except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
                 log.error("journal %s: unreadable line of %d bytes near %s", cursor.directory, len(line), end)
                 self._drop("journal_error")
+                self._keep({"error": f"unreadable journal line: {exc}"[:2000], "line": line.decode("utf-8", "replace")})
         await self._write(items)
         await self._after(items)
         cursor.commit(end)
@@ -293,7 +295,10 @@ class Writer:
     def _dead_letter(self, item: Item, exc: Exception) -> None:
         log.error("store rejected %s (%s); written to %s", _id(item), type(exc).__name__, self.dead_letter)
         self._drop("store_rejected")
-        entry: dict[str, Any] = {"error": f"{type(exc).__name__}: {exc}"[:2000], "record": orjson.loads(item.record)}
+        self._keep({"error": f"{type(exc).__name__}: {exc}"[:2000], "record": orjson.loads(item.record)})
+
+    def _keep(self, entry: dict[str, Any]) -> None:
+        """Append ``entry`` to the dead-letter file: what the store did not take is kept for a person to see."""
         fd = os.open(self.dead_letter, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, orjson.dumps(entry) + b"\n")

@@ -12,6 +12,8 @@ import json
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from collectors.capture import encode, interaction_payload
 from collectors.redact import Redactor
@@ -59,3 +61,28 @@ def test_ordinary_text_is_left_alone() -> None:
     text = "Basic information about tokens: the password field is required, see https://example.com/a:b@c"
     it = interaction("r1", text=text)
     assert orjson.loads(encode(interaction_payload(it), Redactor()))["request"]["messages"][0]["content"] == text
+
+
+KEYS = st.sampled_from(["total_tokens", "max_tokens", "token", "api_key", "password", "secret", "x", "content"])
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(KEYS | st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(JSON)
+def test_a_masked_line_is_always_valid_json(value: object) -> None:
+    """A usage of 12,345 tokens ("total_tokens":12345}) once lost its closing brace to the keyword rule: the
+    journal line no longer parsed and the capture loader dropped the interaction."""
+    payload = {**interaction_payload(interaction("r1")), "request": {"anything": value}}
+    line = encode(payload, Redactor(kinds={"email", "phone"}))
+    assert set(payload) <= set(orjson.loads(line))  # (a NUL in a string adds "sanitized")
+
+
+def test_token_counts_and_other_numbers_are_not_secrets() -> None:
+    usage = {"prompt_tokens": 123456, "completion_tokens": 654321, "total_tokens": 777777}
+    payload = {**interaction_payload(interaction("r1")), "usage": usage, "request": {"max_tokens": 1.5e300}}
+    stored = orjson.loads(encode(payload, Redactor()))
+    assert stored["usage"] == usage and stored["request"]["max_tokens"] == 1.5e300

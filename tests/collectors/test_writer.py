@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import time
 from collections.abc import Callable
@@ -85,6 +86,25 @@ async def test_poison_rows_do_not_sink_a_batch(tmp_path: Path) -> None:
     (dead,) = (tmp_path / "state" / "dead-letter.jsonl").read_bytes().splitlines()
     assert orjson.loads(dead)["record"]["request_id"] == "refused"
     assert metric(registry, "turnout_interactions_captured_total", route="bot") == 100
+
+
+async def test_long_calls_are_stored_and_an_unreadable_line_is_kept(tmp_path: Path) -> None:
+    """A usage of 99,999 tokens once made the stored line invalid JSON (the secret rule for "..._tokens" took
+    "99999}" as a value) and the loader dropped the interaction; a line that cannot be read is now kept too."""
+    capture, registry = make(tmp_path)
+    await capture.start()
+    await until(lambda: not capture.degraded)
+    usage = {"prompt_tokens": 98_765, "completion_tokens": 1_234, "total_tokens": 99_999}
+    capture.record(dataclasses.replace(interaction("long"), usage=usage))
+    capture.journal.append(b'{"k": "i", "request_id": "cut sh\n')  # as a torn or foreign line would read
+    capture.record(interaction("after"))
+    await until(lambda: capture.idle)
+    await capture.close()
+    rows = await stored(tmp_path / "s.db")
+    assert set(rows) == {"long", "after"} and rows["long"]["usage"] == usage
+    assert metric(registry, "turnout_capture_dropped_total", reason="journal_error") == 1
+    (dead,) = (tmp_path / "state" / "dead-letter.jsonl").read_bytes().splitlines()
+    assert orjson.loads(dead)["line"] == '{"k": "i", "request_id": "cut sh'
 
 
 async def test_store_locked_spools_then_recovers(tmp_path: Path) -> None:
