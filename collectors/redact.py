@@ -40,42 +40,56 @@ _VALUE = (
 )  # fmt: skip
 _NAME_TAIL = rb"[a-z0-9_-]{0,30}+"  # aws_secret_access_key, token_value, client_secret_2: the keyword's name goes on
 # searched in the original bytes; the whole match is the secret
-_CASED = [
-    re.compile(p)
-    for p in (
-        rb"sk-(?<![A-Za-z0-9_-]sk-)[A-Za-z0-9_-]{16,}+",
-        rb"AKIA(?<![A-Za-z0-9_]AKIA)[0-9A-Z]{16}",
-        rb"ASIA(?<![A-Za-z0-9_]ASIA)[0-9A-Z]{16}",
-        rb"gh[pousr]_(?<![A-Za-z0-9_]gh._)[A-Za-z0-9]{30,}+",
-        rb"github_pat_(?<![A-Za-z0-9_]github_pat_)[A-Za-z0-9_]{30,}+",
-        rb"xox[abprs]-(?<![A-Za-z0-9_]xox.-)[A-Za-z0-9-]{10,}+",
-        rb"AIza(?<![A-Za-z0-9_]AIza)[0-9A-Za-z_-]{35}",
-        rb"glpat-(?<![A-Za-z0-9_]glpat-)[A-Za-z0-9_-]{20,}+",
-        rb"eyJ(?<![A-Za-z0-9_-]eyJ)[A-Za-z0-9_-]{10,}+\.eyJ[A-Za-z0-9_-]{10,}+\.[A-Za-z0-9_-]{10,}+",
-        rb"-----BEGIN[A-Z ]{0,40}PRIVATE KEY-----(?:[^\"-]++|-(?!----))*+-----END[A-Z ]{0,40}PRIVATE KEY-----",
-        rb"[sr]k_(?:live|test)_[A-Za-z0-9]{16,}+",  # Stripe
-        rb"hf_(?<![A-Za-z0-9_]hf_)[A-Za-z0-9]{30,}+",  # Hugging Face
-        rb"npm_(?<![A-Za-z0-9_]npm_)[A-Za-z0-9]{36}",
-        rb"SG\.(?<![A-Za-z0-9_]SG\.)[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}",  # SendGrid
-        # HTTP basic credentials: base64 holding a digit, "+", "/" or "=" (not an English word after "Basic")
-        rb"Basic(?<![A-Za-z0-9_]Basic)(?:[ ]|\\t)++(?P<v>(?=[A-Za-z0-9+/]{0,200}[0-9+/=])[A-Za-z0-9+/]{8,}+={0,2})",
-    )
-]
+_CASED_PATTERNS = (
+    rb"sk-(?<![A-Za-z0-9_-]sk-)[A-Za-z0-9_-]{16,}+",
+    rb"AKIA(?<![A-Za-z0-9_]AKIA)[0-9A-Z]{16}",
+    rb"ASIA(?<![A-Za-z0-9_]ASIA)[0-9A-Z]{16}",
+    rb"gh[pousr]_(?<![A-Za-z0-9_]gh._)[A-Za-z0-9]{30,}+",
+    rb"github_pat_(?<![A-Za-z0-9_]github_pat_)[A-Za-z0-9_]{30,}+",
+    rb"xox[abprs]-(?<![A-Za-z0-9_]xox.-)[A-Za-z0-9-]{10,}+",
+    rb"AIza(?<![A-Za-z0-9_]AIza)[0-9A-Za-z_-]{35}",
+    rb"glpat-(?<![A-Za-z0-9_]glpat-)[A-Za-z0-9_-]{20,}+",
+    rb"eyJ(?<![A-Za-z0-9_-]eyJ)[A-Za-z0-9_-]{10,}+\.eyJ[A-Za-z0-9_-]{10,}+\.[A-Za-z0-9_-]{10,}+",
+    rb"-----BEGIN[A-Z ]{0,40}PRIVATE KEY-----(?:[^\"-]++|-(?!----))*+-----END[A-Z ]{0,40}PRIVATE KEY-----",
+    rb"[sr]k_(?:live|test)_[A-Za-z0-9]{16,}+",  # Stripe
+    rb"hf_(?<![A-Za-z0-9_]hf_)[A-Za-z0-9]{30,}+",  # Hugging Face
+    rb"npm_(?<![A-Za-z0-9_]npm_)[A-Za-z0-9]{36}",
+    rb"SG\.(?<![A-Za-z0-9_]SG\.)[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}",  # SendGrid
+    # HTTP basic credentials: base64 holding a digit, "+", "/" or "=" (not an English word after "Basic")
+    rb"Basic(?<![A-Za-z0-9_]Basic)(?:[ ]|\\t)++(?P<v>(?=[A-Za-z0-9+/]{0,200}[0-9+/=])[A-Za-z0-9+/]{8,}+={0,2})",
+)
 # searched in the lower-cased bytes (same length); group "v" is the secret, the rest stays. A keyword may
 # follow "_" (DB_PASSWORD=, MY_APP_SECRET=) but not a letter or digit.
-_UNCASED = [
-    re.compile(p)
-    for p in (
-        rb"bearer(?<![a-z0-9_]bearer)(?:\s|\\[tnr])++(?P<v>[a-z0-9._~+/=-]{8,}+)",
-        rb"api(?<![a-z0-9]api)[_-]?key" + _NAME_TAIL + _VALUE,
-        rb"secret(?<![a-z0-9]secret)" + _NAME_TAIL + _VALUE,
-        rb"passw(?<![a-z0-9]passw)(?:or)?d" + _NAME_TAIL + _VALUE,
-        rb"token(?<![a-z0-9]token)" + _NAME_TAIL + _VALUE,
-        rb"credential(?<![a-z0-9]credential)" + _NAME_TAIL + _VALUE,
-        # a password in a URL's user info (postgresql://user:pw@host): the host follows the last "@"
-        rb"://[^\s:/@\"'\\]{1,64}+:(?P<v>[^\s/\"'\\]{1,128}?)@(?=[^\s@/\"'\\]{1,253}+(?:[/:?\"'\\\s]|$))",
-    )
-]
+_UNCASED_PATTERNS = (
+    rb"bearer(?<![a-z0-9_]bearer)(?:\s|\\[tnr])++(?P<v>[a-z0-9._~+/=-]{8,}+)",
+    rb"api(?<![a-z0-9]api)[_-]?key" + _NAME_TAIL + _VALUE,
+    rb"secret(?<![a-z0-9]secret)" + _NAME_TAIL + _VALUE,
+    rb"passw(?<![a-z0-9]passw)(?:or)?d" + _NAME_TAIL + _VALUE,
+    rb"token(?<![a-z0-9]token)" + _NAME_TAIL + _VALUE,
+    rb"credential(?<![a-z0-9]credential)" + _NAME_TAIL + _VALUE,
+    # a password in a URL's user info (postgresql://user:pw@host): the host follows the last "@"
+    rb"://[^\s:/@\"'\\]{1,64}+:(?P<v>[^\s/\"'\\]{1,128}?)@(?=[^\s@/\"'\\]{1,253}+(?:[/:?\"'\\\s]|$))",
+)
+
+Prefiltered = list[tuple[bytes, re.Pattern[bytes], str | int]]
+
+
+def _prefiltered(literals: tuple[bytes, ...], patterns: tuple[bytes, ...]) -> Prefiltered:
+    """(a literal every match contains, the compiled pattern, the group that is the secret) for each pattern."""
+    compiled = [re.compile(pattern) for pattern in patterns]
+    return [(lit, rx, "v" if "v" in rx.groupindex else 0) for lit, rx in zip(literals, compiled, strict=True)]
+
+
+# Each pattern runs only on a record holding its literal (one every match must contain): most records hold
+# none, and a substring test costs less than a regex pass with its call and set-up. On the bench's 1 KB record
+# mask_secrets took ~50 µs with 22 passes (the largest cost of capture on the request path), ~35 µs so.
+_CASED = _prefiltered(
+    (b"sk-", b"AKIA", b"ASIA", b"gh", b"github_pat_", b"xox", b"AIza", b"glpat-", b"eyJ", b"-----BEGIN", b"k_",
+     b"hf_", b"npm_", b"SG.", b"Basic"),
+    _CASED_PATTERNS,
+)  # fmt: skip
+_UNCASED = _prefiltered((b"bearer", b"api", b"secret", b"passw", b"token", b"credential", b"://"), _UNCASED_PATTERNS)
+
 # e-mail: found from its "@" (a literal, so the engine skips ahead), then the local part is looked for in the
 # 64 characters before it, starting where its run starts
 _EMAIL_DOMAIN = re.compile(r"@(?:[\w-]{1,63}+\.){1,8}[^\W\d_]{2,63}+(?![\w-])")
@@ -91,9 +105,9 @@ _MARK = SECRET_MARK.encode()
 
 
 def _spans(data: bytes) -> list[tuple[int, int]]:
-    spans = [m.span("v" if "v" in rx.groupindex else 0) for rx in _CASED for m in rx.finditer(data)]
+    spans = [m.span(group) for literal, rx, group in _CASED if literal in data for m in rx.finditer(data)]
     lower = data.lower()
-    spans += [m.span("v") for rx in _UNCASED for m in rx.finditer(lower)]
+    spans += [m.span(group) for literal, rx, group in _UNCASED if literal in lower for m in rx.finditer(lower)]
     return spans
 
 
