@@ -132,6 +132,14 @@ def _client(report: Mapping[str, Any]) -> str:
     return f" for client <code>{escape(client)}</code>" if client else ""
 
 
+def _span(seconds: float) -> str:
+    """A duration in the largest unit it fills: "7 days", "1.5 hours", "10 s"."""
+    for unit, size in (("days", 86400), ("hours", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} s"
+
+
 def render_html(report: Mapping[str, Any]) -> str:
     decision = report["decision"]
     headline = HEADLINES[decision].format(winner=report.get("winner") or "")
@@ -168,7 +176,7 @@ td {{ text-align: right; }} figure {{ margin: 1rem 0; }} figcaption {{ font-weig
 {_client(report)}</h1>
 <p>{escape(w["what"])}: {escape(_when(w["since"]))} to {escape(_when(w["until"]))} UTC.
 Primary metric <b>{escape(s["primary"])}</b>, control <b>{escape(s["control"])}</b>, alpha {s["alpha"]},
-at least {s["min_users"]} users per variant and {s["min_duration_s"] / 86400:.1f} days.</p>
+at least {s["min_users"]} users per variant and {_span(s["min_duration_s"])}.</p>
 <section class="decision" id="decision" data-decision="{escape(decision)}">
 <h2>Decision: {escape(decision.upper())}</h2><p>{escape(headline)}</p><ul>{reasons}</ul></section>
 <h2>Who saw what</h2>{_shares(report)}

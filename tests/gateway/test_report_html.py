@@ -43,6 +43,7 @@ def test_html_report_in_chromium(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "decision: PROMOTE cand" in table
     page_html = html.read_text()
     assert "<script" not in page_html and "http://" not in page_html and "https://" not in page_html
+    assert "at least 30 users per variant and 0 s." in page_html  # min_duration 0s, not "0.0 days"
     with chromium() as browser:
         page = browser.new_page(viewport={"width": 1100, "height": 900})
         seen = watch(page)
