@@ -57,18 +57,20 @@ async def window(store: Store, config: Config, route: str, now: float) -> tuple[
     rollout, the last step of a finished one (what the controller judged), else the whole experiment."""
     weights = dict(config.routes[route].variants)
     row = await rollouts.load(store, route)
-    if row is not None and row.phase in ("step", "awaiting_approval", "paused", "succeeded", "rolled_back"):
+    if row is not None and row.phase not in ("eval", "shadow"):
         plan, state = plan_of(row), state_of(row)
         if row.phase in ("step", "awaiting_approval", "paused") and plan.candidate in weights:
             pct = candidate_percent(plan, state)
             since = min(row.since + SETTLE_S, now)
             return since, now, effective_weights(weights, plan, state), f"rollout step {pct} % (current)"
-        steps = [a for a in await rollouts.audit_log(store, route, limit=200) if a.ts >= row.started_at]
-        last = next((a for a in steps if a.to_phase == "step"), None)  # newest first
-        if last is not None and plan.candidate in weights:
+        # finished (succeeded, rolled back, or ended by promote/rollback): the last step, until what ended it
+        trail = [a for a in await rollouts.audit_log(store, route, limit=200) if a.ts >= row.started_at]
+        i = next((i for i, a in enumerate(trail) if a.to_phase == "step"), None)  # newest first
+        if i is not None and i > 0 and plan.candidate in weights:
+            last, ended = trail[i], trail[i - 1]
             at = State("step", plan.steps.index(last.to_percent or 0), last.ts, row.started_at)
-            what = f"rollout step {last.to_percent} % (the last one, before {row.phase.replace('_', ' ')})"
-            return min(last.ts + SETTLE_S, row.since), row.since, effective_weights(weights, plan, at), what
+            what = f"rollout step {last.to_percent} % (the last one, before {ended.to_phase.replace('_', ' ')})"
+            return min(last.ts + SETTLE_S, ended.ts), ended.ts, effective_weights(weights, plan, at), what
     first = await store.fetch(
         "SELECT MIN(ts) FROM interactions WHERE route = $1 AND experiment = $2 AND role = 'primary'",
         route,

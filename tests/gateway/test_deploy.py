@@ -271,6 +271,36 @@ async def test_controller_steps_then_rolls_back_a_breach_and_the_overlay_follows
         await store.close()
 
 
+async def test_the_report_after_a_promote_still_judges_the_last_step(tmp_path: Path) -> None:
+    """`turnout promote` ends a finished rollout (aborted): the report then read the whole experiment, with the
+    candidate's later traffic at 100 % set against the control's earlier traffic, and said rollback."""
+    path = write_config(tmp_path, f"sqlite:///{tmp_path / 't.db'}")
+    config = load_config(path).config
+    store = open_store(f"sqlite:///{tmp_path / 't.db'}")
+    await store.open()
+    try:
+        t0 = 10_000.0
+        await start(store, config, "bot", actor="alice", now=t0)
+        same = {"error": {"prod": 0.0, "cand": 0.0}, "up": {"prod": 0.6, "cand": 0.6}}
+        await traffic(store, users=400, weights={"prod": 80, "cand": 20}, since=t0 + 0.1, seed=2, **same)
+        assert (await check(store, config, "bot", now=t0 + 12)).step == 1  # type: ignore[union-attr]
+        await traffic(store, users=400, weights={"prod": 50, "cand": 50}, since=t0 + 13, seed=3, **same)
+        done = await check(store, config, "bot", now=t0 + 30)
+        assert done is not None and done.phase == "succeeded", done.reason
+        # afterwards the candidate serves everyone, and its later users rate it badly
+        await traffic(store, users=400, weights={"prod": 0, "cand": 100}, since=t0 + 40, seed=4,
+                      error={"prod": 0.0, "cand": 0.0}, up={"prod": 0.6, "cand": 0.1})  # fmt: skip
+        assert await asyncio.to_thread(main, ["promote", "bot", "cand", "-c", str(path), "--actor", "alice"]) == 0
+        assert (await stored.load(store, "bot")).phase == "aborted"  # type: ignore[union-attr]
+        report = await build_report(store, load_config(path).config, "bot", now=t0 + 100)
+        assert report["window"]["what"] == "rollout step 50 % (the last one, before succeeded)"
+        assert report["window"]["until"] == pytest.approx(done.since)
+        assert report["weights"] == {"prod": 50.0, "cand": 50.0}
+        assert report["decision"] != "rollback", report["reasons"]
+    finally:
+        await store.close()
+
+
 def test_promote_and_rollback_keep_every_other_byte(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_config(tmp_path, f"sqlite:///{tmp_path / 't.db'}")
     before = path.read_text()
