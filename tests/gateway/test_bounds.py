@@ -161,8 +161,9 @@ async def traced_growth(directory: Path, batches: int) -> str:
 
 
 async def test_traced_memory_stays_flat_over_repeated_requests(tmp_path: Path) -> None:
-    # 5 x 400 under 12.5 %: the catalogue's bound per request; python -m bench.catalogue ld-4 runs its 10 x 400
-    print("\n" + await traced_growth(tmp_path, 5))
+    # the catalogue's own 10 x 400 under 25 %: growth comes in steps (a table resized, a cache filled), not per
+    # request, so half the batches under half the bound was stricter than LD-4 and failed on a 0.14 MB step
+    print("\n" + await traced_growth(tmp_path, 10))
 
 
 async def settled_metrics(client: httpx.AsyncClient) -> str:
