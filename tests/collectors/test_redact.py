@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 
-from collectors.redact import Redactor
+from collectors.redact import _WINDOW, SECRET_MARK, Redactor, mask_secrets
 from collectors.sanitize import MAX_STRING, sanitize
 
 ALWAYS = Redactor()
@@ -59,3 +61,27 @@ def test_sanitize_marks_every_change() -> None:
     untouched = {"x": [1, 2.5, None, True, "é"]}
     assert sanitize(untouched) == (untouched, [])
     assert sanitize(untouched)[0] is untouched
+
+
+@pytest.mark.parametrize("text", ["key sk-proj-AbCdEfGhIjKlMnOpQrStUv12 end", '{"password": "hunter2hunter2"}'])
+def test_a_secret_is_masked_wherever_the_literal_pass_windows_fall(text: str) -> None:
+    """The literals are found a window at a time: a secret across a window's edge is masked like any other."""
+    want = mask_secrets(text.encode())
+    assert want != text.encode()
+    for shift in range(len(text)):
+        pad = b" " * (_WINDOW - shift)
+        assert mask_secrets(pad + text.encode()) == pad + want, shift
+
+
+def test_text_full_of_literals_is_masked_in_bounded_memory() -> None:
+    """Every occurrence of every literal is reported: held for one window at a time, not for the whole record
+    (2 MB of "sk-" is ~700,000 occurrences, ~80 MB as Python tuples at once)."""
+    data = b"sk-" * (700_000)
+    tracemalloc.start()
+    try:
+        masked = mask_secrets(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert masked == SECRET_MARK.encode()
+    assert peak < 4 * len(data), peak
