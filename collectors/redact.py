@@ -112,26 +112,21 @@ PHONE_MARK = "[redacted:phone]"
 _MARK = SECRET_MARK.encode()
 
 
-def _held(lower: bytes) -> set[int]:
-    """The indexes of the literals ``lower`` holds."""
+def _held(lower: bytes, literals: BytesAhoCorasick = _LITERALS, overlap: int = _OVERLAP) -> set[int]:
+    """The indexes of the ``literals`` that ``lower`` holds."""
     held: set[int] = set()
     for start in range(0, len(lower), _WINDOW):
-        window = lower[start : start + _WINDOW + _OVERLAP]
-        held.update(index for index, _, _ in _LITERALS.find_matches_as_indexes(window, overlapping=True))
+        window = lower[start : start + _WINDOW + overlap]
+        held.update(index for index, _, _ in literals.find_matches_as_indexes(window, overlapping=True))
     return held
 
 
-def _spans(data: bytes) -> list[tuple[int, int]]:
-    lower = data.lower()
+def _masked(data: bytes, lower: bytes, held: set[int]) -> bytes:
+    """``data`` with the matches of the patterns whose literal it holds masked."""
     spans = []
-    for index in _held(lower):
+    for index in held:
         _, rx, group, lowered = _PATTERNS[index]
         spans += [m.span(group) for m in rx.finditer(lower if lowered else data)]
-    return spans
-
-
-def mask_secrets(data: bytes) -> bytes:
-    spans = _spans(data)
     if not spans:
         return data
     out, last = [], 0
@@ -143,6 +138,11 @@ def mask_secrets(data: bytes) -> bytes:
         last = end
     out.append(data[last:])
     return b"".join(out)
+
+
+def mask_secrets(data: bytes) -> bytes:
+    lower = data.lower()
+    return _masked(data, lower, _held(lower))
 
 
 def _emails(s: str) -> str:
@@ -182,13 +182,24 @@ class Redactor:
         self.kinds = frozenset(kinds)
         self.secrets = tuple(sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True))
         self.secrets_b = tuple(s.encode() for s in self.secrets if '"' not in s and "\\" not in s)
+        # the known secrets join the pattern literals (after them, lower-cased: a superset), so one pass over a
+        # record tells whether it holds any of them
+        self._literals, self._overlap = _LITERALS, _OVERLAP
+        if self.secrets_b:
+            lowered = [literal for literal, *_ in _PATTERNS] + [s.lower() for s in self.secrets_b]
+            self._literals, self._overlap = BytesAhoCorasick(lowered), max(map(len, lowered)) - 1
 
     def line(self, data: bytes) -> bytes:
         """Secrets masked in serialised JSON (or any UTF-8 text)."""
-        for secret in self.secrets_b:
-            if secret in data:
-                data = data.replace(secret, _MARK)
-        return mask_secrets(data)
+        lower = data.lower()
+        held = _held(lower, self._literals, self._overlap)
+        if held and max(held) >= len(_PATTERNS):  # may hold a known secret (in some case)
+            for secret in self.secrets_b:  # longest first
+                if secret in data:
+                    data = data.replace(secret, _MARK)
+            lower = data.lower()
+            held = _held(lower)
+        return _masked(data, lower, held)
 
     def _optional(self, s: str) -> str:
         if "email" in self.kinds and "@" in s:

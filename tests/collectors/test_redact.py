@@ -3,6 +3,8 @@ from __future__ import annotations
 import tracemalloc
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from collectors.redact import _WINDOW, SECRET_MARK, Redactor, mask_secrets
 from collectors.sanitize import MAX_STRING, sanitize
@@ -85,3 +87,28 @@ def test_text_full_of_literals_is_masked_in_bounded_memory() -> None:
         tracemalloc.stop()
     assert masked == SECRET_MARK.encode()
     assert peak < 4 * len(data), peak
+
+
+KNOWN = ("c4nary-Client-Key-0001", "Token", "hunter2hunter2", "UPSTREAM-key-zz")
+FRAGMENTS = st.sampled_from(
+    [*KNOWN, *(k.lower() for k in KNOWN), *(k.upper() for k in KNOWN), "token: ", "sk-", "Bearer ", " ", '"', "x"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(FRAGMENTS, max_size=12))
+def test_known_secrets_are_masked_exactly_as_one_replace_each(parts: list[str]) -> None:
+    """The known secrets are found in the same pass as the pattern literals; the oracle replaces each (longest
+    first) wherever it occurs, then masks the patterns."""
+    data = "".join(parts).encode()
+    want = data
+    for secret in sorted(KNOWN, key=len, reverse=True):
+        want = want.replace(secret.encode(), SECRET_MARK.encode())
+    assert Redactor(secrets=KNOWN).line(data) == mask_secrets(want)
+
+
+def test_a_known_secret_across_a_window_edge_is_masked() -> None:
+    redactor = Redactor(secrets=("c4nary-Client-Key-0001",))
+    for shift in range(30):
+        pad = b" " * (_WINDOW - shift)
+        assert redactor.line(pad + b"key c4nary-Client-Key-0001 end") == pad + b"key [redacted:secret] end", shift
