@@ -44,6 +44,11 @@ _BY_RESPONSE = (
 )
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 _BUSY_TIMEOUT_MS = 2000  # several workers share one file; longer means an outage
+# Pages in the WAL before a commit copies them into the database (SQLite's default: 1000, 4 MB). The capture
+# loader's batches touch a leaf of the request-id index per row (the ids are random): copied every few batches,
+# the same leaves were written out again and again. At 10,000 (a 40 MB WAL, kept at that size on disk) a loader's
+# inserts into a 100,000-row store cost 38-42 µs a row instead of 46-47 (those inserts are about half of its CPU).
+_WAL_CHECKPOINT_PAGES = 10_000
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -107,6 +112,7 @@ class SQLiteStore:
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=NORMAL")
             await db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+            await db.execute(f"PRAGMA wal_autocheckpoint={_WAL_CHECKPOINT_PAGES}")
             await self._migrate(db)
         except sqlite3.Error as exc:
             await db.close()
