@@ -43,7 +43,7 @@ class Server(_Model):
     head_timeout_s: float = Field(10, gt=0)  # the request line and headers must arrive within this (else closed)
     max_connections: int = Field(8192, ge=1)  # open connections and requests at once; beyond: 503
     max_large_bodies: int = Field(8, ge=1)  # request bodies over 1 MB read and parsed at once; beyond: fast 503
-    http_client: Literal["aiohttp", "pyqwest"] = "aiohttp"  # upstream calls' HTTP client; read at start only
+    http_client: Literal["httptools", "aiohttp", "pyqwest"] = "httptools"  # upstream calls' client; read at start
 
 
 class NamedClient(_Model):

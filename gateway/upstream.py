@@ -28,11 +28,12 @@ from yarl import URL
 from gateway.config import Upstream
 from gateway.dummy import DummyClient
 from gateway.errors import UpstreamFailure, UpstreamTimeout, UpstreamUnreachable
+from gateway.h1_client import H1Client, Pools
 from gateway.qwest_client import PATHS, SAME_TIMEOUT_S, QwestClient, Transports
 from gateway.reply import JSON, SSE, Reply, sse_event
 
 log = logging.getLogger(__name__)
-Session = aiohttp.ClientSession | Transports  # what an owner's OpenAI clients share: one per server.http_client
+Session = aiohttp.ClientSession | Transports | Pools  # what an owner's OpenAI clients share (server.http_client)
 
 
 class Client(Protocol):
@@ -62,7 +63,9 @@ class OpenAIClient:
         self.connect_timeout_s = conf.connect_timeout_s
         self.timeout = self._timeout(conf.timeout_s)  # an attempt with the upstream's whole timeout uses this one
         self.session = session
-        self.headers = {"content-type": JSON, **(headers or {})}
+        # bytes are relayed as sent: never ask for a compressed answer (aiohttp asks for gzip by default)
+        # bytes are relayed as sent: never ask for a compressed answer (aiohttp asks for gzip by default)
+        self.headers = {"content-type": JSON, "accept-encoding": "identity", **(headers or {})}
         if api_key:
             self.headers["authorization"] = f"Bearer {api_key}"
 
@@ -308,6 +311,8 @@ async def close_clients(clients: Iterable[Client]) -> None:
 
 def open_session(kind: str) -> Session:
     """The connection pools an owner's OpenAI clients share (``server.http_client``); ``await .close()`` once."""
+    if kind == "httptools":
+        return Pools()
     if kind == "aiohttp":
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
         return aiohttp.ClientSession(connector=connector, auto_decompress=False)
@@ -326,6 +331,8 @@ def make_client(
         return DummyClient(name, conf)
     if conf.provider == "litellm":
         return LitellmClient(name, conf, api_key, headers)
+    if isinstance(session, Pools):
+        return H1Client(name, conf, api_key, session, headers)
     if isinstance(session, Transports):
         return QwestClient(name, conf, api_key, session, headers)
     return OpenAIClient(name, conf, api_key, session, headers)

@@ -1,6 +1,7 @@
-"""The upstream contract on both HTTP clients (``server.http_client``: pyqwest, the default, and aiohttp): streams
-relayed chunk by chunk with back-pressure, a client disconnect aborting the upstream within 1 s (SS-2), and
-transport failures mapped to the same errors and retry outcomes. The rest of the suite runs on the default."""
+"""The upstream contract on every HTTP client (``server.http_client``: httptools, the default, aiohttp and
+pyqwest): streams relayed chunk by chunk with back-pressure, a client disconnect aborting the upstream within 1 s
+(SS-2), keep-alive, and transport failures mapped to the same errors and retry outcomes. The rest of the suite
+runs on the default."""
 
 from __future__ import annotations
 
@@ -27,11 +28,17 @@ upstreams:
   abort: {{base_url: "{url}", model: up-abort, timeout_s: 10}}
   flood: {{base_url: "{flood}", model: up-flood, timeout_s: 30}}
   dead: {{base_url: "http://127.0.0.1:{dead}/v1", model: x, retries: 1}}
+  raw-keep: {{base_url: "{raw}", model: keep, retries: 0}}
+  raw-close: {{base_url: "{raw}", model: close, retries: 0}}
+  raw-eof: {{base_url: "{raw}", model: eof, retries: 0}}
 routes:
   bot: {{variants: {{main: 100}}}}
   abort: {{variants: {{abort: 100}}}}
   flood: {{variants: {{flood: 100}}, capture: {{sample: 0}}}}
   gone: {{variants: {{dead: 100}}}}
+  keep: {{variants: {{raw-keep: 100}}}}
+  close: {{variants: {{raw-close: 100}}}}
+  eof: {{variants: {{raw-eof: 100}}}}
 """
 MESSAGES = [{"role": "user", "content": "hello there"}]
 EVENT = b'data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"%s"}}]}\n\n'
@@ -91,6 +98,74 @@ class Flood:
         self.loop.close()
 
 
+class Raw:
+    """An upstream on raw sockets, by the request's model: ``keep`` answers with a length and keeps the connection,
+    ``close`` answers with a length and then closes it without saying so, ``eof`` answers without a length and
+    ends the body by closing. It counts connections and keeps each request's accept-encoding."""
+
+    ANSWER = (
+        b'{"id":"r","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"raw"}}]}'
+    )
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.encodings: list[bytes | None] = []
+        self.held: set[asyncio.Task[None]] = set()
+        self.loop = asyncio.new_event_loop()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(5)
+
+    async def _start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, sock=self.sock)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self.held.add(task)
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                fields = dict(line.lower().partition(b": ")[::2] for line in head.split(b"\r\n"))
+                self.encodings.append(fields.get(b"accept-encoding"))
+                model = json.loads(await reader.readexactly(int(fields[b"content-length"])))["model"]
+                if model == "eof":
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n" + self.ANSWER)
+                    break
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (
+                    len(self.ANSWER), self.ANSWER))  # fmt: skip
+                await writer.drain()
+                if model == "close":
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.held.discard(task)
+            writer.close()
+
+    async def _stop(self) -> None:
+        self.server.close()
+        tasks = list(self.held)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+@pytest.fixture(scope="module")
+def raw() -> Iterator[Raw]:
+    raw = Raw()
+    yield raw
+    raw.close()
+
+
 @pytest.fixture(scope="module")
 def fake() -> Iterator[FakeOpenAI]:
     with FakeOpenAI() as fake:
@@ -104,15 +179,17 @@ def flood() -> Iterator[Flood]:
     flood.close()
 
 
-@pytest.fixture(scope="module", params=["pyqwest", "aiohttp"])
+@pytest.fixture(scope="module", params=["httptools", "pyqwest", "aiohttp"])
 def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
 @pytest.fixture(scope="module")
-def gw(kind: str, fake: FakeOpenAI, flood: Flood, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def gw(
+    kind: str, fake: FakeOpenAI, flood: Flood, raw: Raw, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
     directory: Path = tmp_path_factory.mktemp(kind)
-    text = CONFIG.format(client=kind, url=fake.url, flood=flood.url, dead=free_port())
+    text = CONFIG.format(client=kind, url=fake.url, flood=flood.url, dead=free_port(), raw=raw.url)
     with served(write_config(directory, text)) as server:
         yield server
 
@@ -207,3 +284,30 @@ def test_failures_map_to_the_same_errors_and_retry_outcomes(gw: Served, fake: Fa
     with httpx.stream("POST", url, json={"model": "bot", "messages": MESSAGES, "stream": True}, timeout=10) as resp:
         events = [line for line in resp.iter_lines() if line.startswith("data:")]
     assert "[DONE]" not in "".join(events) and json.loads(events[-1][5:])["error"]["code"] == "stream_broken"
+
+
+def test_connections_are_kept_alive_and_reopened_when_the_upstream_closed_them(gw: Served, raw: Raw) -> None:
+    url = gw.url + "/v1/chat/completions"
+    with httpx.Client(timeout=10) as http:
+        post = lambda model: http.post(url, json={"model": model, "messages": MESSAGES})  # noqa: E731
+        post("keep")
+        before = raw.connections
+        answers = [post("keep") for _ in range(5)]
+        assert raw.connections == before  # one pooled connection carried them all
+        closed = []
+        for _ in range(5):  # the upstream closes each connection after its answer, without a word
+            closed.append(post("close"))
+            time.sleep(0.05)  # its close reaches the gateway before the next call
+        eof = post("eof")  # no length: the body ends where the connection does
+    assert [a.status_code for a in answers + closed] == [200] * 10, [a.text for a in answers + closed]
+    assert all(a.json()["choices"][0]["message"]["content"] == "raw" for a in answers + closed)
+    assert eof.status_code == 200 and eof.json()["id"] == "r"
+
+
+def test_no_client_asks_for_a_compressed_answer(gw: Served, raw: Raw) -> None:
+    """Bytes are relayed as the upstream sent them, with the gateway's own headers: a gzipped answer would reach
+    the client undeclared (aiohttp asks for gzip unless told otherwise)."""
+    raw.encodings.clear()
+    resp = httpx.post(gw.url + "/v1/chat/completions", json={"model": "keep", "messages": MESSAGES}, timeout=10)
+    assert resp.status_code == 200
+    assert raw.encodings and all(e in (None, b"identity") for e in raw.encodings), raw.encodings
