@@ -3,7 +3,8 @@
 Subjects: direct (no proxy), passthrough (bench/passthrough.py), turnout-plain (capture off), turnout
 (defaults: capture + metrics), turnout-shadow (one shadow at 100 %), nginx and litellm when installed; on
 request, turnout-w2 (``--workers 2`` on both CPUs), turnout-base (``turnout`` from ``--base-root``: A/B) and
-turnout-pyqwest (``turnout`` with ``server.http_client: pyqwest``).
+turnout-aiohttp and turnout-pyqwest (``turnout`` with ``server.http_client: aiohttp`` or ``pyqwest``: the A/B of
+the upstream HTTP client against the default, httptools).
 The proxy runs on CPU 0; wrk, the asyncio clients, the mock and this harness on CPU 1. Every repetition
 measures every subject once per figure, and the ratios are computed within each repetition.
 
@@ -41,8 +42,9 @@ from bench.subjects import (
 PROXY_CPU = 0
 LOAD_CPU = 1
 ALL_SUBJECTS = ["direct", "passthrough", "turnout-plain", "turnout", "turnout-shadow", "turnout-drift", "turnout-w2",
-                "turnout-base", "turnout-pyqwest", "nginx", "litellm"]  # fmt: skip
-DEFAULT_SUBJECTS = [s for s in ALL_SUBJECTS if s not in ("turnout-w2", "turnout-base", "turnout-pyqwest")]
+                "turnout-base", "turnout-aiohttp", "turnout-pyqwest", "nginx", "litellm"]  # fmt: skip
+CLIENTS = {"turnout-aiohttp": "aiohttp", "turnout-pyqwest": "pyqwest"}  # subject -> server.http_client
+DEFAULT_SUBJECTS = [s for s in ALL_SUBJECTS if s not in ("turnout-w2", "turnout-base", *CLIENTS)]
 # name -> (capture, shadow, drift): turnout-drift is turnout with a drift check every minute (its jobs child included)
 TURNOUT_SUBJECTS = {
     "turnout-plain": (False, False, False),
@@ -51,12 +53,15 @@ TURNOUT_SUBJECTS = {
     "turnout-drift": (True, False, True),
     "turnout-w2": (True, False, False),  # `--workers 2` on both CPUs (the load shares the second one)
     "turnout-base": (True, False, False),  # `turnout` from the --base-root checkout: an A/B within one run
+    "turnout-aiohttp": (True, False, False),  # `turnout` with server.http_client: aiohttp
     "turnout-pyqwest": (True, False, False),  # `turnout` with server.http_client: pyqwest
 }
 RATIOS = [
     ("turnout", "passthrough"),
     ("turnout-w2", "turnout"),
     ("turnout", "turnout-base"),
+    ("turnout-aiohttp", "turnout"),
+    ("turnout-aiohttp", "passthrough"),
     ("turnout-pyqwest", "turnout"),
     ("turnout-pyqwest", "passthrough"),
     ("turnout-base", "passthrough"),
@@ -82,7 +87,7 @@ def start_subjects(args: argparse.Namespace, workdir: Path, mock_url: str) -> li
             capture, shadow, drift = TURNOUT_SUBJECTS[name]
             workers, cpus = (2, f"{PROXY_CPU},{LOAD_CPU}") if name == "turnout-w2" else (1, str(PROXY_CPU))
             root = args.base_root if name == "turnout-base" else args.gateway_root
-            client = "pyqwest" if name == "turnout-pyqwest" else None
+            client = CLIENTS.get(name)
             subjects.append(
                 start_turnout(
                     workdir, cpus, mock_url, root, name, capture=capture, shadow=shadow, drift=drift, workers=workers,
