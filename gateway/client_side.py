@@ -69,8 +69,9 @@ class ClientSide:
         await self.commit()
         await self.send({"type": "http.response.body", "body": HEARTBEAT, "more_body": True})
 
-    async def part(self, body: bytes) -> None:
-        await self.send({"type": "http.response.body", "body": body, "more_body": True})
+    def part(self, body: bytes) -> Awaitable[None]:
+        """Stream bytes, more to come (the send itself is awaited: no coroutine of its own per event)."""
+        return self.send({"type": "http.response.body", "body": body, "more_body": True})  # type: ignore[no-any-return]
 
     async def last(self, body: bytes, *, status: int = 200, headers: list[tuple[bytes, bytes]] | None = None) -> None:
         """Finish the call, then send its last bytes (with the head, ``status`` and ``headers``, if none went

@@ -25,10 +25,11 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 import aiohttp
+import orjson
 
 from gateway.client_side import ClientSide
 from gateway.errors import UpstreamFailure
-from gateway.pacing import HEARTBEAT, Pacer, StreamIdle
+from gateway.pacing import Pacer, StreamIdle
 from gateway.sse import Framer, StreamProtocolError, events, loads, payload
 from gateway.upstream import Reply
 
@@ -57,6 +58,17 @@ class SSETee:
         self.later: list[bytes | dict[str, Any]] = []  # after the first token, in order: raw blocks, parsed chunks
 
     def feed(self, data: bytes) -> bytes:
+        if (  # the common read after the first token: whole events, LF-framed, that need no reading now
+            self.first_token_at is not None
+            and not self.framer.buffer
+            and data.endswith(b"\n\n")
+            and b"\r" not in data
+            and b"[DONE]" not in data
+            and _NOTABLE.search(data) is None
+        ):
+            if self.text:
+                self.later.append(data)
+            return data
         block = self.framer.complete(data)
         if not block:
             return b""
@@ -84,7 +96,7 @@ class SSETee:
             return self._notable(chunk)
         if _NOTABLE.search(value) is None:
             if self.text:
-                self.later.append(event)
+                self.later.append(event + b"\n\n")
             return True
         chunk = loads(value)
         if self.text:
@@ -112,11 +124,11 @@ class SSETee:
             chunks = [kept] if kept else []
             broken: StreamProtocolError | None = None
             if blocks:
-                values = [value for event in events(b"\n\n".join(blocks)) if (value := payload(event)) is not None]
                 try:
-                    chunks[:0] = [loads(value) for value in values]
+                    chunks[:0] = _chunks(b"".join(blocks))
                 except StreamProtocolError as exc:
                     broken = exc if strict else None
+                    values = [value for event in events(b"".join(blocks)) if (value := payload(event)) is not None]
                     chunks[:0] = [chunk for value in values if (chunk := _parsed(value)) is not None]
                 blocks = []
             for chunk in chunks:
@@ -193,6 +205,21 @@ def _parsed(value: bytes) -> dict[str, Any] | None:
         return None
 
 
+def _chunks(events_: bytes) -> list[dict[str, Any]]:
+    """The JSON objects of whole events (each ending in a blank line), in order; ``StreamProtocolError`` if one
+    is not. When every event is one ``data:`` line (as upstreams send them) they are parsed at once, as one
+    JSON array: a data line holds no line break, so ``\\n\\ndata:`` can only be the seam between two events."""
+    count = events_.count(b"\n\n")
+    if events_.startswith(b"data:") and events_.count(b"\n") == 2 * count and events_.count(b"\n\ndata:") == count - 1:
+        try:
+            parsed = orjson.loads(b"[" + events_[5:-2].replace(b"\n\ndata:", b",") + b"]")
+        except orjson.JSONDecodeError:
+            parsed = None
+        if parsed is not None and len(parsed) == count and all(type(chunk) is dict for chunk in parsed):
+            return parsed  # type: ignore[no-any-return]
+    return [loads(value) for event in events(events_) if (value := payload(event)) is not None]
+
+
 class Tee(Protocol):
     """What ``relay`` needs of a tee: ``SSETee`` (chat, completions) or ``ResponsesTee`` (the Responses API)."""
 
@@ -251,18 +278,24 @@ async def relay(
     and the last bytes, held back for ``client.last``. The upstream connection is released or closed."""
     assert reply.stream is not None
     await client.commit()
-    pacer = Pacer(reply.stream, heartbeat_s=heartbeat_s, idle_s=idle_s, waiting=lambda: tee.first_token_at is None)
+    pacer = Pacer(
+        reply.stream,
+        heartbeat_s=heartbeat_s,
+        idle_s=idle_s,
+        waiting=lambda: tee.first_token_at is None,
+        beat=client.heartbeat,
+    )
     failure: str | None = None
     out = b""
-    scrub = StreamScrub(secrets)  # a configured key an upstream echoes, even split across reads
+    scrub = StreamScrub(secrets) if secrets else None  # a configured key an upstream echoes, even split across reads
     try:
         while (data := await pacer.next()) is not None:
-            if data is HEARTBEAT:
-                await client.part(data)
-                continue
-            out = scrub.feed(tee.feed(data))
+            out = tee.feed(data)
+            if scrub is not None:
+                out = scrub.feed(out)
             if tee.done:
-                out += scrub.flush()
+                if scrub is not None:
+                    out += scrub.flush()
                 break
             if out:
                 await client.part(out)

@@ -43,6 +43,7 @@ class Behavior:
     hang: bool = False  # never answer; wait until the client goes away
     chunks: int | None = None  # stream pieces; default one per word
     chunk_delay_s: float = 0.0
+    first_token_delay_s: float = 0.0  # stream: a role-only first chunk (content ""), then this pause before the text
     cut_after: int | None = None  # stream: drop the connection after N chunks; plain: no response at all
     malformed: str | None = None  # "html" | "bad-sse" | "truncated-json"
     response_id: str | None = None  # fixed `id` for every answer

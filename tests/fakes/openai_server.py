@@ -128,6 +128,8 @@ class FakeOpenAI(FakeServer):
             finish = "tool_calls"
         else:
             parts = pieces(text, b.chunks) or [""]
+            if b.first_token_delay_s:
+                parts.insert(0, "")
             events = [chunk({"role": "assistant", "content": parts[0]})]
             events += [chunk({"content": p}) for p in parts[1:]]
             finish = "stop"
@@ -259,6 +261,8 @@ async def _stream_sse(
             break
         if i and b.chunk_delay_s:
             await asyncio.sleep(b.chunk_delay_s)
+        if i == 1 and b.first_token_delay_s:
+            await asyncio.sleep(b.first_token_delay_s)
         await resp.write(f"data: {json.dumps(event)}\n\n".encode())
     if b.cut_after is not None:
         cut(request)

@@ -135,6 +135,39 @@ def test_heartbeats_while_the_first_token_is_awaited(
     print(f"SS-4 heartbeats at {[round(b, 2) for b in beats]}s while the upstream took 0.9s")
 
 
+def test_heartbeats_after_the_head_until_the_first_token(
+    gw: tuple[Served, list[Interaction]], fake_openai: FakeOpenAI
+) -> None:
+    server, seen = gw  # the head and a role-only chunk come at once, the first token 0.75 s later (idle_s is 1)
+    fake_openai.set("main-model", Behavior(text="one two three", first_token_delay_s=0.5, chunk_delay_s=0.25))
+    t0 = time.monotonic()
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body(), timeout=10) as r:
+        lines = [(time.monotonic() - t0, line) for line in r.iter_lines() if line]
+    data = [line[5:].strip() for _, line in lines if line.startswith("data:")]
+    first_token = next(i for i, (_, line) in enumerate(lines) if '"one ' in line)
+    beats = [at for at, line in lines if line.startswith(":")]
+    assert lines[0][1].startswith("data:") and 2 <= len(beats) <= 4
+    assert all(line.startswith("data:") for _, line in lines[first_token:])  # none after it (0.25 s gaps)
+    assert data[-1] == "[DONE]" and seen[-1].outcome == "ok"
+    assert seen[-1].response is not None and seen[-1].response["choices"][0]["message"]["content"] == "one two three"
+
+
+def test_a_stream_silent_before_its_first_token_is_broken_off(
+    gw: tuple[Served, list[Interaction]], fake_openai: FakeOpenAI
+) -> None:
+    server, seen = gw
+    fake_openai.set("main-model", Behavior(text="late", first_token_delay_s=3))
+    t0 = time.monotonic()
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body(), timeout=10) as r:
+        lines = list(r.iter_lines())
+    took = time.monotonic() - t0
+    data = [line[5:].strip() for line in lines if line.startswith("data:")]
+    assert ": keep-alive" in lines and "sent nothing for 1s" in json.loads(data[-1])["error"]["message"]
+    assert 1.0 <= took < 2.5
+    assert fake_openai.requests[0].wait_done(3).aborted
+    assert seen[-1].outcome == "upstream_error"
+
+
 def test_failure_after_a_heartbeat_is_an_error_event_without_retry(
     gw: tuple[Served, list[Interaction]], fake_openai: FakeOpenAI
 ) -> None:
