@@ -6,18 +6,22 @@ to ``Sink.finish``; metrics, the journal and the store all read the same object.
 
 from __future__ import annotations
 
-import secrets
+import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 
 def new_id() -> str:
-    """A fresh, unguessable 128-bit id, 32 hex digits (``secrets``: a request id is the feedback key)."""
-    return secrets.token_hex(16)
+    """A fresh, unguessable 128-bit id, 32 hex digits (the OS's CSPRNG, as ``secrets``: a request id is the feedback
+    key; ``os.urandom`` directly, without ``secrets.token_hex``'s two extra calls)."""
+    return os.urandom(16).hex()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Interaction:
+    """Read-only by convention: every collector reads the same object, none changes it. Not ``frozen``: a frozen
+    dataclass sets each of its 26 fields through ``object.__setattr__``, 6 µs a record on the request path."""
+
     request_id: str
     ts: float  # unix seconds when the request arrived
     route: str

@@ -29,6 +29,7 @@ class Caller:
     key: str | None  # the bearer token presented (for sticky_by: api_key); never logged or stored
     admin: bool
     client: str | None = None  # the name of a named client (auth.clients), stored with its interactions
+    digest: bytes | None = None  # SHA-256 of ``key``, when ``Keys.client`` computed it
 
 
 def _digest(token: str | bytes) -> bytes:
@@ -46,6 +47,7 @@ def bearer(header: bytes | None) -> bytes | None:
 
 
 ADMIN_CALLER = "*"
+MAX_CACHED_CALLERS = 4096  # caller hashes kept per generation (an HMAC is ~3 µs a request); past it, start over
 
 
 class Keys:
@@ -62,6 +64,8 @@ class Keys:
         self.admin_digest = _digest(admin) if admin else None
         self.open = not self.client_digests and not self.named
         self._caller_key = _digest("turnout caller v1\0" + (caller_key or admin or ""))
+        self._callers: dict[str | bytes, str] = {}  # identity -> caller_hash: the same few callers ask again and again
+        self._anonymous = Caller(None, False)
 
     def caller_hash(self, caller: Caller, user: str | None) -> str:
         """Who is calling, as stored with interactions and feedback (never the key itself)."""
@@ -71,7 +75,15 @@ class Keys:
             identity = "user:" + (user or caller.key or "")
         else:
             identity = "key:" + (caller.key or "")
-        return hmac.new(self._caller_key, identity.encode(), hashlib.sha256).hexdigest()[:32]
+        # remembered by the user, or by the key's digest (a raw key is kept nowhere but in ``Secrets``)
+        slot: str | bytes = identity if (self.open and user) or not caller.key else caller.digest or _digest(caller.key)
+        found = self._callers.get(slot)
+        if found is None:
+            if len(self._callers) >= MAX_CACHED_CALLERS:
+                self._callers.clear()
+            found = hmac.new(self._caller_key, identity.encode(), hashlib.sha256).hexdigest()[:32]
+            self._callers[slot] = found
+        return found
 
     def _is_admin(self, digest: bytes) -> bool:
         return self.admin_digest is not None and hmac.compare_digest(digest, self.admin_digest)
@@ -82,14 +94,14 @@ class Keys:
         if token is not None:
             digest = _digest(token)
             if self._is_admin(digest):
-                return Caller(token.decode("latin-1"), True)
+                return Caller(token.decode("latin-1"), True, digest=digest)
             if (name := self.named.get(digest)) is not None:
-                return Caller(token.decode("latin-1"), False, name)
+                return Caller(token.decode("latin-1"), False, name, digest)
             if self.open or digest in self.client_digests:
-                return Caller(token.decode("latin-1"), False)
+                return Caller(token.decode("latin-1"), False, digest=digest)
             raise Unauthorized("invalid API key")
         if self.open:
-            return Caller(None, False)
+            return self._anonymous
         raise Unauthorized("missing or malformed API key: send 'Authorization: Bearer <key>'")
 
     def admin(self, header: bytes | None) -> Caller:

@@ -183,7 +183,7 @@ class Endpoint:
         this = asyncio.current_task()
         assert this is not None
         call = Call(gw, gen, self.endpoint, facts, send)
-        watching = asyncio.ensure_future(_cancel_on_disconnect(receive, call, this))
+        watching = this.get_loop().create_task(_cancel_on_disconnect(receive, call, this))
         try:
             await call.run()
         except asyncio.CancelledError:
