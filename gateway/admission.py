@@ -15,7 +15,6 @@ Usage: ``Admission(app, gateway=gw)`` (``gateway.app.TurnoutApp`` puts it in fro
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -77,7 +76,7 @@ class BoundedBodies:
         declared = dict(scope["headers"]).get(b"content-length")
         try:
             with gw.large_bodies.slot(server.max_large_bodies) as slot:
-                async with asyncio.timeout(server.body_timeout_s):
+                with gw.body_deadlines.watch(server.body_timeout_s):
                     body = await read_body(receive, limit, declared, slot, key)
         except GatewayError as exc:
             await send_error(send, exc, CLOSE)

@@ -157,7 +157,7 @@ class Endpoint:
         try:
             caller = gen.keys.client(headers.get(b"authorization"))
             with gw.large_bodies.slot(gen.config.server.max_large_bodies) as slot:
-                async with asyncio.timeout(gen.config.server.body_timeout_s):
+                with gw.body_deadlines.watch(gen.config.server.body_timeout_s):
                     raw = await read_body(receive, gen.max_body_bytes, headers.get(b"content-length"), slot)
                 body = parse_body(raw, self.endpoint)
             _check_n(body, gen.config.server.max_n)

@@ -20,6 +20,7 @@ from collectors.review.queue import ReviewPolicy
 from collectors.rollouts import RolloutRow
 from collectors.sink import Sink
 from gateway.auth import Keys
+from gateway.body_limits import BodyDeadlines
 from gateway.client_limits import RateLimiter
 from gateway.config import Config, Loaded
 from gateway.generation import Generation
@@ -44,6 +45,7 @@ class Gateway:
         self.limiter = RateLimiter(Path(loaded.config.server.state_dir) / "clients")  # auth.clients rpm
         self.feedback_rate = CallerRate(FEEDBACK_PER_MINUTE)  # per caller, per process
         self.large_bodies = LargeBodies()  # server.max_large_bodies, per process
+        self.body_deadlines = BodyDeadlines()  # server.body_timeout_s, one timer for the process
         self.ready = False
         self._first = loaded
         self.file = loaded  # the config file's generation, before rollout overrides
