@@ -20,7 +20,7 @@ from gateway.auth import Keys
 from gateway.config import Loaded, parse_config
 from gateway.decide import Facts
 from gateway.generation import Generation
-from gateway.shadow import ShadowRunner
+from gateway.shadow import ShadowRunner, _settled
 from tests.fakes.openai_server import Behavior, FakeOpenAI
 
 SHADOW_KEY = "sk-shadow-echoed-canary-77aa"
@@ -195,3 +195,17 @@ async def test_memory_stays_flat_over_thousands_of_shadows() -> None:
     assert setup.count("cand", "ok") > 0 and setup.count("cand", "dropped") > 0
     assert sum(setup.count("cand", o) for o in ("ok", "error", "timeout", "dropped")) == 1800
     assert last < first * 1.25 + 256 * 1024, (first, last)
+
+
+async def test_a_shadow_waits_for_its_primary_at_most_its_bound_and_leaves_nothing_behind() -> None:
+    loop = asyncio.get_running_loop()
+    never: asyncio.Future[Interaction] = loop.create_future()
+    started = time.monotonic()
+    await _settled(never, 0.05)  # a primary that never answers: the shadow goes on without it
+    assert 0.04 < time.monotonic() - started < 1.0 and not never.done()
+
+    later: asyncio.Future[Interaction] = loop.create_future()
+    loop.call_later(0.02, later.set_result, None)  # type: ignore[arg-type]
+    started = time.monotonic()
+    await _settled(later, 30.0)  # the primary answers: woken then, not at the bound
+    assert later.done() and time.monotonic() - started < 1.0
