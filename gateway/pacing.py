@@ -111,3 +111,31 @@ class Pacer:
             if beating is None or (beating.done() and beating.exception() is None):
                 self.beating = self.loop.create_task(self.beat())
         self.timer = self.loop.call_at(max(self._due(now), now + 0.001), self._check)
+
+
+class Beats:
+    """Heartbeats while something else is awaited directly (the upstream's head): ``beat()`` from a side task every
+    ``every_s`` (one in flight at most); ``stop()`` ends them and waits for the one in flight, so what the caller
+    sends next follows it.
+
+    Usage: ``beats = Beats(client.heartbeat, 15)``; ``try: reply = await call`` ``finally: await beats.stop()``."""
+
+    def __init__(self, beat: Callable[[], Coroutine[Any, Any, None]], every_s: float) -> None:
+        self.beat = beat
+        self.every_s = every_s
+        self.loop = asyncio.get_running_loop()
+        self.beating: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = self.loop.call_later(every_s, self._due)
+
+    async def stop(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.beating is not None:
+            beating, self.beating = self.beating, None
+            await beating
+
+    def _due(self) -> None:
+        if self.beating is None or (self.beating.done() and self.beating.exception() is None):
+            self.beating = self.loop.create_task(self.beat())
+        self.timer = self.loop.call_later(self.every_s, self._due)

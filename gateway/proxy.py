@@ -12,7 +12,6 @@ Usage: ``Route("/v1/chat/completions", endpoint=Endpoint("chat.completions"), me
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable
@@ -39,6 +38,7 @@ from gateway.errors import (
 from gateway.generation import Generation
 from gateway.limits import check_brackets, check_shape
 from gateway.outcome import Outcome
+from gateway.pacing import Beats
 from gateway.responses_stream import ResponsesTee
 from gateway.retry import Attempts
 from gateway.runtime import Gateway
@@ -249,17 +249,15 @@ class Call:
         heartbeat_s = self.gen.config.server.heartbeat_s
         if not (stream and heartbeat_s):
             return await call
-        task = asyncio.ensure_future(call)
+        beats = Beats(self._heartbeat, heartbeat_s)  # no task and asyncio.wait around every call (~15 µs)
         try:
-            while not (await asyncio.wait((task,), timeout=heartbeat_s))[0]:
-                self.outcome.status = 200
-                await self.client.heartbeat()
-            return task.result()
+            return await call
         finally:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await beats.stop()
+
+    async def _heartbeat(self) -> None:
+        self.outcome.status = 200
+        await self.client.heartbeat()
 
     def abort_for_shutdown(self) -> None:
         """The drain bound is reached: end this call now with a terminal error (``shutdown_aborted``)."""

@@ -72,3 +72,26 @@ def loads(value: bytes) -> dict[str, Any]:
     if not isinstance(parsed, dict):
         raise StreamProtocolError("upstream sent an SSE event that is not a JSON object")
     return parsed
+
+
+def read_chunks(events_: bytes) -> list[dict[str, Any]]:
+    """The JSON objects of whole events (each ending in a blank line), in order; ``StreamProtocolError`` if one
+    is not. When every event is one ``data:`` line (as upstreams send them) they are parsed at once, as one
+    JSON array: a data line holds no line break, so ``\\n\\ndata:`` can only be the seam between two events."""
+    count = events_.count(b"\n\n")
+    if events_.startswith(b"data:") and events_.count(b"\n") == 2 * count and events_.count(b"\n\ndata:") == count - 1:
+        try:
+            chunks = orjson.loads(b"[" + events_[5:-2].replace(b"\n\ndata:", b",") + b"]")
+        except orjson.JSONDecodeError:
+            chunks = None
+        if chunks is not None and len(chunks) == count and all(type(chunk) is dict for chunk in chunks):
+            return chunks  # type: ignore[no-any-return]
+    return [loads(value) for event in events(events_) if (value := payload(event)) is not None]
+
+
+def parsed(value: bytes) -> dict[str, Any] | None:
+    """``value`` parsed, if it is a JSON object."""
+    try:
+        return loads(value)
+    except StreamProtocolError:
+        return None

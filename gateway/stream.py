@@ -25,12 +25,11 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 import aiohttp
-import orjson
 
 from gateway.client_side import ClientSide
 from gateway.errors import UpstreamFailure
 from gateway.pacing import Pacer, StreamIdle
-from gateway.sse import Framer, StreamProtocolError, events, loads, payload
+from gateway.sse import Framer, StreamProtocolError, events, loads, parsed, payload, read_chunks
 from gateway.upstream import Reply
 
 # what must be read as it passes (besides [DONE]): an error, a usage object (withheld, or the metrics'); a false
@@ -125,11 +124,11 @@ class SSETee:
             broken: StreamProtocolError | None = None
             if blocks:
                 try:
-                    chunks[:0] = _chunks(b"".join(blocks))
+                    chunks[:0] = read_chunks(b"".join(blocks))
                 except StreamProtocolError as exc:
                     broken = exc if strict else None
                     values = [value for event in events(b"".join(blocks)) if (value := payload(event)) is not None]
-                    chunks[:0] = [chunk for value in values if (chunk := _parsed(value)) is not None]
+                    chunks[:0] = [chunk for value in values if (chunk := parsed(value)) is not None]
                 blocks = []
             for chunk in chunks:
                 if "error" not in chunk:
@@ -195,29 +194,6 @@ class SSETee:
         if self.usage:
             body["usage"] = self.usage
         return body
-
-
-def _parsed(value: bytes) -> dict[str, Any] | None:
-    """``value`` parsed, if it is a JSON object."""
-    try:
-        return loads(value)
-    except StreamProtocolError:
-        return None
-
-
-def _chunks(events_: bytes) -> list[dict[str, Any]]:
-    """The JSON objects of whole events (each ending in a blank line), in order; ``StreamProtocolError`` if one
-    is not. When every event is one ``data:`` line (as upstreams send them) they are parsed at once, as one
-    JSON array: a data line holds no line break, so ``\\n\\ndata:`` can only be the seam between two events."""
-    count = events_.count(b"\n\n")
-    if events_.startswith(b"data:") and events_.count(b"\n") == 2 * count and events_.count(b"\n\ndata:") == count - 1:
-        try:
-            parsed = orjson.loads(b"[" + events_[5:-2].replace(b"\n\ndata:", b",") + b"]")
-        except orjson.JSONDecodeError:
-            parsed = None
-        if parsed is not None and len(parsed) == count and all(type(chunk) is dict for chunk in parsed):
-            return parsed  # type: ignore[no-any-return]
-    return [loads(value) for event in events(events_) if (value := payload(event)) is not None]
 
 
 class Tee(Protocol):

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +113,51 @@ def test_events_after_the_first_token_are_checked_when_the_text_is_read(fake_ope
         lean = SSETee(text=False)  # nothing reads the text: relayed as it came, like any pass-through
         lean.feed(head)
         assert lean.feed(tail + bad + done) == tail + bad + done and lean.done
+
+
+def _reference(raw: bytes) -> dict[str, Any]:
+    """The answer of a chat stream read the plain way: every event parsed with the json module."""
+    text: dict[int, str] = {}
+    reasons: dict[int, Any] = {}
+    for event in raw.split(b"\n\n"):
+        if not event.startswith(b"data:") or event[5:].strip() == b"[DONE]":
+            continue
+        for choice in json.loads(event[5:])["choices"]:
+            text[choice["index"]] = text.get(choice["index"], "") + (choice["delta"].get("content") or "")
+            reasons[choice["index"]] = choice.get("finish_reason") or reasons.get(choice["index"])
+    return {i: (text[i], reasons[i]) for i in text}
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_kept_events_are_read_as_each_event_parsed_alone(seed: int) -> None:
+    rng = random.Random(seed)
+    pieces = ["tok ", " ", "", 'say "hi"', "back\\slash", "end\\", "\\", "é ✓ 🙂", "\n", "\u0000", '"', "\\u00e9", "\t"]
+    spaced = rng.random() < 0.3  # json.dumps with spaces, as some servers send
+    extra = rng.choice([{}, {"system_fingerprint": "fp"}, {"usage": None}, {"obfuscation": None}])
+
+    def event(delta: dict[str, Any], index: int = 0, reason: str | None = None) -> bytes:
+        chunk = {"id": "chatcmpl-p", "object": "chat.completion.chunk", "created": 1, "model": "m", **extra}
+        if "obfuscation" in extra:
+            chunk["obfuscation"] = "x" * rng.randrange(8)  # differs per chunk
+        chunk["choices"] = [{"index": index, "delta": delta, "finish_reason": reason}]
+        data = json.dumps(chunk) if spaced else json.dumps(chunk, separators=(",", ":"))
+        return b"data: " + data.encode() + b"\n\n"
+
+    raw = event({"role": "assistant", "content": "first"})
+    for _ in range(rng.randrange(1, 30)):
+        kind = rng.random()
+        if kind < 0.8:
+            raw += event({"content": rng.choice(pieces) + rng.choice(pieces)})
+        elif kind < 0.9:
+            raw += event({"content": rng.choice(pieces)}, index=1)
+        else:
+            raw += event({"content": rng.choice(pieces), "role": "assistant"})
+    raw += event({}, reason="stop") + b"data: [DONE]\n\n"
+    events = [e + b"\n\n" for e in raw.split(b"\n\n") if e]
+    tee = SSETee(text=True)
+    for e in events:  # one event a read: after the first token each is kept and read at [DONE]
+        tee.feed(e)
+    assert tee.done
+    answer = tee.assemble()
+    got = {c["index"]: (c["message"]["content"] or "", c["finish_reason"]) for c in answer["choices"]}
+    assert got == _reference(raw)
