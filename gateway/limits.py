@@ -76,6 +76,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._head_timeout_s = float(os.environ.get(HEAD_TIMEOUT_ENV) or 10)
         self._head_timer: asyncio.TimerHandle | None = None
+        self._head_deadline: float | None = None  # while a request head is awaited: when it must be complete
         self._in_head = True
         self._head_bytes = 0
         self._tail = b""  # the last bytes seen, so a head end split between two reads is found
@@ -86,22 +87,28 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
-
-    def _arm(self) -> None:
-        """Slowloris: a request head (from its first byte, or from the connection's start) has a deadline."""
-        if self._head_timer is None:
-            self._head_timer = self.loop.call_later(self._head_timeout_s, self._head_expired)
-
-    def _disarm(self) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        """Slowloris: a request head (from its first byte, or from the connection's start) has a deadline. One
+        timer per connection, moved on when it fires before the deadline of the head awaited then, instead of a
+        timer armed and cancelled for every request (~3.5 µs under uvloop)."""
+        if self._head_deadline is None:
+            self._head_deadline = self.loop.time() + self._head_timeout_s
+            if self._head_timer is None:
+                self._head_timer = self.loop.call_at(self._head_deadline, self._head_expired)
 
     def _head_expired(self) -> None:
         self._head_timer = None
-        if self._in_head and not self.transport.is_closing():
+        deadline = self._head_deadline
+        if deadline is None:
+            return  # no head awaited now: the next one arms the timer again
+        if self.loop.time() < deadline:  # armed for an earlier head, which arrived in time
+            self._head_timer = self.loop.call_at(deadline, self._head_expired)
+        elif self._in_head and not self.transport.is_closing():
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
@@ -119,7 +126,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().data_received(data)
 
     def on_headers_complete(self) -> None:
-        self._disarm()
+        self._head_deadline = None
         self._in_head = False
         super().on_headers_complete()
 
