@@ -32,15 +32,8 @@ import orjson
 
 from gateway.config import Upstream
 from gateway.errors import UpstreamFailure, UpstreamTimeout, UpstreamUnreachable
-from gateway.reply import JSON, SSE, Reply
+from gateway.reply import JSON, PATHS, SAME_TIMEOUT_S, SSE, Reply
 
-PATHS = {
-    "chat.completions": "/chat/completions",
-    "completions": "/completions",
-    "embeddings": "/embeddings",
-    "responses": "/responses",
-}
-SAME_TIMEOUT_S = 0.01  # a first attempt's time left is its upstream's timeout less what routing took: the same
 HIGH_WATER = 1 << 16  # body bytes read and not yet taken: over this the socket's reads pause
 KEEPALIVE_S = 4.0  # an idle connection older than this is closed, not reused (uvicorn closes them after 5 s)
 RELEASE_S = 1.0  # a released answer whose end (a chunked terminator) has not come by then: the connection goes
@@ -180,9 +173,6 @@ class Connection(asyncio.Protocol):
             self.complete = True  # an answer without a length ends where its connection does
         self._fail(Broken(type(exc).__name__ if exc is not None else "connection closed"))
         self.pool.forget(self)
-
-    def pause_writing(self) -> None:
-        """Large request bodies are handed over whole (``writelines``): nothing to pause."""
 
     # httptools
     def on_header(self, name: bytes, value: bytes) -> None:

@@ -26,15 +26,8 @@ import pyqwest
 
 from gateway.config import Upstream
 from gateway.errors import UpstreamFailure, UpstreamTimeout, UpstreamUnreachable
-from gateway.reply import JSON, SSE, Reply
+from gateway.reply import JSON, PATHS, SAME_TIMEOUT_S, SSE, Reply
 
-SAME_TIMEOUT_S = 0.01  # a first attempt's time left is its upstream's timeout less what routing took: the same
-PATHS = {
-    "chat.completions": "/chat/completions",
-    "completions": "/completions",
-    "embeddings": "/embeddings",
-    "responses": "/responses",
-}
 # what a failed exchange raises: the connect errors and timeouts are OSErrors, resets and cut bodies the others
 TRANSPORT_ERRORS = (OSError, pyqwest.RemoteProtocolError, pyqwest.ReadError, pyqwest.WriteError)
 _settling: set[asyncio.Task[None]] = set()  # streamed responses being drained or closed after the relay

@@ -14,6 +14,14 @@ import orjson
 
 JSON = "application/json"
 SSE = "text/event-stream"
+# each endpoint's path under an OpenAI-compatible upstream's base URL (the pass-through clients)
+PATHS = {
+    "chat.completions": "/chat/completions",
+    "completions": "/completions",
+    "embeddings": "/embeddings",
+    "responses": "/responses",
+}
+SAME_TIMEOUT_S = 0.01  # a first attempt's time left is its upstream's timeout less what routing took: the same
 
 
 @dataclass

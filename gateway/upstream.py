@@ -29,8 +29,8 @@ from gateway.config import Upstream
 from gateway.dummy import DummyClient
 from gateway.errors import UpstreamFailure, UpstreamTimeout, UpstreamUnreachable
 from gateway.h1_client import H1Client, Pools
-from gateway.qwest_client import PATHS, SAME_TIMEOUT_S, QwestClient, Transports
-from gateway.reply import JSON, SSE, Reply, sse_event
+from gateway.qwest_client import QwestClient, Transports
+from gateway.reply import JSON, PATHS, SAME_TIMEOUT_S, SSE, Reply, sse_event
 
 log = logging.getLogger(__name__)
 Session = aiohttp.ClientSession | Transports | Pools  # what an owner's OpenAI clients share (server.http_client)
