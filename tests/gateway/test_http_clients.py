@@ -44,12 +44,12 @@ MESSAGES = [{"role": "user", "content": "hello there"}]
 EVENT = b'data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"%s"}}]}\n\n'
 
 
-class Flood:
-    """An upstream that streams 16 KB events as fast as its socket takes them, counting the bytes it got out."""
+class LoopbackUpstream:
+    """A raw-socket upstream on its own event loop thread; ``handle`` serves one connection. Every connection is
+    closed before the loop ends (a writer collected later warns "loop is closed")."""
 
     def __init__(self) -> None:
-        self.sent = 0
-        self.held: dict[asyncio.StreamWriter, asyncio.Task[None]] = {}
+        self.held: set[asyncio.Task[None]] = set()
         self.loop = asyncio.new_event_loop()
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
@@ -61,14 +61,40 @@ class Flood:
         self.server = await asyncio.start_server(self._serve, sock=self.sock)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.held[writer] = asyncio.current_task()  # type: ignore[assignment]
+        task = asyncio.current_task()
+        assert task is not None
+        self.held.add(task)
         try:
-            await self._flood(reader, writer)
+            await self.handle(reader, writer)
         finally:
-            del self.held[writer]
+            self.held.discard(task)
             writer.close()
 
-    async def _flood(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    async def _stop(self) -> None:
+        self.server.close()
+        tasks = list(self.held)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+class Flood(LoopbackUpstream):
+    """An upstream that streams 16 KB events as fast as its socket takes them, counting the bytes it got out."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        super().__init__()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
         fields = dict(line.lower().partition(b":")[::2] for line in head.split(b"\r\n"))
         await reader.readexactly(int(fields[b"content-length"]))
@@ -83,22 +109,8 @@ class Flood:
         except (ConnectionError, OSError):
             pass
 
-    async def _stop(self) -> None:
-        """Close every connection before the loop ends (a writer collected later warns "loop is closed")."""
-        self.server.close()
-        tasks = list(self.held.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
-
-
-class Raw:
+class Raw(LoopbackUpstream):
     """An upstream on raw sockets, by the request's model: ``keep`` answers with a length and keeps the connection,
     ``close`` answers with a length and then closes it without saying so, ``eof`` answers without a length and
     ends the body by closing. It counts connections and keeps each request's accept-encoding."""
@@ -110,22 +122,10 @@ class Raw:
     def __init__(self) -> None:
         self.connections = 0
         self.encodings: list[bytes | None] = []
-        self.held: set[asyncio.Task[None]] = set()
-        self.loop = asyncio.new_event_loop()
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(5)
+        super().__init__()
 
-    async def _start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, sock=self.sock)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
-        task = asyncio.current_task()
-        assert task is not None
-        self.held.add(task)
         try:
             while head := await reader.readuntil(b"\r\n\r\n"):
                 fields = dict(line.lower().partition(b": ")[::2] for line in head.split(b"\r\n"))
@@ -141,22 +141,6 @@ class Raw:
                     break
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
-        finally:
-            self.held.discard(task)
-            writer.close()
-
-    async def _stop(self) -> None:
-        self.server.close()
-        tasks = list(self.held)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
 
 
 @pytest.fixture(scope="module")
