@@ -18,7 +18,6 @@ import asyncio
 import logging
 import operator
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from typing import Any
 import orjson
 
 from collectors.metrics import Metrics
-from collectors.record import RECORD_FIELDS, Interaction
+from collectors.record import RECORD_FIELDS, Interaction, new_id
 from collectors.redact import Redactor
 from collectors.review.queue import ReviewPolicy
 from collectors.sanitize import MAX_STRING, sanitize
@@ -202,7 +201,7 @@ class Capture:
 
     def feedback(self, fields: Mapping[str, Any]) -> str:
         """Journal one feedback object (already validated); returns its id once durable."""
-        feedback_id = uuid.uuid4().hex
+        feedback_id = new_id()  # in time order, as request ids: the feedback table's key grows at its end
         payload = {"k": "f", "feedback_id": feedback_id, "ts": time.time(), **fields}
         try:
             self._append(encode(payload, self._feedback_redactor))

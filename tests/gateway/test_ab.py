@@ -101,7 +101,7 @@ def test_every_routed_response_names_its_route_and_variant(rig: Rig) -> None:
     for response in (chat(proc), chat(proc, stream=True), chat(proc, "broken")):
         assert response.headers["x-turnout-route"] in ("ab", "broken")
         assert response.headers["x-turnout-variant"] in ("a", "b", "broken")
-        assert len(response.headers["x-turnout-request-id"]) == 32
+        assert len(response.headers["x-turnout-request-id"]) == 44
     assert chat(proc, "broken").status_code == 502
 
 

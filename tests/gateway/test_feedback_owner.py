@@ -58,8 +58,9 @@ def _predict_next(ids: list[str]) -> str:
 
 def test_request_ids_cannot_be_predicted_from_earlier_ones() -> None:
     ids = [new_id() for _ in range(156)]
-    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids) and len(set(ids)) == 156
-    assert _predict_next(ids) != new_id()
+    assert all(len(i) == 44 and int(i, 16) >= 0 for i in ids) and len(set(ids)) == 156
+    randoms = [i[12:] for i in ids]  # after the 12 digits of milliseconds: 128 bits that must not be predictable
+    assert _predict_next(randoms) != new_id()[12:]
     # the predictor itself works: it clones a Mersenne Twister from exactly this much output
     import random
 
@@ -136,3 +137,15 @@ def test_without_client_auth_the_user_is_the_caller(tmp_path: Path) -> None:
         assert gw.metric("turnout_feedback_total", route="bot", variant="d", label="good") == 0
     (raw,) = _export(cfg, "--format", "raw")
     assert [f["label"] for f in raw["feedback"]] == ["bad"]
+
+
+def test_request_ids_sort_in_the_order_they_were_made() -> None:
+    """The milliseconds come first, so the store's request-id index grows at its end (see ``new_id``)."""
+    before = time.time_ns() // 1_000_000
+    ids = []
+    for _ in range(5):
+        ids.append(new_id())
+        time.sleep(0.002)
+    after = time.time_ns() // 1_000_000
+    assert ids == sorted(ids)
+    assert all(before <= int(i[:12], 16) <= after for i in ids)

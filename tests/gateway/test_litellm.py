@@ -133,7 +133,7 @@ def test_request_id_sent_dropped_fields_warned_once_one_log_line_per_call(
         assert resp.status_code == 200, resp.text
         sent = fake_anthropic.requests[-1].headers
         # a correlation id, never the request id (the feedback key: security finding 2)
-        assert len(sent["x-turnout-correlation-id"]) == 32 and "x-turnout-request-id" not in sent
+        assert len(sent["x-turnout-correlation-id"]) == 44 and "x-turnout-request-id" not in sent
         assert sent["x-turnout-correlation-id"] != resp.headers["x-turnout-request-id"]
         assert "temperature" not in fake_anthropic.requests[-1].body  # null means the provider's default
     out = gw.output()

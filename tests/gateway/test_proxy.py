@@ -51,13 +51,13 @@ def test_chat_plain_with_the_official_sdk(gw: Served, fake_openai: FakeOpenAI) -
     reply = raw.parse()
     assert reply.choices[0].message.content == "echo: hello there"
     assert raw.headers["x-turnout-route"] == "bot" and raw.headers["x-turnout-variant"] == "main"
-    assert len(raw.headers["x-turnout-request-id"]) == 32
+    assert len(raw.headers["x-turnout-request-id"]) == 44
     (seen,) = fake_openai.requests
     assert seen.body["model"] == "up-model" and seen.body["temperature"] == 0.2
     assert seen.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
     # upstreams get a correlation id, never the request id (the feedback key)
     assert "x-turnout-request-id" not in seen.headers
-    assert len(seen.headers["x-turnout-correlation-id"]) == 32
+    assert len(seen.headers["x-turnout-correlation-id"]) == 44
     assert seen.headers["x-turnout-correlation-id"] != raw.headers["x-turnout-request-id"]
     assert gw.metric("turnout_requests_total", route="bot", variant="main", role="primary", code="2xx") == 1
 
