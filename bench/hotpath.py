@@ -25,6 +25,7 @@ import orjson
 from gateway.app import create_app, tune_gc
 from gateway.config import load_config
 from gateway.reply import JSON, Reply
+from gateway.server_protocol import DEPARTURES
 
 BODY = orjson.dumps(
     {
@@ -120,9 +121,9 @@ async def one(app: Any, state: dict[str, Any]) -> int:
         "client": ("127.0.0.1", 50000),
         "server": ("127.0.0.1", 8080),
         "state": state.copy(),
+        "extensions": {DEPARTURES: []},  # what Turnout's server protocol gives each request
     }
     await app(scope, receive, send)
-    await asyncio.sleep(0)  # the disconnect watcher ends
     return status
 
 

@@ -74,7 +74,7 @@ def child(config: str, port: int, samples: str, interval: float) -> None:
             app,
             host="127.0.0.1",
             port=port,
-            http="gateway.limits:BoundedHttpToolsProtocol",
+            http="gateway.server_protocol:BoundedHttpToolsProtocol",
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=10,

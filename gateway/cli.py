@@ -28,7 +28,7 @@ from gateway.progress import Progress, add_quiet, config_failed, note
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from gateway.limits import HEAD_TIMEOUT_ENV
+    from gateway.server_protocol import HEAD_TIMEOUT_ENV
 
     path = Path(args.config).absolute()  # not resolve(): a ConfigMap mount swaps the ..data symlink under it
     try:
@@ -55,7 +55,7 @@ def serve(args: argparse.Namespace) -> int:
         port=args.port or server.port,
         workers=args.workers,
         loop="uvloop",
-        http="gateway.limits:BoundedHttpToolsProtocol",  # httptools with a cap on the request head (431)
+        http="gateway.server_protocol:BoundedHttpToolsProtocol",  # httptools with a cap on the request head (431)
         limit_concurrency=server.max_connections,
         access_log=False,
         proxy_headers=False,  # the client address is never used; skips a middleware on every request

@@ -3,28 +3,21 @@ deadline are enforced in ``body_limits.read_body``, ``proxy.Endpoint`` and ``bod
 
 ``check_shape`` walks a parsed body without recursion and refuses (400) nesting deeper than ``MAX_DEPTH``,
 more than ``MAX_ITEMS`` keys and array items in all, and strings longer than ``MAX_STRING``; orjson already
-refuses numbers beyond the float range and invalid UTF-8. ``BoundedHttpToolsProtocol`` is uvicorn's
-httptools protocol with a cap on the request head (llhttp has none): past ``MAX_HEADER_BYTES`` it answers
-431 and closes the connection before buffering more.
+refuses numbers beyond the float range and invalid UTF-8. The request head's cap and deadline are in
+``gateway/server_protocol.py``.
 
-Usage: ``check_shape(orjson.loads(raw), raw)``; ``uvicorn.run(..., http="gateway.limits:BoundedHttpToolsProtocol")``.
+Usage: ``check_shape(orjson.loads(raw), raw)``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
-from gateway.errors import BadRequest, HeadersTooLarge, Overloaded, error_response
+from gateway.errors import BadRequest, Overloaded
 
 MAX_DEPTH = 64
 MAX_ITEMS = 100_000
 MAX_STRING = 16 * 1024 * 1024  # characters; a base64 image can be large
-MAX_HEADER_BYTES = 64 * 1024
-HEAD_TIMEOUT_ENV = "TURNOUT_HEAD_TIMEOUT_S"  # server.head_timeout_s, handed to every worker by turnout serve
 LARGE_BODY_BYTES = 1024 * 1024  # a body past this (declared or counted) takes a LargeBodies slot
 FEEDBACK_PER_MINUTE = 120  # feedback posts per caller per minute and process (the admin key: unlimited)
 
@@ -67,80 +60,6 @@ def check_shape(body: Any, raw: bytes) -> None:
         if items > MAX_ITEMS:
             raise BadRequest(f"the request body has more than {MAX_ITEMS} keys and array items")
         stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list | str))
-
-
-class BoundedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, refusing request heads over ``MAX_HEADER_BYTES`` with a 431."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._head_timeout_s = float(os.environ.get(HEAD_TIMEOUT_ENV) or 10)
-        self._head_timer: asyncio.TimerHandle | None = None
-        self._head_deadline: float | None = None  # while a request head is awaited: when it must be complete
-        self._in_head = True
-        self._head_bytes = 0
-        self._tail = b""  # the last bytes seen, so a head end split between two reads is found
-        self._refused = False
-
-    def connection_made(self, transport: Any) -> None:
-        super().connection_made(transport)
-        self._arm()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-        super().connection_lost(exc)
-
-    def _arm(self) -> None:
-        """Slowloris: a request head (from its first byte, or from the connection's start) has a deadline. One
-        timer per connection, moved on when it fires before the deadline of the head awaited then, instead of a
-        timer armed and cancelled for every request (~3.5 µs under uvloop)."""
-        if self._head_deadline is None:
-            self._head_deadline = self.loop.time() + self._head_timeout_s
-            if self._head_timer is None:
-                self._head_timer = self.loop.call_at(self._head_deadline, self._head_expired)
-
-    def _head_expired(self) -> None:
-        self._head_timer = None
-        deadline = self._head_deadline
-        if deadline is None:
-            return  # no head awaited now: the next one arms the timer again
-        if self.loop.time() < deadline:  # armed for an earlier head, which arrived in time
-            self._head_timer = self.loop.call_at(deadline, self._head_expired)
-        elif self._in_head and not self.transport.is_closing():
-            self.transport.close()
-
-    def data_received(self, data: bytes) -> None:
-        if self._refused:
-            return
-        if self._in_head:
-            self._arm()
-            seen = self._tail + data
-            end = seen.find(b"\r\n\r\n")
-            self._head_bytes += len(data) if end < 0 else max(0, end - len(self._tail))
-            self._tail = seen[-3:]
-            if self._head_bytes > MAX_HEADER_BYTES:
-                self._refuse_head()
-                return
-        super().data_received(data)
-
-    def on_headers_complete(self) -> None:
-        self._head_deadline = None
-        self._in_head = False
-        super().on_headers_complete()
-
-    def on_message_complete(self) -> None:
-        super().on_message_complete()
-        self._in_head, self._head_bytes, self._tail = True, 0, b""
-
-    def _refuse_head(self) -> None:
-        refused = HeadersTooLarge(f"the request line and headers are larger than {MAX_HEADER_BYTES} bytes")
-        response = error_response(refused, [(b"connection", b"close")])
-        fields = b"".join(name + b": " + value + b"\r\n" for name, value in response.raw_headers)
-        self._refused = True
-        self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\n" + fields + b"\r\n" + response.body)
-        self.transport.close()
 
 
 class CallerRate:

@@ -42,6 +42,7 @@ from gateway.pacing import Beats
 from gateway.responses_stream import ResponsesTee
 from gateway.retry import Attempts
 from gateway.runtime import Gateway
+from gateway.server_protocol import DEPARTURES
 from gateway.stream import SSETee, relay
 from gateway.upstream import Reply
 
@@ -126,6 +127,21 @@ async def _cancel_on_disconnect(receive: Any, call: Call, task: asyncio.Task[Any
         task.cancel()
 
 
+class _Departure:
+    """The departure hook of one call (``server_protocol.DEPARTURES``): cancels the call's task if the client
+    goes away before its answer is finished."""
+
+    __slots__ = ("call", "cancelled", "task")
+
+    def __init__(self, call: Call, task: asyncio.Task[Any]) -> None:
+        self.call, self.task, self.cancelled = call, task, False
+
+    def __call__(self) -> None:
+        if not self.call.client.finished:
+            self.cancelled = True
+            self.task.cancel()
+
+
 def _admit(gw: Gateway, gen: Generation, client: str) -> None:
     """Raise ``RateLimited`` when the named client is over its ``rpm`` on this replica."""
     named = gen.config.auth.clients.get(client)
@@ -179,16 +195,29 @@ class Endpoint:
             slow = RequestTimeout(f"the request body did not arrive within {gen.config.server.body_timeout_s:g}s")
             await send_error(send, slow, [(b"connection", b"close")])
             return
-        # the call runs in this task; one watcher task cancels it if the client goes away
+        # the call runs in this task, cancelled if the client goes away: by the server protocol's departure hook,
+        # or (under another server) by a watcher task awaiting the http.disconnect
         this = asyncio.current_task()
         assert this is not None
         call = Call(gw, gen, self.endpoint, facts, send)
-        watching = this.get_loop().create_task(_cancel_on_disconnect(receive, call, this))
+        departures = scope.get("extensions", {}).get(DEPARTURES)
+        if departures is None:
+            watching = this.get_loop().create_task(_cancel_on_disconnect(receive, call, this))
+            try:
+                await call.run()
+            except asyncio.CancelledError:
+                if not watching.done() or this.uncancel() > 0:
+                    raise  # cancelled from elsewhere (server shutdown), not by the client leaving
+            return
+        departure = _Departure(call, this)
+        departures.append(departure)
         try:
             await call.run()
         except asyncio.CancelledError:
-            if not watching.done() or this.uncancel() > 0:
+            if not departure.cancelled or this.uncancel() > 0:
                 raise  # cancelled from elsewhere (server shutdown), not by the client leaving
+        finally:
+            departures.remove(departure)
 
 
 class Call:

@@ -35,6 +35,7 @@ from gateway.app import capture_sink, create_app
 from gateway.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
+PROTOCOL = "gateway.server_protocol:BoundedHttpToolsProtocol"  # what turnout serve runs
 
 
 def free_port() -> int:
@@ -124,8 +125,11 @@ class _Uvicorn(uvicorn.Server):
 
 
 @contextlib.contextmanager
-def served(config: Path, *, reload_interval: float = 0.1, env: dict[str, str] | None = None) -> Iterator[Served]:
-    """A gateway app served by uvicorn in a background thread with its own event loop."""
+def served(
+    config: Path, *, reload_interval: float = 0.1, env: dict[str, str] | None = None, http: str = PROTOCOL
+) -> Iterator[Served]:
+    """A gateway app served by uvicorn in a background thread with its own event loop, with the server protocol
+    ``turnout serve`` uses (``http="httptools"``: uvicorn's own, as another server would be)."""
     loaded = load_config(config, environ={**os.environ, **(env or {})})
     registry = CollectorRegistry()
     metrics = Metrics(registry)
@@ -137,7 +141,7 @@ def served(config: Path, *, reload_interval: float = 0.1, env: dict[str, str] | 
     port = sock.getsockname()[1]
     server = _Uvicorn(
         uvicorn.Config(
-            app, loop="uvloop", http="httptools", log_level="warning", access_log=False, timeout_graceful_shutdown=5
+            app, loop="uvloop", http=http, log_level="warning", access_log=False, timeout_graceful_shutdown=5
         )
     )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from gateway.config import parse_config
-from gateway.limits import MAX_DEPTH, MAX_HEADER_BYTES, MAX_ITEMS, MAX_STRING
+from gateway.limits import MAX_DEPTH, MAX_ITEMS, MAX_STRING
+from gateway.server_protocol import MAX_HEADER_BYTES
 from tests.fakes.openai_server import FakeOpenAI
 from tests.harness import GatewayProcess, write_config
 

@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from tests.fakes.openai_server import Behavior, FakeOpenAI
-from tests.harness import Served, free_port, served, write_config
+from tests.harness import PROTOCOL, Served, free_port, served, write_config
 
 CONFIG = """
 server: {{max_body_mb: 0.01}}
@@ -238,7 +238,17 @@ def test_upstream_cut_mid_stream_is_an_error_event_without_done(gw: Served, fake
 
 
 @pytest.mark.parametrize("phase", ["plain", "before-first-token", "mid-stream"])
-async def test_client_disconnect_aborts_the_upstream_call(gw: Served, fake_openai: FakeOpenAI, phase: str) -> None:
+@pytest.mark.parametrize("http", [PROTOCOL, "httptools"])  # Turnout's departure hook; a watcher task elsewhere
+async def test_client_disconnect_aborts_the_upstream_call(
+    tmp_path: Path, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch, phase: str, http: str
+) -> None:
+    monkeypatch.setenv("T_UPSTREAM_KEY", UPSTREAM_KEY)
+    cfg = write_config(tmp_path, CONFIG.format(url=fake_openai.url, dead=free_port(), timeout=2))
+    with served(cfg, http=http) as gw:
+        await _disconnect_aborts(gw, fake_openai, phase)
+
+
+async def _disconnect_aborts(gw: Served, fake_openai: FakeOpenAI, phase: str) -> None:
     if phase == "mid-stream":
         fake_openai.set("up-model", Behavior(chunks=50, chunk_delay_s=0.2))
         body = {"model": "bot", "messages": MESSAGES, "stream": True}
