@@ -1,13 +1,14 @@
 """The OpenAI pass-through on pyqwest (reqwest and hyper in Rust): ``server.http_client: pyqwest`` (opt-in).
 
-Same contract as the aiohttp ``OpenAIClient`` in ``gateway/upstream.py``: only ``model`` is rewritten, bytes flow
-back as sent, a stream is relayed chunk by chunk as hyper reads it (a bounded channel, so a slow client stops
-the reads), and transport failures raise the same ``UpstreamFailure`` kinds. Cancelling a call (the client went
-away) drops the Rust request at once, which closes its connection: the upstream sees the abort.
+Same contract as the other clients (``gateway/h1_client.py``, ``gateway/aiohttp_client.py``): only ``model`` is
+rewritten, bytes flow back as sent, a stream is relayed chunk by chunk as hyper reads it (a bounded channel, so
+a slow client stops the reads), and transport failures raise the same ``UpstreamFailure`` kinds. Cancelling a
+call (the client went away) drops the Rust request at once, which closes its connection: the upstream sees the
+abort.
 
 Measured against aiohttp in one bench run (bench/README.md): less CPU a call and more requests/s at 64
 concurrent non-streamed calls, but more CPU per streamed event (each chunk crosses from the Rust thread to the
-event loop), so aiohttp stays the default.
+event loop), so it stayed opt-in (httptools became the default).
 
 Connection pools (``Transports``) are per owner (the gateway, the shadow runner), shared by every config
 generation, one ``HTTPTransport`` per (timeout, connect timeout) pair since pyqwest sets both per transport.

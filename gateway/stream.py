@@ -24,8 +24,6 @@ import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-import aiohttp
-
 from gateway.client_side import ClientSide
 from gateway.errors import UpstreamFailure
 from gateway.pacing import Pacer, StreamIdle
@@ -281,7 +279,7 @@ async def relay(
         failure = str(exc)
     except StreamIdle:
         failure = f"upstream sent nothing for {idle_s:g}s"
-    except (aiohttp.ClientError, UpstreamFailure) as exc:
+    except UpstreamFailure as exc:
         failure = f"upstream broke off the stream ({type(exc).__name__})"
     except TimeoutError:
         failure = f"upstream timed out after {timeout_s:g}s"

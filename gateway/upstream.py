@@ -6,10 +6,11 @@ type and either a whole body or an async iterator of raw SSE bytes. Transport fa
 ``UpstreamFailure`` / ``UpstreamTimeout`` naming the upstream, never its key. This module is the only
 importer of litellm, imported lazily so start-up stays fast when no litellm upstream is configured.
 
-The OpenAI pass-through runs on the HTTP client ``server.http_client`` names: aiohttp (``OpenAIClient`` below, the
-default) or pyqwest (``gateway/qwest_client.py``); ``open_session(kind)`` opens what its clients share.
+The OpenAI pass-through runs on the HTTP client ``server.http_client`` names: httptools (``gateway/h1_client.py``,
+the default), pyqwest (``gateway/qwest_client.py``) or aiohttp (``gateway/aiohttp_client.py``, imported only
+when configured); ``open_session(kind)`` opens what its clients share.
 
-Usage: ``session = open_session("aiohttp")``; ``client = make_client("prod-v3", conf, api_key, session)``;
+Usage: ``session = open_session("httptools")``; ``client = make_client("prod-v3", conf, api_key, session)``;
 ``reply = await client.call(...)``; ``await session.close()`` at shutdown.
 """
 
@@ -19,21 +20,22 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
-import aiohttp
 import orjson
-from yarl import URL
 
 from gateway.config import Upstream
 from gateway.dummy import DummyClient
 from gateway.errors import UpstreamFailure, UpstreamTimeout, UpstreamUnreachable
 from gateway.h1_client import H1Client, Pools
 from gateway.qwest_client import QwestClient, Transports
-from gateway.reply import JSON, PATHS, SAME_TIMEOUT_S, SSE, Reply, sse_event
+from gateway.reply import JSON, SSE, Reply, sse_event
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger(__name__)
-Session = aiohttp.ClientSession | Transports | Pools  # what an owner's OpenAI clients share (server.http_client)
+Session: TypeAlias = "Pools | Transports | aiohttp.ClientSession"  # what an owner's OpenAI clients share
 
 
 class Client(Protocol):
@@ -42,68 +44,6 @@ class Client(Protocol):
     async def call(
         self, endpoint: str, body: dict[str, Any], *, stream: bool, request_id: str, timeout_s: float | None = None
     ) -> Reply: ...
-
-
-class OpenAIClient:
-    """Pass-through to any OpenAI-compatible server: only ``model`` is rewritten, bytes flow back as sent."""
-
-    def __init__(
-        self,
-        name: str,
-        conf: Upstream,
-        api_key: str | None,
-        session: aiohttp.ClientSession,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        self.name = name
-        self.model = conf.model
-        self.base = (conf.base_url or "").rstrip("/")
-        self.urls = {endpoint: URL(self.base + path) for endpoint, path in PATHS.items()}  # parsed once
-        self.timeout_s = conf.timeout_s
-        self.connect_timeout_s = conf.connect_timeout_s
-        self.timeout = self._timeout(conf.timeout_s)  # an attempt with the upstream's whole timeout uses this one
-        self.session = session
-        # bytes are relayed as sent: never ask for a compressed answer (aiohttp asks for gzip by default)
-        # bytes are relayed as sent: never ask for a compressed answer (aiohttp asks for gzip by default)
-        self.headers = {"content-type": JSON, "accept-encoding": "identity", **(headers or {})}
-        if api_key:
-            self.headers["authorization"] = f"Bearer {api_key}"
-
-    def _timeout(self, total: float) -> aiohttp.ClientTimeout:
-        return aiohttp.ClientTimeout(total=total, sock_connect=min(total, self.connect_timeout_s))
-
-    async def call(
-        self, endpoint: str, body: dict[str, Any], *, stream: bool, request_id: str, timeout_s: float | None = None
-    ) -> Reply:
-        payload = orjson.dumps({**body, "model": self.model})
-        headers = {**self.headers, "x-turnout-correlation-id": request_id}
-        if timeout_s is None or timeout_s > self.timeout_s - SAME_TIMEOUT_S:
-            total, timeout = self.timeout_s, self.timeout
-        else:
-            total, timeout = timeout_s, self._timeout(timeout_s)
-        try:
-            resp = await self.session.post(self.urls[endpoint], data=payload, headers=headers, timeout=timeout)
-        except aiohttp.ConnectionTimeoutError:
-            raise UpstreamUnreachable(f"upstream {self.name!r} did not accept a connection in time") from None
-        except TimeoutError:
-            raise UpstreamTimeout(f"upstream {self.name!r} timed out after {total:.3g}s") from None
-        except aiohttp.ClientConnectorError as exc:
-            raise UpstreamUnreachable(f"upstream {self.name!r} is unreachable ({type(exc).__name__})") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamFailure(f"upstream {self.name!r} is unreachable ({type(exc).__name__})") from None
-        content_type = resp.headers.get("content-type", JSON)
-        retry_after = resp.headers.get("retry-after")
-        if resp.status == 200 and content_type.startswith(SSE):
-            return Reply(200, SSE, stream=resp.content.iter_any(), release=resp.release, close=resp.close)
-        try:
-            data = await resp.read()
-        except TimeoutError:
-            raise UpstreamTimeout(f"upstream {self.name!r} timed out after {total:.3g}s") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamFailure(f"upstream {self.name!r} broke off its answer ({type(exc).__name__})") from None
-        finally:
-            resp.release()
-        return Reply(resp.status, content_type, data, retry_after=retry_after)
 
 
 # litellm: arguments come from this allow-list only, so a client can never redirect a call (api_base,
@@ -314,8 +254,9 @@ def open_session(kind: str) -> Session:
     if kind == "httptools":
         return Pools()
     if kind == "aiohttp":
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
-        return aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        from gateway import aiohttp_client
+
+        return aiohttp_client.open_session()
     return Transports()
 
 
@@ -335,4 +276,6 @@ def make_client(
         return H1Client(name, conf, api_key, session, headers)
     if isinstance(session, Transports):
         return QwestClient(name, conf, api_key, session, headers)
-    return OpenAIClient(name, conf, api_key, session, headers)
+    from gateway.aiohttp_client import AiohttpClient
+
+    return AiohttpClient(name, conf, api_key, session, headers)

@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
 from pydantic import Field, model_validator
-from referencing import Registry, Resource
-from referencing.exceptions import NoSuchResource
-from referencing.jsonschema import DRAFT202012
 
 from collectors.evals.answer import Answer
 from collectors.evals.assertions.base import Context, Result, Spec, clip, result
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
+    from referencing import Resource
+
+# jsonschema and referencing are imported where a schema is checked or compiled: a serving process loads the
+# assertions (for its eval schedule) without paying ~50 ms of start-up for them
 
 
 class IsJson(Spec):
@@ -49,6 +51,9 @@ class JsonSchema(Spec):
         if (self.schema_ is None) == (self.schema_file is None):
             raise ValueError("give either schema (inline) or schema_file")
         if self.schema_ is not None:
+            from jsonschema import Draft202012Validator
+            from jsonschema.exceptions import SchemaError
+
             try:
                 Draft202012Validator.check_schema(self.schema_)
             except SchemaError as exc:
@@ -59,6 +64,11 @@ class JsonSchema(Spec):
 @functools.lru_cache(maxsize=64)
 def _validator(schema_json: str, base: str) -> Draft202012Validator:
     """A validator whose ``$ref``s to other files resolve under ``base`` (the suite's folder) only."""
+    from jsonschema import Draft202012Validator
+    from referencing import Registry, Resource
+    from referencing.exceptions import NoSuchResource
+    from referencing.jsonschema import DRAFT202012
+
     root = Path(base).resolve()
 
     def retrieve(uri: str) -> Resource[Any]:
