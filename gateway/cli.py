@@ -19,9 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO, cast
 
-from gateway import dataset_cli, demo, drift_cli, eval_cli
+from gateway import subcommands
 from gateway.config import ConfigError, duration_seconds, load_config
-from gateway.deploy_cli import add_commands
 from gateway.progress import Progress, add_quiet, config_failed, note
 
 
@@ -67,6 +66,8 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def check(args: argparse.Namespace) -> int:
+    from gateway import dataset_cli, eval_cli
+
     try:
         loaded = load_config(args.file, check_env=not args.no_env)
     except ConfigError as exc:
@@ -187,11 +188,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="output file (default: standard output)")
     add_quiet(p)
     p.set_defaults(run=export)
-    eval_cli.add_parser(sub)
-    drift_cli.add_parser(sub)
-    add_commands(sub)
-    dataset_cli.add_parsers(sub)
-    demo.add_parser(sub)
+    subcommands.add_parsers(sub)
     return top
 
 

@@ -7,7 +7,7 @@ FILE`` the training file, checked against its sha256. ``lineage UPSTREAM`` print
 and that version's parents with their dates and counts. Errors go to stderr, exit 1 (2 for a config file that
 does not validate).
 
-Usage: ``add_parsers(subparsers)`` from ``gateway.cli.parser``.
+Usage: ``turnout dataset build support-sft -c turnout.yaml`` (arguments in ``gateway/subcommands.py``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from collectors.store import UnknownStore, open_store
 from collectors.store.base import StoreUnavailable
 from gateway.config import ConfigError, Loaded, load_config
 from gateway.datasets import build_dataset, datasets_root
-from gateway.progress import Progress, add_quiet, config_failed
+from gateway.progress import Progress, config_failed
 
 
 def _load(path: str) -> Loaded:
@@ -195,34 +195,3 @@ def check_warnings(loaded: Loaded) -> list[str]:
                 hint = f" (latest is {newest['version']})" if newest else ""
                 warnings.append(f"upstreams.{name}.dataset: {up.dataset} is not in {root}{hint}")
     return warnings
-
-
-def add_parsers(sub: Any) -> None:
-    p = sub.add_parser("dataset", help="versioned training datasets: build, list, show, diff, export")
-    actions = p.add_subparsers(dest="action", required=True)
-    a = actions.add_parser(
-        "build", help="write the next version of a configured dataset (nothing when nothing changed)"
-    )
-    a.add_argument("name")
-    a.add_argument("--dry-run", action="store_true", help="say what would be written, write nothing")
-    a.add_argument("--json", action="store_true", help="print the result (version, counts, sha256, path) as JSON")
-    add_quiet(a)
-    a = actions.add_parser("list", help="the versions of a dataset (default: every dataset)")
-    a.add_argument("name", nargs="?")
-    a = actions.add_parser("show", help="a version's manifest")
-    a.add_argument("ref", help="NAME@vN")
-    a.add_argument("--ids", action="store_true", help="list the interaction ids too")
-    a = actions.add_parser("diff", help="examples added, removed and changed between two versions, with statistics")
-    a.add_argument("a", help="NAME@vN (the older)")
-    a.add_argument("b", help="NAME@vN (the newer)")
-    a.add_argument("--json", help="also write the whole difference as JSON to this file")
-    a = actions.add_parser("export", help="copy a version's train.jsonl (checked against its sha256)")
-    a.add_argument("ref", help="NAME@vN")
-    a.add_argument("-o", "--output", help="output file (default: standard output)")
-    for parser in actions.choices.values():
-        parser.add_argument("-c", "--config", default="turnout.yaml", help="config file (default: turnout.yaml)")
-    p.set_defaults(run=dataset)
-    p = sub.add_parser("lineage", help="the dataset version an upstream was trained on, and its parents")
-    p.add_argument("upstream")
-    p.add_argument("-c", "--config", default="turnout.yaml", help="config file (default: turnout.yaml)")
-    p.set_defaults(run=lineage)

@@ -307,10 +307,3 @@ def demo(args: argparse.Namespace) -> int:
     except DemoError as exc:
         print(f"turnout demo: {exc}", file=sys.stderr)
         return 1
-
-
-def add_parser(sub: Any) -> None:
-    p = sub.add_parser("demo", help="run the whole retraining loop on this machine (no keys, no network)")
-    p.add_argument("--dir", default="turnout-demo", help="where its files go (default: ./turnout-demo)")
-    p.add_argument("--fast", action="store_true", help="fewer users and shorter steps (under a minute)")
-    p.set_defaults(run=demo)

@@ -25,7 +25,7 @@ from collectors.store.base import Store, StoreUnavailable
 from gateway.analysis import build_report, render_table
 from gateway.config import ConfigError, Loaded, load_config
 from gateway.config_edit import set_weights
-from gateway.progress import Progress, add_quiet, config_failed
+from gateway.progress import Progress, config_failed
 from gateway.report_html import render_html
 from gateway.rollout_state import plan_of, state_of
 from gateway.rollouts import RolloutError, act, end, start, waiting
@@ -171,33 +171,3 @@ def rollback(args: argparse.Namespace) -> int:
         return {v: (100.0 if v == route.analysis.control else 0.0) for v in route.variants}
 
     return _rewrite(args, weights, f"rolled back to the control by {_actor(args)}")
-
-
-def add_commands(sub: Any) -> None:
-    p = sub.add_parser("experiment", help="A/B analysis of a route's split")
-    ex = p.add_subparsers(dest="experiment_command", required=True)
-    r = ex.add_parser("report", help="per-variant figures, always-valid intervals, the decision")
-    r.add_argument("route")
-    r.add_argument("-c", "--config", default="turnout.yaml", help="config file (default: turnout.yaml)")
-    r.add_argument("--json", help="also write the report as JSON to this file")
-    r.add_argument("--html", help="also write a self-contained HTML page to this file")
-    r.add_argument("--client", metavar="NAME", help="only the interactions of this named client (auth.clients)")
-    add_quiet(r)
-    r.set_defaults(run=report)
-    p = sub.add_parser("rollout", help="a route's guarded rollout: status, start, approve, pause, abort")
-    p.add_argument("action", choices=("status", "start", "approve", "pause", "abort"))
-    p.add_argument("route")
-    p.add_argument("-c", "--config", default="turnout.yaml", help="config file (default: turnout.yaml)")
-    p.add_argument("--actor", help="who acts, for the audit trail (default: the login name)")
-    p.add_argument("--reason", help="why, for the audit trail")
-    p.add_argument("--history", type=int, default=10, help="audit rows shown (default: 10)")
-    p.set_defaults(run=rollout)
-    for name, func, text in (("promote", promote, "send every user to VARIANT"),
-                             ("rollback", rollback, "send every user to analysis.control")):  # fmt: skip
-        p = sub.add_parser(name, help=f"{text}: rewrite the config file (comments kept) and end any rollout")
-        p.add_argument("route")
-        if name == "promote":
-            p.add_argument("variant")
-        p.add_argument("-c", "--config", default="turnout.yaml", help="config file (default: turnout.yaml)")
-        p.add_argument("--actor", help="who acts, for the audit trail (default: the login name)")
-        p.set_defaults(run=func)

@@ -6,7 +6,7 @@ check of any kind when none was published yet); ``models`` reads the answers sto
 scan and prints the model and fingerprint each upstream answers with. Errors go to stderr, exit 1 (2 for a
 config file that does not validate).
 
-Usage: ``add_parser(subparsers)`` from ``gateway.cli.parser``.
+Usage: ``turnout drift check support-bot -c turnout.yaml --json drift.json`` (arguments in ``gateway/subcommands.py``).
 """
 
 from __future__ import annotations
@@ -97,18 +97,3 @@ def drift(args: argparse.Namespace) -> int:
         Path(args.json).write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
     sys.stdout.write(render(check))
     return 0
-
-
-def add_parser(sub: Any) -> None:
-    p = sub.add_parser("drift", help="input and output drift of a route; the models the upstreams report")
-    actions = p.add_subparsers(dest="action", required=True)
-    for action, text in (("check", "run a route's drift check now and print it"),
-                         ("report", "print a route's latest stored drift check")):  # fmt: skip
-        a = actions.add_parser(action, help=text)
-        a.add_argument("route", help="route name")
-        a.add_argument("-c", "--config", default="turnout.yaml", help="config file naming the store")
-        a.add_argument("--json", help="also write the check as JSON to this file")
-        a.set_defaults(run=drift)
-    a = actions.add_parser("models", help="the model and fingerprint each upstream answers with")
-    a.add_argument("-c", "--config", default="turnout.yaml", help="config file naming the store")
-    a.set_defaults(run=drift)

@@ -32,7 +32,7 @@ from collectors.store.base import Store, StoreUnavailable
 from gateway.config import ConfigError, Loaded, load_config
 from gateway.eval_schedule import suite_path
 from gateway.evals import Comparison, EvalError, SuiteRun, compare_upstreams, run_targets, targets
-from gateway.progress import Progress, add_quiet
+from gateway.progress import Progress
 
 
 def _err(message: str) -> int:
@@ -204,38 +204,3 @@ def list_command(args: argparse.Namespace) -> int:
         rate = f"{r.pass_rate:.1%}" if r.pass_rate is not None else "-"
         print(f"{started:<20} {r.suite:<20} {r.upstream:<14} {r.status:<9} {rate:>9} {r.cases:>6}  {r.run_id}")
     return 0
-
-
-def add_parser(sub: Any) -> None:
-    """Add ``turnout eval ...`` to the top-level subcommands."""
-    top = sub.add_parser("eval", help="run, compare and list eval suites")
-    cmds = top.add_subparsers(dest="eval_command", required=True)
-    for name, helptext, handler in (
-        ("run", "run a suite against an upstream or a route's variants (exit 1 below the threshold)", run),
-        ("compare", "paired comparison of two upstreams (exit 0 only when the candidate is not worse)", compare),
-    ):
-        p = cmds.add_parser(name, help=helptext)
-        p.add_argument("suite", help="suite file (YAML)")
-        p.add_argument("-c", "--config", default="turnout.yaml", help="config file (upstreams, store)")
-        p.add_argument("--json", metavar="F", help="also write the results as JSON to F (- for stdout)")
-        p.add_argument("--concurrency", type=int, default=16, help="cases in flight per upstream (default: 16)")
-        p.add_argument("--no-store", action="store_true", help="do not store the run")
-        add_quiet(p)
-        p.set_defaults(run=handler)
-        if name == "run":
-            target = p.add_mutually_exclusive_group(required=True)
-            target.add_argument("--upstream", help="the upstream to evaluate")
-            target.add_argument("--route", help="evaluate every serving variant and shadow of this route")
-        else:
-            p.add_argument("--baseline", required=True, help="the upstream serving now")
-            p.add_argument("--candidate", required=True, help="the upstream that must not be worse")
-            p.add_argument(
-                "--confidence", type=float, default=0.95, help="confidence of the 'worse' decision (default: 0.95)"
-            )
-    p = cmds.add_parser("list", help="stored eval runs, newest first")
-    p.add_argument("-c", "--config", default="turnout.yaml", help="config file naming the store")
-    p.add_argument("--suite", help="only this suite")
-    p.add_argument("--upstream", help="only this upstream")
-    p.add_argument("--limit", type=int, default=50, help="at most this many runs (default: 50)")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(run=list_command)
