@@ -2,9 +2,10 @@
 upstream client, so neither uvicorn, the HTTP client nor the loopback is counted. The steadiest figure on a noisy
 machine for a change to the data path (the bench's whole-process figures move with everything else).
 
-Usage: ``python -m bench.hotpath [--capture on|off] [--concurrency 64] [--requests 20000] [--reps 7]``; prints
-the best and the median µs per request (``time.process_time``) over the repetitions. ``--profile`` prints the
-functions with the most cumulative time instead (cProfile).
+Usage: ``python -m bench.hotpath [--capture on|off] [--shadow] [--concurrency 64] [--requests 20000] [--reps 7]``;
+prints the best and the median µs per request (``time.process_time``) over the repetitions. ``--shadow`` mirrors
+every request to a second fake upstream (a 100 % shadow, its comparison and record included). ``--profile``
+prints the functions with the most cumulative time instead (cProfile).
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ HEADERS = [
 class FakeUpstream:
     """Answers every call with ``ANSWER`` after one trip round the event loop."""
 
-    name = "mock"
+    def __init__(self, name: str) -> None:
+        self.name = name
 
     async def call(
         self, endpoint: str, body: dict[str, Any], *, stream: bool, request_id: str, timeout_s: float | None = None
@@ -70,8 +72,10 @@ class FakeUpstream:
         return Reply(200, JSON, ANSWER)
 
 
-def config(home: Path, capture: bool) -> Path:
+def config(home: Path, capture: bool, shadow: bool) -> Path:
     route = ["  bench:", "    variants: {mock: 100}"] + ([] if capture else ["    capture: {sample: 0}"])
+    if shadow:
+        route.append("    shadows: [{upstream: mock-shadow, sample: 1.0}]")
     path = home / "turnout.yaml"
     path.write_text(
         "\n".join(
@@ -80,6 +84,7 @@ def config(home: Path, capture: bool) -> Path:
                 f"store: sqlite:///{home / 'turnout.db'}",
                 "upstreams:",
                 "  mock: {provider: openai, base_url: http://127.0.0.1:9/v1, model: mock-model}",
+                "  mock-shadow: {provider: openai, base_url: http://127.0.0.1:9/v1, model: mock-shadow}",
                 "routes:",
                 *route,
             ]
@@ -134,13 +139,17 @@ async def batch(app: Any, state: dict[str, Any], requests: int, concurrency: int
             assert status == 200, status
 
     await asyncio.gather(*(worker(requests // concurrency) for _ in range(concurrency)))
+    await asyncio.gather(*state["gateway"].shadows.tasks)  # the last shadows are counted too
 
 
 async def main(args: argparse.Namespace) -> None:
     home = Path(tempfile.mkdtemp(prefix="turnout-hotpath-"))
-    app = create_app(load_config(config(home, args.capture == "on")))
+    app = create_app(load_config(config(home, args.capture == "on", args.shadow)))
     async with app.router.lifespan_context(app) as state:
-        state["gateway"].generation.clients["mock"] = FakeUpstream()
+        gen = state["gateway"].generation
+        gen.clients["mock"] = FakeUpstream("mock")
+        if args.shadow:
+            gen.shadow_clients["mock-shadow"] = FakeUpstream("mock-shadow")
         tune_gc()
         await batch(app, state, 2000, args.concurrency)  # warm up
         if args.profile:
@@ -156,8 +165,9 @@ async def main(args: argparse.Namespace) -> None:
             start = time.process_time()
             await batch(app, state, args.requests, args.concurrency)
             figures.append((time.process_time() - start) / args.requests * 1e6)
+        shadow = " shadow" if args.shadow else ""
         print(
-            f"capture {args.capture} c={args.concurrency}: best {min(figures):.1f} µs, median "
+            f"capture {args.capture}{shadow} c={args.concurrency}: best {min(figures):.1f} µs, median "
             f"{statistics.median(figures):.1f} µs per request ({', '.join(f'{f:.1f}' for f in figures)})"
         )
 
@@ -165,6 +175,7 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--capture", choices=("on", "off"), default="on")
+    parser.add_argument("--shadow", action="store_true", help="a 100 %% shadow to a second fake upstream")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--reps", type=int, default=7)
