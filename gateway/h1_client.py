@@ -275,7 +275,10 @@ class Pools:
 
 
 class H1Client:
-    """Pass-through to any OpenAI-compatible server on ``Pools``."""
+    """Pass-through to any OpenAI-compatible server on ``Pools``. A call ends by its upstream's ``timeout_s``
+    (connecting, sending and the whole answer; one timer), so a caller needs no timer of its own around it."""
+
+    bounds_time = True
 
     def __init__(
         self,

@@ -51,9 +51,10 @@ log = logging.getLogger(__name__)
 
 MARKER = {"x-turnout-shadow": "1"}
 _NOT_MIRRORED = ("stream", "stream_options")
+_COUNTED = {"ok": "ok", "timeout": "timeout"}  # an Interaction's outcome -> its shadow outcome (else "error")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Job:
     shadow: str
     client: Client
@@ -131,8 +132,11 @@ class ShadowRunner:
         if not facts.shadows:
             return None
         limits = gen.config.shadow
-        answered: asyncio.Future[Interaction] = asyncio.get_running_loop().create_future()
-        body = {k: v for k, v in facts.body.items() if k not in _NOT_MIRRORED}
+        loop = asyncio.get_running_loop()
+        answered: asyncio.Future[Interaction] = loop.create_future()
+        body = facts.body  # shared, never changed (a client sends a copy with its own model)
+        if "stream" in body or "stream_options" in body:
+            body = {k: v for k, v in body.items() if k not in _NOT_MIRRORED}
         primary_wait_s = gen.config.upstreams[facts.variant].timeout_s + limits.timeout_s
         for name in facts.shadows:
             if self.closing or self.in_flight[name] >= limits.max_in_flight:
@@ -144,7 +148,7 @@ class ShadowRunner:
                 gen.prices.get(name),
             )  # fmt: skip
             self.in_flight[name] += 1
-            task = asyncio.get_running_loop().create_task(self._run(job), name=f"shadow:{name}")
+            task = loop.create_task(self._run(job), name=f"shadow:{name}")
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
         return answered
@@ -155,7 +159,7 @@ class ShadowRunner:
         shadow: Interaction | None = None
         try:
             shadow = await self._call(job, ts, t0)
-            outcome = {"ok": "ok", "timeout": "timeout"}.get(shadow.outcome, "error")
+            outcome = _COUNTED.get(shadow.outcome, "error")
         except asyncio.CancelledError:
             outcome = "dropped"  # cut by the shutdown drain bound
             raise
@@ -168,9 +172,13 @@ class ShadowRunner:
 
     async def _call(self, job: Job, ts: float, t0: float) -> Interaction:
         result = Outcome(upstream=job.shadow, outcome="upstream_error", price=job.price)
+        call = job.client.call(job.endpoint, job.body, stream=False, request_id=job.facts.correlation_id)
         try:
-            async with asyncio.timeout(job.timeout_s):
-                reply = await job.client.call(job.endpoint, job.body, stream=False, request_id=job.facts.correlation_id)
+            if getattr(job.client, "bounds_time", False):  # it ends by its own timeout, shadow.timeout_s
+                reply = await call
+            else:
+                async with asyncio.timeout(job.timeout_s):
+                    reply = await call
         except (UpstreamTimeout, TimeoutError):
             result.status, result.outcome, result.error = 504, "timeout", f"shadow timed out after {job.timeout_s:g}s"
         except UpstreamFailure as exc:

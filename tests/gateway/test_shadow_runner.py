@@ -209,3 +209,33 @@ async def test_a_shadow_waits_for_its_primary_at_most_its_bound_and_leaves_nothi
     started = time.monotonic()
     await _settled(later, 30.0)  # the primary answers: woken then, not at the bound
     assert later.done() and time.monotonic() - started < 1.0
+
+
+@pytest.mark.parametrize("http_client", ["httptools", "aiohttp"])
+async def test_a_hanging_shadow_is_cut_at_shadow_timeout_s_and_counted_once(
+    fake_openai: FakeOpenAI, http_client: str
+) -> None:
+    """The httptools client ends a call by its own timer (no ``asyncio.timeout`` around it), the others by the
+    runner's: either way the shadow is cut at ``shadow.timeout_s``, not at its upstream's own 60 s."""
+    fake_openai.set("hang-model", Behavior(hang=True))
+    config = CONFIG.format(url=fake_openai.url).replace("timeout_s: 5", "timeout_s: 0.3")
+    config = f"server: {{http_client: {http_client}}}\n{config}"
+    loaded = parse_config(config.encode(), "t.yaml", environ={"T_SHADOW_KEY": SHADOW_KEY})
+    setup = await started(loaded)
+    try:
+        facts = setup.facts(["hang"])
+        t0 = time.monotonic()
+        answered = setup.runner.mirror(setup.gen, "chat.completions", facts)
+        assert answered is not None
+        answered.set_result(primary_of(facts, "fine"))
+        await wait_until(lambda: len(setup.sink.seen) == 1)
+        elapsed = time.monotonic() - t0
+        (shadow,) = setup.sink.seen
+        assert shadow.outcome == "timeout" and shadow.status == 504, shadow
+        assert shadow.error == "shadow timed out after 0.3s"
+        assert 300.0 <= shadow.latency_ms and 0.3 <= elapsed < 1.5, (shadow.latency_ms, elapsed)
+        assert setup.count("hang", "timeout") == 1
+        assert sum(setup.count("hang", o) for o in ("ok", "error", "dropped")) == 0
+        await wait_until(lambda: any(r.aborted for r in fake_openai.requests))  # the upstream saw it cut
+    finally:
+        await setup.runner.close(0.3)
