@@ -170,9 +170,7 @@ def scores(primary: Answer, shadow: Answer) -> dict[str, Any]:
     }
 
 
-def _tokens(it: Interaction, key: str) -> int | None:
-    value = (it.usage or {}).get(key)
-    return value if isinstance(value, int) else None
+_TOKEN_DELTAS = (("prompt_tokens", "prompt_tokens_delta"), ("completion_tokens", "completion_tokens_delta"))
 
 
 def _same_answer(primary: dict[str, Any] | None, shadow: dict[str, Any] | None) -> bool:
@@ -195,7 +193,8 @@ def compare(primary: Interaction, shadow: Interaction) -> dict[str, Any]:
     same = _same_answer(primary.response, shadow.response)
     scores = compare_answers(answer, answer if same else answer_of(shadow.response))
     scores["latency_delta_ms"] = round(shadow.latency_ms - primary.latency_ms, 3)
-    for kind in ("prompt_tokens", "completion_tokens"):
-        p, s = _tokens(primary, kind), _tokens(shadow, kind)
-        scores[f"{kind}_delta"] = None if p is None or s is None else s - p
+    primary_usage, shadow_usage = primary.usage or {}, shadow.usage or {}
+    for kind, delta in _TOKEN_DELTAS:
+        p, s = primary_usage.get(kind), shadow_usage.get(kind)
+        scores[delta] = s - p if isinstance(p, int) and isinstance(s, int) else None
     return scores

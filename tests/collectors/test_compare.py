@@ -143,3 +143,18 @@ def test_similarity_is_always_in_the_unit_interval() -> None:
 def test_identical_answers_score_as_the_full_comparison_does(answer: dict[str, Any]) -> None:
     quick = compare_answers(answer_of(answer), answer_of(answer))
     assert quick == full_scores(answer_of(answer), answer_of(answer)) and quick["exact"] is True
+
+
+def test_choices_are_read_in_index_order_and_an_equal_answer_scores_as_a_copy_of_it() -> None:
+    def choices(*pairs: tuple[int, str]) -> dict[str, Any]:
+        return {"object": "chat.completion", "choices": [{"index": i, "message": {"content": t}} for i, t in pairs]}
+
+    assert answer_of(choices((1, "second"), (0, "first"))).text == "first\nsecond"
+    assert scores(choices((1, "b"), (0, "a")), choices((0, "a"), (1, "b")))["exact"] is True
+    usage = {"prompt_tokens": 3, "completion_tokens": 5}
+    primary = interaction(chat('{"a": 1}'), usage=usage)
+    for shadow_response in (chat('{"a": 1}'), {**chat('{"a": 1}'), "id": "other", "model": "other"}):
+        same = compare(primary, interaction(shadow_response, role="shadow", latency_ms=90.0, usage=usage))
+        # the quick path (the fields answer_of reads are equal) against the scores worked out from scratch
+        expected = full_scores(answer_of(chat('{"a": 1}')), answer_of(shadow_response))
+        assert same == {**expected, "latency_delta_ms": -10.0, "prompt_tokens_delta": 0, "completion_tokens_delta": 0}
