@@ -94,11 +94,11 @@ class _Feedback(msgspec.Struct, tag_field="k", tag="f"):
 _lines = msgspec.json.Decoder(_Interaction | _Feedback)
 
 
-def decode(line: bytes) -> Item:
+def decode(line: bytes | memoryview) -> Item:
     """One journal line as a store row; raises ValueError (``msgspec.DecodeError``: not JSON, not UTF-8, an
     unknown kind, a field missing) or TypeError for a line that is not one."""
     data = _lines.decode(line)
-    record = line.decode()
+    record = str(line, "utf-8")
     if isinstance(data, _Interaction):
         request_id = str(data.request_id)
         extra = data.extra or {}
@@ -288,7 +288,7 @@ class Writer:
             except (ValueError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
                 log.error("journal %s: unreadable line of %d bytes near %s", cursor.directory, len(line), end)
                 self._drop("journal_error")
-                self._keep({"error": f"unreadable journal line: {exc}"[:2000], "line": line.decode("utf-8", "replace")})
+                self._keep({"error": f"unreadable journal line: {exc}"[:2000], "line": str(line, "utf-8", "replace")})
         await self._write(items)
         await self._after(items)
         cursor.commit(end)

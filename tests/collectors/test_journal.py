@@ -178,7 +178,7 @@ FULL_DISK = textwrap.dedent(
     cursor.commit(end)
     journal.stored_bytes += sum(len(line) + 1 for line in lines)
     journal.stored_lines += len(lines)
-    print(failed, len(lines), journal.pending_bytes, journal.pending_lines, lines[-1].decode())
+    print(failed, len(lines), journal.pending_bytes, journal.pending_lines, str(lines[-1], "utf-8"))
     """
 )
 
