@@ -20,16 +20,19 @@ import functools
 import logging
 import os
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cronsim import CronSim
 
-from collectors.evals.store import latest_complete
-from collectors.evals.suite import Suite, SuiteError, load_suite
 from collectors.store.base import Store
 from gateway.config import Config, EvalSchedule
-from gateway.evals import run_targets, targets
 from gateway.schedule import Job, JobContext, Schedule
+
+if TYPE_CHECKING:
+    from collectors.evals.suite import Suite
+
+# the evals themselves (gateway/evals.py, collectors/evals/: ~50 ms of import) are imported where a suite is
+# read or run: every serving process imports this module, most never run an eval
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,9 @@ def suite_path(config_path: Path, entry: EvalSchedule) -> Path:
 
 async def run_scheduled(ctx: JobContext, entry: EvalSchedule) -> None:
     """One tick: the suite against each of the route's targets, every run stored; raises when it cannot run."""
+    from collectors.evals.suite import load_suite
+    from gateway.evals import run_targets, targets
+
     suite = load_suite(suite_path(ctx.config_path, entry))
     config = ctx.config
     runs = await run_targets(
@@ -76,11 +82,15 @@ def interval_s(entry: EvalSchedule, now: float) -> float:
 
 @functools.lru_cache(maxsize=64)
 def _suite(path: str, stamp: tuple[int, int]) -> Suite:
+    from collectors.evals.suite import load_suite
+
     return load_suite(path)
 
 
 def cached_suite(path: Path) -> Suite | None:
     """The suite at ``path``, re-read only when the file changes; None when it cannot be read."""
+    from collectors.evals.suite import SuiteError
+
     try:
         st = os.stat(path)
         return _suite(str(path), (st.st_mtime_ns, st.st_size))
@@ -106,6 +116,9 @@ async def read_evals(ctx: _ReadContext) -> None:
     config = ctx.config
     if not config.evals:
         return
+    from collectors.evals.store import latest_complete
+    from gateway.evals import targets
+
     config_path = ctx.gateway.generation.loaded.path
     wanted: dict[str, set[tuple[str, str]]] = {}  # suite name -> {(route, upstream)}
     for entry in config.evals:

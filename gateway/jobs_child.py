@@ -21,6 +21,7 @@ import os
 import socket
 import sys
 
+import gateway.evals  # noqa: F401  (eval jobs and rollout gates run it: imported at start, not in a run's time)
 from collectors.store import open_store
 from gateway.config import ConfigError, Loaded, load_config
 from gateway.jobs import run_jobs

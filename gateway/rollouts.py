@@ -28,7 +28,6 @@ from collectors.experiment_data import shadow_stats
 from collectors.store.base import Store
 from gateway.analysis import SETTLE_S, build_report
 from gateway.config import Config
-from gateway.evals import compare_upstreams
 from gateway.rollout_config import Analysis
 from gateway.rollout_state import plan_from_config, plan_of, row_of, state_of
 from gateway.schedule import Job, JobContext, Schedule
@@ -85,6 +84,8 @@ async def _observe(
         ro = config.routes[route].rollout
         if ro is None or ro.gates.eval is None or config_path is None:
             return Observation(now, eval="skip", eval_reason="no eval suite to run"), []
+        from gateway.evals import compare_upstreams  # here: the evals' imports cost every serving process ~50 ms
+
         suite = config_path.parent / ro.gates.eval
         cmp = await compare_upstreams(config, suite, plan.control, plan.candidate, store, source="rollout")
         return Observation(now, eval="pass" if cmp.not_worse else "fail", eval_reason=cmp.summary), []

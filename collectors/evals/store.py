@@ -15,12 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from collectors.evals.runner import CaseResult, mean_score, pass_rate
 from collectors.store.base import Store
+
+if TYPE_CHECKING:
+    from collectors.evals.runner import CaseResult
 
 STALE_S = 6 * 3600.0  # a run still "running" after this long was killed
 
@@ -107,6 +109,8 @@ async def finish_run(
     judge_kappa: float | None,
 ) -> None:
     """Write every case result and mark the run complete, in one transaction."""
+    from collectors.evals.runner import mean_score, pass_rate  # here: a serving process reads runs, never runs one
+
     insert = (
         "INSERT INTO eval_results (run_id, case_id, passed, score, latency_ms, error, record)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7)"

@@ -13,10 +13,9 @@ from __future__ import annotations
 import functools
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlencode
 
-import jinja2
 import orjson
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -28,6 +27,9 @@ from collectors.store.base import StoreUnavailable
 from gateway.review.api import cursor, filters_from, item_endpoint, items_endpoint
 from gateway.review.service import Access, ReviewService
 from gateway.review.session import COOKIE, TTL_S, Session
+
+if TYPE_CHECKING:
+    import jinja2
 
 HERE = Path(__file__).parent
 CSP = (
@@ -41,6 +43,8 @@ PAGE = 50
 
 @functools.cache
 def _templates() -> jinja2.Environment:
+    import jinja2  # on the first page served, not at start-up (~40 ms)
+
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True)
     env.filters["json"] = lambda value: orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
     env.filters["when"] = lambda ts: time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts)) if ts else ""

@@ -1,7 +1,7 @@
 """``turnout serve`` imports only what serving needs: the CLI and the app it loads pull in no aiohttp (the
-default upstream client is httptools; aiohttp alone is ~0.1 s of start-up), no JSON-schema library and none
-of the other subcommands' modules. Each is imported where it is used: an aiohttp session, a schema assertion,
-its own subcommand."""
+default upstream client is httptools; aiohttp alone is ~0.1 s of start-up), no JSON-schema library, no eval
+runner, no template engine and none of the other subcommands' modules. Each is imported where it is used: an
+aiohttp session, a schema assertion, an eval run, the first review page, its own subcommand."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ NOT_FOR_SERVING = (
     "aiohttp",
     "jsonschema",
     "referencing",
+    "jinja2",
+    "gateway.evals",
+    "collectors.evals.runner",
     "gateway.eval_cli",
     "gateway.drift_cli",
     "gateway.deploy_cli",
@@ -42,6 +45,8 @@ def test_each_is_loaded_where_it_is_used() -> None:
     loaded = loaded_by(
         "from gateway import aiohttp_client, dataset_cli, demo, deploy_cli, drift_cli, eval_cli\n"
         "from collectors.evals.assertions.structured import schema_check\n"
+        "from gateway.review.pages import _templates\n"
+        "_templates()\n"
         "assert schema_check({'type': 'object'}, [], pathlib.Path('.')) is not None"
     )
     assert [name for name in NOT_FOR_SERVING if name not in loaded] == []
