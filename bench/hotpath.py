@@ -15,6 +15,7 @@ import asyncio
 import cProfile
 import gc
 import pstats
+import shutil
 import statistics
 import tempfile
 import time
@@ -146,6 +147,13 @@ async def batch(app: Any, state: dict[str, Any], requests: int, concurrency: int
 
 async def main(args: argparse.Namespace) -> None:
     home = Path(tempfile.mkdtemp(prefix="turnout-hotpath-"))
+    try:
+        await measure(home, args)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)  # the store and journal of every request measured: GBs a day
+
+
+async def measure(home: Path, args: argparse.Namespace) -> None:
     app = create_app(load_config(config(home, args.capture == "on", args.shadow)))
     async with app.router.lifespan_context(app) as state:
         gen = state["gateway"].generation
