@@ -14,15 +14,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from collectors.datasets.build import BuildResult, Spec, build
 from collectors.datasets.stored import latest_versions, pending, record_version
 from collectors.review.items import status_counts
 from collectors.store.base import Store
 from collectors.stored_metrics import Snapshot
 from gateway.config import Config
 from gateway.schedule import Job, JobContext, Schedule
+
+if TYPE_CHECKING:
+    from collectors.datasets.build import BuildResult, Spec
 
 
 class Reading(Protocol):
@@ -47,6 +49,8 @@ def datasets_root(config: Config, config_path: Path) -> Path:
 
 
 def spec(config: Config, name: str) -> Spec:
+    from collectors.datasets.build import Spec  # here: every serving process imports this module for its reader
+
     dataset = config.datasets[name]
     inc = dataset.include
     redact = frozenset(config.routes[dataset.route].capture.redact)
@@ -64,6 +68,8 @@ async def build_dataset(
     on_read: Callable[[], None] | None = None,
 ) -> BuildResult:
     """Build the next version of the configured dataset ``name`` (and record it in the store)."""
+    from collectors.datasets.build import build
+
     root = datasets_root(config, config_path)
     result = await build(store, root, spec(config, name), now=now, dry_run=dry_run, on_read=on_read)
     if result.version is not None:

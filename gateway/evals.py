@@ -23,8 +23,9 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import aiohttp
 from prometheus_client import CollectorRegistry
 
 from collectors.datasets.manifest import UnknownVersion, parse_ref
@@ -44,9 +45,6 @@ from gateway.resilience import Resilience
 from gateway.retry import Attempts
 from gateway.upstream import Client, close_clients, make_client
 from policies.evals import Decision, cohen_kappa, compare
-
-if TYPE_CHECKING:
-    import aiohttp
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +102,6 @@ class UpstreamCaller:
         self.generation: Generation | None = None
 
     async def __aenter__(self) -> UpstreamCaller:
-        import aiohttp  # here, not at the top: a serving process imports this module for its eval schedule
-
         self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), auto_decompress=True)
         self.clients = {
             name: make_client(name, up, self.keys.get(name), self.session, EVAL_HEADERS)

@@ -21,8 +21,9 @@ import os
 import socket
 import sys
 
-import gateway.evals  # noqa: F401  (eval jobs and rollout gates run it: imported at start, not in a run's time)
+from collectors.datasets import build  # noqa: F401  (dataset jobs run it; the serving process imports it lazily)
 from collectors.store import open_store
+from gateway import evals  # noqa: F401  (eval jobs too: imported here at start, out of every run's time)
 from gateway.config import ConfigError, Loaded, load_config
 from gateway.jobs import run_jobs
 

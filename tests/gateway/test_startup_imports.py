@@ -18,6 +18,7 @@ NOT_FOR_SERVING = (
     "jinja2",
     "gateway.evals",
     "collectors.evals.runner",
+    "collectors.datasets.build",
     "gateway.eval_cli",
     "gateway.drift_cli",
     "gateway.deploy_cli",
