@@ -34,6 +34,8 @@ class DummyClient:
     prompts (chosen by a hash of the prompt alone, so a larger share is wrong on a superset of prompts) get
     ``WRONG`` instead. Two dummies differing only in ``wrong_share`` are a good and a bad model."""
 
+    bounds_time = True  # it answers at once, from memory
+
     WRONG = "Sorry, I am not sure about that."
 
     def __init__(self, name: str, conf: Upstream) -> None:

@@ -174,7 +174,7 @@ class ShadowRunner:
         result = Outcome(upstream=job.shadow, outcome="upstream_error", price=job.price)
         call = job.client.call(job.endpoint, job.body, stream=False, request_id=job.facts.correlation_id)
         try:
-            if getattr(job.client, "bounds_time", False):  # it ends by its own timeout, shadow.timeout_s
+            if job.client.bounds_time:  # it ends by its own timeout, shadow.timeout_s
                 reply = await call
             else:
                 async with asyncio.timeout(job.timeout_s):

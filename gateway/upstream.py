@@ -40,6 +40,7 @@ Session: TypeAlias = "Pools | Transports | aiohttp.ClientSession"  # what an own
 
 class Client(Protocol):
     name: str
+    bounds_time: bool  # a call ends by the upstream's own timeout_s (a caller needs no timer around it)
 
     async def call(
         self, endpoint: str, body: dict[str, Any], *, stream: bool, request_id: str, timeout_s: float | None = None
@@ -147,6 +148,7 @@ def _litellm() -> Any:
 
 
 class LitellmClient:
+    bounds_time = False  # litellm is handed the timeout; whether each provider keeps to it is litellm's
     """Other providers through litellm's async API, translated to and from the OpenAI shape."""
 
     def __init__(
