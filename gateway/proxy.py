@@ -117,14 +117,14 @@ def _response_headers(facts: Facts) -> list[tuple[bytes, bytes]]:
     return headers
 
 
-async def _cancel_on_disconnect(receive: Any, call: Call, task: asyncio.Task[Any]) -> None:
-    """Cancel ``task`` if the client goes away before ``call`` is finished. uvicorn's ``receive`` also answers
-    ``http.disconnect`` once the response is complete, so this task ends by itself: it is never cancelled
-    (a cancelled task keeps its exception, whose traceback is a reference cycle: garbage for the collector)."""
+async def _depart_on_disconnect(receive: Any, departure: _Departure) -> None:
+    """Run ``departure`` at the ``http.disconnect`` (under a server without the departure hook). ASGI servers
+    also answer ``http.disconnect`` once the response is complete, so this task ends by itself: it is never
+    cancelled (a cancelled task keeps its exception, whose traceback is a reference cycle: garbage for the
+    collector)."""
     while (await receive())["type"] != "http.disconnect":
         pass
-    if not call.client.finished:
-        task.cancel()
+    departure()
 
 
 class _Departure:
@@ -200,24 +200,20 @@ class Endpoint:
         this = asyncio.current_task()
         assert this is not None
         call = Call(gw, gen, self.endpoint, facts, send)
-        departures = scope.get("extensions", {}).get(DEPARTURES)
-        if departures is None:
-            watching = this.get_loop().create_task(_cancel_on_disconnect(receive, call, this))
-            try:
-                await call.run()
-            except asyncio.CancelledError:
-                if not watching.done() or this.uncancel() > 0:
-                    raise  # cancelled from elsewhere (server shutdown), not by the client leaving
-            return
         departure = _Departure(call, this)
-        departures.append(departure)
+        departures = scope.get("extensions", {}).get(DEPARTURES)
+        if departures is None:  # another ASGI server, without the hook: a task waits for the http.disconnect
+            _watcher = this.get_loop().create_task(_depart_on_disconnect(receive, departure))  # held while we run
+        else:
+            departures.append(departure)
         try:
             await call.run()
         except asyncio.CancelledError:
             if not departure.cancelled or this.uncancel() > 0:
                 raise  # cancelled from elsewhere (server shutdown), not by the client leaving
         finally:
-            departures.remove(departure)
+            if departures is not None:
+                departures.remove(departure)
 
 
 class Call:
