@@ -2,7 +2,7 @@
 
 Each process owns one directory ``<state_dir>/journal/<id>/`` (held by an ``flock`` on its ``lock`` file, so
 the kernel releases it when the process dies, SIGKILL included) with numbered segments ``000000000001.jsonl``.
-``Journal.append`` is one ``os.write`` of whole lines to an ``O_APPEND`` descriptor: once it returns, the
+``Journal.append`` is one ``os.write`` of a line to an ``O_APPEND`` descriptor: once it returns, the
 bytes are in the page cache and survive a crash of the process (no fsync on the request path). A
 ``Cursor`` reads a directory from its ``checkpoint`` (how far the store has it) and, once the store
 committed a batch, moves the checkpoint and deletes the segments it has passed. Directories whose lock is
@@ -202,7 +202,8 @@ class Journal:
         return self.appended_lines - self.stored_lines
 
     def append(self, data: bytes) -> None:
-        """Write whole lines; raises ``SpoolFull`` past the bound and ``OSError`` when the disk fails."""
+        """Write one line (``data`` ends in its only newline); raises ``SpoolFull`` past the bound and ``OSError``
+        when the disk fails."""
         if self._fd is None:
             raise OSError("journal is closed")
         if self.pending_bytes + len(data) > self.max_pending_bytes:
@@ -222,7 +223,7 @@ class Journal:
         except OSError:
             self._torn = len(view) < len(data)
             raise
-        self.appended_lines += data.count(b"\n")
+        self.appended_lines += 1  # not data.count(b"\n"): a byte-at-a-time loop, ~5 instructions a byte
 
     def _count(self, written: int, lines: int = 0) -> None:
         self._segment_size += written
