@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from collectors.redact import _WINDOW, SECRET_MARK, Redactor, mask_secrets
+from collectors.redact import _PATTERNS, SECRET_MARK, Redactor, _masked, mask_secrets
 from collectors.sanitize import MAX_STRING, sanitize
 
 ALWAYS = Redactor()
@@ -66,18 +66,37 @@ def test_sanitize_marks_every_change() -> None:
 
 
 @pytest.mark.parametrize("text", ["key sk-proj-AbCdEfGhIjKlMnOpQrStUv12 end", '{"password": "hunter2hunter2"}'])
-def test_a_secret_is_masked_wherever_the_literal_pass_windows_fall(text: str) -> None:
-    """The literals are found a window at a time: a secret across a window's edge is masked like any other."""
+def test_a_secret_is_masked_wherever_it_falls_in_a_large_record(text: str) -> None:
     want = mask_secrets(text.encode())
     assert want != text.encode()
-    for shift in range(len(text)):
-        pad = b" " * (_WINDOW - shift)
-        assert mask_secrets(pad + text.encode()) == pad + want, shift
+    for pad in (b" " * (65536 - shift) for shift in range(len(text))):
+        assert mask_secrets(pad + text.encode() + pad) == pad + want + pad
+
+
+# one match (or near miss) of every pattern, and the characters around them
+PATTERN_PARTS = [
+    "sk-proj-AbCdEfGhIjKlMnOpQrStUv12", "AKIAIOSFODNN7EXAMPLE", "ASIAIOSFODNN7EXAMPLE", "ghp_" + "a1" * 18,
+    "github_pat_" + "A1" * 16, "xoxb-1234567890-abc", "AIza" + "B" * 35, "glpat-" + "x" * 20,
+    "eyJhbGciOiJIUzI1.eyJzdWIiOiIxMjM0.SflKxwRJSMeKKF2QT4f", "-----BEGIN RSA PRIVATE KEY-----", "MIIEab",
+    "-----END RSA PRIVATE KEY-----", "-----BEGIN EC PRIVATE KEY-----MIIE\\nab-----END EC PRIVATE KEY-----",
+    "sk_live_" + "a" * 16, "hf_" + "a" * 30, "npm_" + "a" * 36,
+    "SG." + "a" * 22 + "." + "b" * 43, "Basic dXNlcjpwYXNz1=", "Bearer ", "api_key", "API-KEY", "Secret", "Password",
+    "passwd", "token", "TOKENS", "credentials", "postgresql://user:pw@host/db", "://", ":", "=", '"', '\\"', " ",
+    "\\n", "\\t", "\t", 'client_secret": "', "Credentials: ", "api_key=", 'password\\":\\"', "TOKEN=", "12345",
+    "abcdef123456", "x", "@", "/", "sk-", "gh", "high", "_", "-",
+]  # fmt: skip
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(PATTERN_PARTS), max_size=12))
+def test_the_prefilter_pass_never_skips_a_pattern_that_matches(parts: list[str]) -> None:
+    """Only the patterns the Hyperscan pass reports run; the oracle runs every pattern on every record."""
+    data = "".join(parts).encode()
+    assert mask_secrets(data) == _masked(data, set(range(len(_PATTERNS))))
 
 
 def test_text_full_of_literals_is_masked_in_bounded_memory() -> None:
-    """Every occurrence of every literal is reported: held for one window at a time, not for the whole record
-    (2 MB of "sk-" is ~700,000 occurrences, ~80 MB as Python tuples at once)."""
+    """The pass reports each pattern once, not each occurrence (2 MB of "sk-" is ~700,000 of them)."""
     data = b"sk-" * (700_000)
     tracemalloc.start()
     try:
@@ -107,8 +126,8 @@ def test_known_secrets_are_masked_exactly_as_one_replace_each(parts: list[str]) 
     assert Redactor(secrets=KNOWN).line(data) == mask_secrets(want)
 
 
-def test_a_known_secret_across_a_window_edge_is_masked() -> None:
+def test_a_known_secret_is_masked_wherever_it_falls_in_a_large_record() -> None:
     redactor = Redactor(secrets=("c4nary-Client-Key-0001",))
     for shift in range(30):
-        pad = b" " * (_WINDOW - shift)
+        pad = b" " * (65536 - shift)
         assert redactor.line(pad + b"key c4nary-Client-Key-0001 end") == pad + b"key [redacted:secret] end", shift
