@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from hypothesis import given, settings
@@ -131,3 +132,15 @@ def test_a_known_secret_is_masked_wherever_it_falls_in_a_large_record() -> None:
     for shift in range(30):
         pad = b" " * (65536 - shift)
         assert redactor.line(pad + b"key c4nary-Client-Key-0001 end") == pad + b"key [redacted:secret] end", shift
+
+
+def test_threads_redact_at_once() -> None:
+    """The capture path redacts small records on the event loop and large ones in a worker thread at the same
+    time; each thread scans with a scratch space of its own (the scan releases the GIL)."""
+    redactor = Redactor(secrets=("c4nary-Client-Key-0001",))
+    record = b'{"content": "key c4nary-Client-Key-0001, Bearer abcdefgh12345678 ' + b"x" * 200_000 + b'"}'
+    want = redactor.line(record)
+    assert want.count(SECRET_MARK.encode()) == 2
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda _: redactor.line(record), range(200)))
+    assert results == [want] * 200
