@@ -148,8 +148,9 @@ def _litellm() -> Any:
 
 
 class LitellmClient:
-    bounds_time = False  # litellm is handed the timeout; whether each provider keeps to it is litellm's
     """Other providers through litellm's async API, translated to and from the OpenAI shape."""
+
+    bounds_time = False  # litellm is handed the timeout; whether each provider keeps to it is litellm's
 
     def __init__(
         self, name: str, conf: Upstream, api_key: str | None, headers: Mapping[str, str] | None = None

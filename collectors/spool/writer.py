@@ -102,7 +102,6 @@ def decode(line: bytes | memoryview) -> Item:
     if isinstance(data, _Interaction):
         request_id = str(data.request_id)
         extra = data.extra or {}
-        unit = extra.get("unit")
         return InteractionRow(
             request_id,
             float(data.ts),
@@ -120,7 +119,7 @@ def decode(line: bytes | memoryview) -> Item:
             bool(data.stream),
             data.response_id,
             record,
-            unit if isinstance(unit, str) and unit else request_id,  # no sticky key: the request is its own unit
+            _text(extra.get("unit")) or request_id,  # no sticky key: the request is its own unit
             _number((data.usage or {}).get("total_tokens")),
             _number((extra.get("comparison") or {}).get("similarity")),
             _text(data.client),
