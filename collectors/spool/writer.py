@@ -100,7 +100,7 @@ def decode(line: bytes | memoryview) -> Item:
     data = _lines.decode(line)
     record = str(line, "utf-8")
     if isinstance(data, _Interaction):
-        request_id = str(data.request_id)
+        request_id, role = str(data.request_id), str(data.role)
         extra = data.extra or {}
         return InteractionRow(
             request_id,
@@ -108,7 +108,7 @@ def decode(line: bytes | memoryview) -> Item:
             str(data.route),
             str(data.experiment),
             str(data.variant),
-            str(data.role),
+            role,
             data.parent_id,
             str(data.upstream),
             str(data.endpoint),
@@ -117,7 +117,8 @@ def decode(line: bytes | memoryview) -> Item:
             float(data.latency_ms),
             None if data.ttft_ms is None else float(data.ttft_ms),
             bool(data.stream),
-            data.response_id,
+            # feedback finds only primaries by response id: a shadow's (in its record) stays out of that index
+            data.response_id if role == "primary" else None,
             record,
             _text(extra.get("unit")) or request_id,  # no sticky key: the request is its own unit
             _number((data.usage or {}).get("total_tokens")),

@@ -40,7 +40,7 @@ class InteractionRow(NamedTuple):
     latency_ms: float
     ttft_ms: float | None
     stream: bool
-    response_id: str | None
+    response_id: str | None  # a primary's upstream answer id (feedback by response id); None for a shadow
     record: str  # the whole interaction as JSON text
     # read out of the record by the writer, for the experiment analysis's SQL (migration 6)
     unit: str | None = None  # the experiment unit: a hash of the sticky key, else the request id

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -311,6 +312,13 @@ def test_shadow_rows_are_stored_linked_to_their_primary_and_kept_out_of_training
     assert shadow["role"] == "shadow" and shadow["parent_id"] == request_id and shadow["upstream"] == "cand"
     assert shadow["request_id"] != request_id and shadow["stream"] is False and "stream" not in shadow["request"]
     assert shadow["extra"]["comparison"]["similarity"] == 1.0 and shadow["extra"]["comparison"]["exact"] is True
+    # feedback finds only primaries by response id, so only theirs is in that column (and its index)
+    assert primary["response_id"] == "chatcmpl-fixed" and shadow["response_id"].startswith("chatcmpl-fake-")
+    with contextlib.closing(sqlite3.connect(f"file:{rig.config.parent / 'turnout.db'}?mode=ro", uri=True)) as db:
+        columns = dict(
+            db.execute("SELECT role, response_id FROM interactions WHERE ? IN (request_id, parent_id)", [request_id])
+        )
+    assert columns == {"primary": "chatcmpl-fixed", "shadow": None}
     training = export(rig, "--route", "mirrored", "--format", "openai-chat")
     assert training and len(training) == len([r for r in export(rig, "--route", "mirrored") if r["role"] == "primary"])
 
