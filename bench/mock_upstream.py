@@ -1,6 +1,7 @@
 """A fast mock OpenAI upstream for the benchmark: raw asyncio, HTTP/1.1 keep-alive, tiny fixed answers.
 
-`POST /v1/chat/completions` answers a fixed `chat.completion` (`POST /v1/responses` a fixed `response`); with
+`POST /v1/chat/completions` answers a fixed `chat.completion` (`POST /v1/responses` a fixed `response`), each with
+an id of its own (random, as a real upstream's: the gateway stores and indexes it); with
 `"stream": true` in the body it answers `--events` SSE chunks (the first at once, the rest `--event-delay-ms`
 apart), a usage chunk when the body asks for `include_usage`, then `data: [DONE]`. `GET /stats` answers the
 number of POSTs answered so far (`{"posts": N}`, so a harness can count shadow calls); any other request gets a
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 from typing import cast
 
 try:
@@ -20,23 +22,27 @@ try:
 except ImportError:  # the mock also runs on a bare asyncio loop
     uvloop = None
 
+ID = b"0" * 24  # each answer's id: 24 random hex digits in its place
 COMPLETION = (
-    b'{"id":"chatcmpl-bench","object":"chat.completion","created":1767225600,"model":"mock-model",'
+    b'{"id":"chatcmpl-%s","object":"chat.completion","created":1767225600,"model":"mock-model",'
     b'"choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I help you today?"},'
     b'"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":9,"total_tokens":18}}'
 )
 RESPONSE = (  # the Responses API's answer to POST /v1/responses
-    b'{"id":"resp_bench","object":"response","created_at":1767225600,"status":"completed","model":"mock-model",'
+    b'{"id":"resp_%s","object":"response","created_at":1767225600,"status":"completed","model":"mock-model",'
     b'"output":[{"type":"message","id":"msg_bench","status":"completed","role":"assistant","content":[{"type":'
     b'"output_text","text":"Hello! How can I help you today?","annotations":[]}]}],"usage":{"input_tokens":9,'
     b'"output_tokens":9,"total_tokens":18}}'
 )
-RESPONSE_RESPONSE = (
-    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(RESPONSE) + RESPONSE
-)
-COMPLETION_RESPONSE = (
-    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(COMPLETION) + COMPLETION
-)
+
+
+def _answer(body: bytes) -> bytes:
+    """The whole HTTP answer, with the ``%s`` of its id left to fill (24 hex digits: the length is known)."""
+    return b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body % ID) + body
+
+
+RESPONSE_RESPONSE = _answer(RESPONSE)
+COMPLETION_RESPONSE = _answer(COMPLETION)
 OTHER_BODY = b'{"object":"list","data":[{"id":"mock-model","object":"model","owned_by":"bench"}]}'
 OTHER_RESPONSE = (
     b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(OTHER_BODY) + OTHER_BODY
@@ -46,7 +52,7 @@ SSE_HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
     b"transfer-encoding: chunked\r\n\r\n"
 )
-_CHUNK_PREFIX = b'{"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1767225600,"model":"mock-model",'
+_CHUNK_PREFIX = b'{"id":"chatcmpl-%s","object":"chat.completion.chunk","created":1767225600,"model":"mock-model",'
 
 
 def _chunked(payload: bytes) -> bytes:
@@ -57,12 +63,21 @@ def _event(json_body: bytes) -> bytes:
     return _chunked(b"data: " + json_body + b"\n\n")
 
 
-FIRST_EVENT = _event(_CHUNK_PREFIX + b'"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}')
-TOKEN_EVENT = _event(_CHUNK_PREFIX + b'"choices":[{"index":0,"delta":{"content":"tok "}}]}')
-LAST_EVENT = _event(_CHUNK_PREFIX + b'"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}')
-USAGE_EVENT = _event(
-    _CHUNK_PREFIX + b'"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":30,"total_tokens":39}}'
-)
+def _events(answer_id: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+    """A stream's first, token, last and usage events, all carrying its id."""
+    prefix = _CHUNK_PREFIX % answer_id
+    return (
+        _event(prefix + b'"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}'),
+        _event(prefix + b'"choices":[{"index":0,"delta":{"content":"tok "}}]}'),
+        _event(prefix + b'"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}'),
+        _event(prefix + b'"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":30,"total_tokens":39}}'),
+    )
+
+
+def _new_id() -> bytes:
+    return os.urandom(12).hex().encode()
+
+
 DONE_EVENT = _event(b"[DONE]") + b"0\r\n\r\n"
 
 
@@ -114,19 +129,21 @@ class MockUpstream(asyncio.Protocol):
                 return
             else:
                 STATS["posts"] += 1
-                transport.write(RESPONSE_RESPONSE if head.startswith(b"post /v1/responses") else COMPLETION_RESPONSE)
+                answer = RESPONSE_RESPONSE if head.startswith(b"post /v1/responses") else COMPLETION_RESPONSE
+                transport.write(answer % _new_id())
 
     async def _stream(self, usage: bool) -> None:
         transport = self.transport
         assert transport is not None
-        transport.write(SSE_HEAD + FIRST_EVENT)
+        first, token, last, usage_event = _events(_new_id())
+        transport.write(SSE_HEAD + first)
         for i in range(1, self.events):
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
             if transport.is_closing():
                 return
-            transport.write(LAST_EVENT if i == self.events - 1 else TOKEN_EVENT)
-        transport.write((USAGE_EVENT if usage else b"") + DONE_EVENT)
+            transport.write(last if i == self.events - 1 else token)
+        transport.write((usage_event if usage else b"") + DONE_EVENT)
         self.streaming = False
         self._answer_buffered()
 
